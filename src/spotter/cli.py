@@ -1,0 +1,119 @@
+"""Command line: parses arguments and calls the task functions; nothing else."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import engine
+
+EPILOG = "Data layouts and examples: see README.md."
+
+
+def _train_settings(args: argparse.Namespace, **defaults) -> engine.TrainSettings:
+    values = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "seed", "device",
+                                            "precision") if getattr(args, k, None) is not None}
+    if getattr(args, "time_budget", None) is not None:
+        values["time_budget_min"] = args.time_budget
+    return engine.TrainSettings(**{**defaults, **values})
+
+
+def _add_training_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--epochs", type=int, help="number of epochs (with --time-budget: the most to plan)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                   help="auto: bf16 where the CPU or GPU runs it natively, else fp32")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spotter", description="Train, evaluate and serve two binary detectors: "
+                                     "tumour in histopathology patches (CNN) and disaster tweets (RNN).",
+                                     epilog=EPILOG)
+    tasks = parser.add_subparsers(dest="task", required=True, metavar="{histo,tweets,demo}")
+
+    histo = tasks.add_parser("histo", help="histopathologic cancer detection (Kaggle / PatchCamelyon patches)")
+    cmds = histo.add_subparsers(dest="command", required=True)
+    p = cmds.add_parser("pack", help="pack the patches once into a memory-mapped array (train does this too)")
+    p.add_argument("--data", type=Path, required=True, help="Kaggle layout folder or PCam HDF5 folder")
+    p.add_argument("--pack-dir", type=Path, help="where packs are kept (default ~/.cache/spotter/packs)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: one per core)")
+    p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images and list them")
+
+    p = cmds.add_parser("train", help="train a CNN; writes checkpoints, metrics.csv and plots to --out")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    from .histo.models import MODELS
+    p.add_argument("--model", default="resnet", choices=list(MODELS))
+    p.add_argument("--time-budget", type=float, metavar="MIN", help="plan the schedule to end within MIN minutes")
+    p.add_argument("--crop", type=int, help="centre crop in pixels fed to the model (default 72)")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--pack-dir", type=Path)
+    p.add_argument("--skip-bad", action="store_true")
+    _add_training_args(p)
+
+    p = cmds.add_parser("evaluate", help="ROC AUC, accuracy and confusion matrix of a run")
+    p.add_argument("run", type=Path)
+    p.add_argument("--data", type=Path, help="labelled folder (default: the run's own validation split)")
+    p.add_argument("--tta", action="store_true", help="average the 8 rotations and reflections")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--device", default="auto")
+
+    p = cmds.add_parser("predict", help="write a Kaggle submission (id,label) for a folder of .tif patches")
+    p.add_argument("run", type=Path)
+    p.add_argument("--images", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
+    p.add_argument("--tta", action="store_true")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--skip-bad", action="store_true")
+
+    p = tasks.add_parser("demo", help="make a small synthetic dataset and run every stage on it")
+    p.add_argument("--out", type=Path, default=Path("spotter-demo"), help="folder for data and runs")
+    p.add_argument("--device", default="auto")
+    return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.task == "histo":
+        from .histo import data as histo_data, task as histo
+        if args.command == "pack":
+            for name, packed in histo_data.pack_folder(args.data, pack_root=args.pack_dir, workers=args.workers,
+                                                       skip_bad=args.skip_bad).items():
+                print(f"{name}: {len(packed)} patches in {packed.path}")
+        elif args.command == "train":
+            settings = histo.HistoSettings(data=str(args.data), model=args.model, val_fraction=args.val_fraction,
+                                           pack_root=str(args.pack_dir) if args.pack_dir else None,
+                                           skip_bad=args.skip_bad, **({"crop": args.crop} if args.crop else {}))
+            defaults = {"epochs": 1000} if args.time_budget else {}
+            result = histo.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume)
+            print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
+        elif args.command == "evaluate":
+            histo.evaluate(args.run, args.data, tta=args.tta, threshold=args.threshold, device=args.device)
+        elif args.command == "predict":
+            histo.predict(args.run, args.images, args.out, tta=args.tta, device=args.device, skip_bad=args.skip_bad)
+    elif args.task == "demo":
+        from . import demo
+        demo.run(args.out, device=args.device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
+    from .histo.data import DataError
+    from .histo.tiff import BadImage
+    try:
+        run(args)
+    except (DataError, BadImage, engine.CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as err:
+        print(f"spotter: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spotter: interrupted; the last complete epoch is in the run folder (use --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,350 @@
+"""The one training loop shared by both tasks: device and precision, schedule, time budget, checkpoints,
+resume, early stopping, metrics CSV.
+
+The engine knows nothing of images or text. A task hands it a `Task`: a model, a function that yields the
+training batches of an epoch, a function that yields the validation batches, and how to score them.
+A batch is `(inputs, targets)` on the device; `inputs` is a tensor or a tuple of tensors for the model.
+
+Resume guarantee: checkpoints are written at the end of every epoch. `--resume` restarts from the last
+complete epoch (work inside an interrupted epoch is redone), and because each epoch's shuffling and
+augmentation are seeded from (seed, epoch), a resumed CPU run ends with the same weights and metrics as
+an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+Batch = tuple[Any, torch.Tensor]
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainSettings:
+    """Settings of the training loop itself (each task adds its own)."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    time_budget_min: float | None = None  # plan the epochs to finish inside this many minutes
+    patience: int | None = None  # stop after this many epochs without a better validation score
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N
+    precision: str = "auto"  # auto (bf16 where the hardware has it), bf16, fp32
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.time_budget_min is not None and self.time_budget_min <= 0:
+            raise ValueError(f"time budget must be positive, got {self.time_budget_min} min")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+
+
+@dataclass
+class Task:
+    """What the engine needs from a task."""
+
+    model: nn.Module
+    train_batches: Callable[[int], Iterator[Batch]]  # epoch -> batches, shuffled and augmented from (seed, epoch)
+    val_batches: Callable[[], Iterator[Batch]]
+    score: Callable[[np.ndarray, np.ndarray], dict[str, float]]  # (labels, probs) -> metrics
+    main_metric: str  # the key of `score` that picks the best epoch (higher is better)
+    steps_per_epoch: int
+    settings: dict[str, Any] = field(default_factory=dict)  # everything needed to rebuild the task
+
+
+# ---------------------------------------------------------------- device and precision
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """bf16 pays on a CPU only with native bf16 instructions (AVX512-BF16 or AMX); emulated it is slower."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def pick_precision(device: torch.device, requested: str = "auto") -> str:
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """The one precision path: bf16 autocast or nothing."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
+    return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+
+
+def batch_size_of(targets: torch.Tensor) -> int:
+    return int(targets.shape[0])
+
+
+# ---------------------------------------------------------------- one epoch, evaluation
+
+def train_one_epoch(model: nn.Module, batches: Iterable[Batch], optimizer: torch.optim.Optimizer,
+                    scheduler: Any, device: torch.device, precision: str, *, desc: str = "train",
+                    total: int | None = None, deadline: float | None = None) -> dict[str, Any]:
+    """One pass over `batches`; returns mean loss, the raw outputs for train metrics, and images/s."""
+    model.train()
+    losses, probs, labels, seen = [], [], [], 0
+    start = time.perf_counter()
+    bar = tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not sys.stderr.isatty())
+    for inputs, targets in bar:
+        with autocast(device, precision):
+            logits = call_model(model, inputs)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        losses.append(loss.detach())
+        probs.append(torch.sigmoid(logits.detach().float()))
+        labels.append(targets.detach())
+        seen += batch_size_of(targets)
+        if len(losses) % 10 == 0:
+            bar.set_postfix(loss=f"{torch.stack(losses[-10:]).mean().item():.4f}",
+                            rate=f"{seen / (time.perf_counter() - start):.0f}/s")
+        if deadline is not None and time.monotonic() > deadline:
+            break
+    elapsed = time.perf_counter() - start
+    if not losses:
+        raise RuntimeError("the training set gave no batch")
+    loss = torch.stack(losses).mean().item()
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"training loss became {loss}; lower --lr or check the data")
+    return {"loss": loss, "probs": torch.cat(probs).cpu().numpy(), "labels": torch.cat(labels).cpu().numpy(),
+            "seconds": elapsed, "per_s": seen / elapsed, "steps": len(losses)}
+
+
+@torch.no_grad()
+def predict_probs(model: nn.Module, batches: Iterable[Batch], device: torch.device, precision: str,
+                  transform: Callable[[Any], list[Any]] | None = None, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and targets over all `batches`, kept on the device until the end.
+
+    `transform` turns one input batch into several views (test-time augmentation); their probabilities
+    are averaged.
+    """
+    model.eval()
+    probs, labels = [], []
+    for inputs, targets in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not sys.stderr.isatty()):
+        views = transform(inputs) if transform else [inputs]
+        with autocast(device, precision):
+            p = torch.stack([torch.sigmoid(call_model(model, v).float()) for v in views]).mean(0)
+        probs.append(p)
+        labels.append(targets)
+    if not probs:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    return torch.cat(probs).cpu().numpy(), torch.cat(labels).float().cpu().numpy()
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """Write to a temporary file, flush it to disk, then rename: a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def load_checkpoint(path: Path, kind: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint safely (weights_only: nothing is unpickled) and check it is one of ours."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: no checkpoint there; train a run first")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for a damaged file
+        raise CheckpointError(f"{path}: checkpoint is damaged or not a Spotter checkpoint ({err})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {ckpt.get('version') if isinstance(ckpt, dict) else '?'} "
+                              f"is not this Spotter's ({CHECKPOINT_VERSION}); retrain the run")
+    if kind is not None and ckpt.get("task") != kind:
+        raise CheckpointError(f"{path}: this is a {ckpt.get('task')} checkpoint, not a {kind} one")
+    return ckpt
+
+
+# ---------------------------------------------------------------- planning
+
+def plan_epochs(task: Task, settings: TrainSettings, optimizer_factory, device, precision, budget_s: float,
+                val_size: int) -> int:
+    """How many epochs fit in `budget_s`: time a few steps on a throwaway copy of the model."""
+    model = copy.deepcopy(task.model)
+    optimizer = optimizer_factory(model)
+    batches = task.train_batches(0)
+    times = []
+    for i, (inputs, targets) in enumerate(batches):
+        t = time.perf_counter()
+        with autocast(device, precision):
+            loss = nn.functional.binary_cross_entropy_with_logits(call_model(model, inputs).float(), targets.float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+        if i >= 7:
+            break
+    step_s = float(np.median(times[2:] if len(times) > 3 else times))
+    # Validation runs forward only (about a third of a training step) over val_size images.
+    eval_s = step_s / 3 * math.ceil(val_size / settings.batch_size)
+    epoch_s = step_s * task.steps_per_epoch + eval_s + 1.0
+    del model, optimizer
+    return max(1, int(budget_s * 0.95 // epoch_s))
+
+
+# ---------------------------------------------------------------- the loop
+
+def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
+
+
+def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume: bool = False,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train `task.model` into `run_dir`; return the best epoch's validation metrics."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = pick_device(settings.device)
+    precision = pick_precision(device, settings.precision)
+    model = task.model.to(device)
+    optimizer = make_optimizer(model, settings)
+    last_path, best_path, csv_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.csv"
+    start_time = time.monotonic()
+
+    state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "epochs": settings.epochs, "bad_epochs": 0}
+    ckpt = None
+    if resume and last_path.exists():
+        ckpt = load_checkpoint(last_path, kind)
+        state.update(ckpt["state"])
+        _drop_rows_after(csv_path, state["epoch"])  # rows of an epoch that never reached its checkpoint
+        log(f"resuming {run_dir} after epoch {state['epoch']} of {state['epochs']}")
+    elif resume:
+        log(f"nothing to resume in {run_dir}; starting fresh")
+    if ckpt is None:
+        if settings.time_budget_min:
+            planned = plan_epochs(task, settings, lambda m: make_optimizer(m, settings), device, precision,
+                                  settings.time_budget_min * 60, task.settings.get("val_size", 0))
+            state["epochs"] = min(planned, settings.epochs)
+            log(f"time budget {settings.time_budget_min:g} min: planned {state['epochs']} epochs")
+        if csv_path.exists():
+            csv_path.unlink()
+
+    total_steps = state["epochs"] * task.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=total_steps,
+                                                    pct_start=0.15, div_factor=25, final_div_factor=1e3)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+
+    all_settings = {"train": asdict(settings), "task": task.settings, "device": str(device), "precision": precision}
+    write_text_atomic(run_dir / "settings.json", json.dumps(all_settings, indent=2, default=str))
+    deadline = start_time + settings.time_budget_min * 60 if settings.time_budget_min else None
+
+    def checkpoint(epoch_metrics: dict[str, float]) -> dict[str, Any]:
+        return {"version": CHECKPOINT_VERSION, "task": kind, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": dict(state),
+                "settings": json.loads(json.dumps(all_settings, default=str)), "metrics": epoch_metrics}
+
+    for epoch in range(state["epoch"] + 1, state["epochs"] + 1):
+        train = train_one_epoch(model, task.train_batches(epoch), optimizer, scheduler, device, precision,
+                                desc=f"epoch {epoch}/{state['epochs']}", total=task.steps_per_epoch, deadline=deadline)
+        probs, labels = predict_probs(model, task.val_batches(), device, precision, desc="validate")
+        val = task.score(labels, probs)
+        train_scores = task.score(train["labels"], train["probs"])
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train["loss"],
+               **{f"train_{k}": v for k, v in train_scores.items() if k != "loss"},
+               **{f"val_{k}": v for k, v in val.items()},
+               "seconds": round(train["seconds"], 2), "per_s": round(train["per_s"], 1)}
+        _append_csv(csv_path, row)
+        improved = val[task.main_metric] > state["best"]
+        state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
+        if improved:
+            state.update(best=val[task.main_metric], best_epoch=epoch)
+        log(f"epoch {epoch:3d}/{state['epochs']}  loss {train['loss']:.4f}  val_loss {val['loss']:.4f}  "
+            f"val_{task.main_metric} {val[task.main_metric]:.4f}{' *' if improved else ''}  "
+            f"{train['per_s']:.0f}/s  {train['seconds']:.0f}s")
+        ckpt = checkpoint(row)
+        if improved:
+            save_atomic(ckpt, best_path)
+        save_atomic(ckpt, last_path)
+        if settings.patience is not None and state["bad_epochs"] >= settings.patience:
+            log(f"no improvement for {settings.patience} epochs: stopping early")
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            log("time budget reached: stopping")
+            break
+
+    best = load_checkpoint(best_path, kind)
+    model.load_state_dict(best["model"])  # leave the caller with the best weights
+    return {"best_epoch": state["best_epoch"], **best["metrics"]}
+
+
+def _append_csv(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def _drop_rows_after(path: Path, epoch: int) -> None:
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    path.unlink()
+    for row in rows:
+        if int(row["epoch"]) <= epoch:
+            _append_csv(path, row)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)

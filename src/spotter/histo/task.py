@@ -1,0 +1,190 @@
+"""Histopathology: train, evaluate and predict, built on the shared engine."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import train_test_split
+
+from .. import engine, plots
+from ..metrics import binary_report, roc_auc
+from .data import PackedSet, folder_source, pack, pack_dir_for, pack_folder
+from .models import count_parameters, create_model
+from .preprocess import Augment, dihedral_views, preprocess
+
+KIND = "histo"
+
+
+@dataclass
+class HistoSettings:
+    """Settings of the histology task (the training loop's own are in engine.TrainSettings)."""
+
+    data: str = ""
+    model: str = "resnet"
+    crop: int = 72  # centre crop fed to the model; the label depends only on the centre 32x32
+    crop_jitter: int = 8
+    colour_jitter: float = 0.1
+    val_fraction: float = 0.1
+    pack_root: str | None = None
+    skip_bad: bool = False
+
+    def __post_init__(self):
+        if not 32 <= self.crop <= 96:
+            raise ValueError(f"crop must be between 32 and 96 pixels, got {self.crop}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+
+
+# ---------------------------------------------------------------- batches
+
+def iterate_batches(pack: PackedSet, indices: np.ndarray, batch_size: int, device: torch.device, crop: int, *,
+                    seed: int | None = None, augment: Augment | None = None,
+                    drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of (preprocessed images, labels) on `device`, shuffled and augmented when `seed` is given."""
+    order = np.asarray(indices)
+    generator = None
+    if seed is not None:
+        order = np.random.default_rng(seed).permutation(order)
+        generator = torch.Generator(device=device).manual_seed(seed)
+    stop = len(order) - (len(order) % batch_size if drop_last and len(order) >= batch_size else 0)
+    for start in range(0, stop, batch_size):
+        # Sorted rows read the memory map sequentially; order inside a batch does not matter.
+        rows = np.sort(order[start:start + batch_size])
+        pixels = torch.from_numpy(pack.pixels[rows])
+        labels = torch.from_numpy(pack.labels[rows].astype(np.float32))
+        if device.type == "cuda":
+            pixels, labels = pixels.pin_memory(), labels.pin_memory()
+        pixels = pixels.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        yield preprocess(pixels, crop, augment=augment, generator=generator), labels
+
+
+def split_train_val(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded split of row indices."""
+    rows = np.arange(len(labels))
+    train, val = train_test_split(rows, test_size=fraction, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(val)
+
+
+def score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    from ..metrics import log_loss
+    return {"auc": roc_auc(labels, probs), "loss": log_loss(labels, probs),
+            "accuracy": float(((probs >= 0.5) == labels).mean())}
+
+
+# ---------------------------------------------------------------- train
+
+def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *, resume: bool = False,
+          log=print) -> dict:
+    run_dir = Path(run_dir)
+    if resume and (run_dir / "settings.json").exists():
+        # A resumed run keeps the settings it started with; only the device may change.
+        saved = json.loads((run_dir / "settings.json").read_text())
+        histo = HistoSettings(**saved["task"]["histo"])
+        settings = engine.TrainSettings(**{**saved["train"], "device": settings.device})
+    engine.seed_everything(settings.seed)
+    packed = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad)
+    if "train" not in packed or not packed["train"].labelled:
+        raise ValueError(f"{histo.data}: no labelled training set (train/ with train_labels.csv, or PCam train split)")
+    data = packed["train"]
+    train_rows, val_rows = split_train_val(data.labels, histo.val_fraction, settings.seed)
+    device = engine.pick_device(settings.device)
+    model = create_model(histo.model).to(memory_format=torch.channels_last)
+    augment = Augment(histo.crop_jitter, histo.colour_jitter)
+    bs = settings.batch_size
+    log(f"{len(train_rows)} training and {len(val_rows)} validation patches; model {histo.model} "
+        f"({count_parameters(model):,} parameters), crop {histo.crop}, device {device}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "val_ids.txt").write_text("\n".join(data.ids[val_rows]) + "\n")
+
+    task = engine.Task(
+        model=model,
+        train_batches=lambda epoch: iterate_batches(data, train_rows, bs, device, histo.crop,
+                                                    seed=settings.seed * 100_003 + epoch, augment=augment,
+                                                    drop_last=True),
+        val_batches=lambda: iterate_batches(data, val_rows, bs * 2, device, histo.crop),
+        score=score, main_metric="auc",
+        steps_per_epoch=max(1, len(train_rows) // bs),
+        settings={"histo": asdict(histo), "val_size": len(val_rows), "train_size": len(train_rows)},
+    )
+    result = engine.fit(task, settings, run_dir, kind=KIND, resume=resume, log=log)
+    plots.training_curves(run_dir / "metrics.csv", run_dir / "history.png",
+                          [("loss", "loss"), ("auc", "ROC AUC")])
+    return result
+
+
+def _root(histo: HistoSettings) -> Path | None:
+    return Path(histo.pack_root) if histo.pack_root else None
+
+
+# ---------------------------------------------------------------- evaluate and predict
+
+def load_run(run_dir: Path, device: str = "auto") -> tuple[torch.nn.Module, HistoSettings, torch.device, str]:
+    ckpt = engine.load_checkpoint(Path(run_dir) / "best.pt", KIND)
+    histo = HistoSettings(**ckpt["settings"]["task"]["histo"])
+    model = create_model(histo.model)
+    model.load_state_dict(ckpt["model"])
+    dev = engine.pick_device(device)
+    model = model.to(dev, memory_format=torch.channels_last).eval()
+    precision = engine.pick_precision(dev, ckpt["settings"]["train"].get("precision", "auto"))
+    return model, histo, dev, precision
+
+
+def predict_pack(model, histo: HistoSettings, device, precision, data: PackedSet, rows: np.ndarray | None = None,
+                 *, tta: bool = False, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.arange(len(data)) if rows is None else rows
+    batches = iterate_batches(data, rows, batch_size, device, histo.crop)
+    return engine.predict_probs(model, batches, device, precision, transform=dihedral_views if tta else None)
+
+
+def evaluate(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, threshold: float = 0.5,
+             device: str = "auto", log=print) -> dict:
+    """Score a run on a labelled folder, or on its own validation split when `data_dir` is None."""
+    run_dir = Path(run_dir)
+    model, histo, dev, precision = load_run(run_dir, device)
+    if data_dir is None:
+        data = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad)["train"]
+        wanted = set((run_dir / "val_ids.txt").read_text().split())
+        rows = np.flatnonzero([i in wanted for i in data.ids])
+        where = f"validation split of {histo.data}"
+    else:
+        packed = pack_folder(Path(data_dir), pack_root=_root(histo))
+        if "train" not in packed or not packed["train"].labelled:
+            raise ValueError(f"{data_dir}: needs labelled patches (train/ and train_labels.csv) to evaluate")
+        data, rows, where = packed["train"], None, str(data_dir)
+    start = time.perf_counter()
+    probs, labels = predict_pack(model, histo, dev, precision, data, rows, tta=tta)
+    seconds = time.perf_counter() - start
+    report = {**binary_report(labels, probs, threshold), "images": len(labels), "tta": tta, "data": where,
+              "images_per_s": len(labels) / seconds}
+    suffix = "_tta" if tta else ""
+    engine.write_text_atomic(run_dir / f"evaluation{suffix}.json", json.dumps(report, indent=2))
+    plots.roc_curve(labels, probs, run_dir / f"roc{suffix}.png", title=f"ROC on {len(labels)} patches{' (8x TTA)' if tta else ''}")
+    log(f"{where}: {len(labels)} patches  AUC {report['auc']:.4f}  accuracy {report['accuracy']:.4f} "
+        f"at threshold {threshold:g}{'  (8x TTA)' if tta else ''}")
+    log(f"confusion matrix: TN {report['tn']}  FP {report['fp']}  FN {report['fn']}  TP {report['tp']}")
+    return report
+
+
+def predict(run_dir: Path, images: Path, out: Path, *, tta: bool = False, device: str = "auto",
+            skip_bad: bool = False, log=print) -> pd.DataFrame:
+    """Write Kaggle's submission (`id,label`, label = probability of tumour) for every .tif in `images`."""
+    model, histo, dev, precision = load_run(Path(run_dir), device)
+    source = folder_source(Path(images), "images")
+    data = pack(source, pack_dir_for(Path(images), _root(histo)), skip_bad=skip_bad)
+    probs, _ = predict_pack(model, histo, dev, precision, data, tta=tta)
+    submission = pd.DataFrame({"id": data.ids, "label": probs.astype(np.float64)})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    submission.to_csv(tmp, index=False, float_format="%.6f")
+    tmp.replace(out)
+    log(f"wrote {len(submission)} predictions to {out}")
+    return submission

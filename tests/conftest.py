@@ -1,0 +1,37 @@
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+HISTO = SHARED / "histopathology"
+TWEETS = SHARED / "disaster-tweets"
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    """Packs go to a per-test cache, never the user's."""
+    monkeypatch.setenv("SPOTTER_CACHE", str(tmp_path / "cache"))
+
+
+def histo_slice(folder: Path, n: int, seed: int = 0, n_test: int = 5) -> Path:
+    """A Kaggle-layout folder holding `n` real labelled patches (stratified sample) and `n_test` test ones."""
+    if not HISTO.exists():
+        pytest.skip(f"shared data not found at {HISTO}")
+    labels = pd.read_csv(HISTO / "train_labels.csv")
+    rng = np.random.default_rng(seed)
+    picked = pd.concat([g.sample(n // 2, random_state=int(rng.integers(1 << 30))) for _, g in labels.groupby("label")])
+    (folder / "train").mkdir(parents=True)
+    (folder / "test").mkdir()
+    for patch_id in picked["id"]:
+        (folder / "train" / f"{patch_id}.tif").symlink_to(HISTO / "train" / f"{patch_id}.tif")
+    for path in sorted((HISTO / "test").glob("*.tif"))[:n_test]:
+        (folder / "test" / path.name).symlink_to(path)
+    picked.to_csv(folder / "train_labels.csv", index=False)
+    return folder
+
+
+@pytest.fixture
+def real_histo(tmp_path) -> Path:
+    return histo_slice(tmp_path / "histo", 160)

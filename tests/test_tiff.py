@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from spotter.histo.tiff import BadImage, read_patch
+
+from conftest import HISTO
+
+
+def real_paths(n=50):
+    paths = sorted((HISTO / "train").glob("*.tif"))[:n]
+    if not paths:
+        pytest.skip("shared data missing")
+    return paths
+
+
+def test_fast_path_matches_tifffile_and_pillow_on_real_patches():
+    for path in real_paths():
+        pixels = read_patch(path)
+        assert pixels.shape == (96, 96, 3) and pixels.dtype == np.uint8
+        np.testing.assert_array_equal(pixels, tifffile.imread(path))
+        np.testing.assert_array_equal(pixels, np.asarray(Image.open(path)))
+
+
+@pytest.mark.parametrize("compression", [None, "tiff_lzw", "tiff_adobe_deflate"])
+def test_other_tiff_encodings_decode_the_same(tmp_path, compression):
+    pixels = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    path = tmp_path / "x.tif"
+    Image.fromarray(pixels).save(path, format="TIFF", compression=compression)
+    np.testing.assert_array_equal(read_patch(path), pixels)
+
+
+def test_big_endian_tiff(tmp_path):
+    pixels = np.random.default_rng(1).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "be.tif", pixels, byteorder=">", photometric="rgb")
+    np.testing.assert_array_equal(read_patch(tmp_path / "be.tif"), pixels)
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    data = real_paths(1)[0].read_bytes()
+    bad = tmp_path / "truncated.tif"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadImage, match="truncated.tif.*(truncated|corrupt)"):
+        read_patch(bad)
+
+
+def test_zero_byte_file(tmp_path):
+    (tmp_path / "empty.tif").write_bytes(b"")
+    with pytest.raises(BadImage, match="empty.tif: empty file"):
+        read_patch(tmp_path / "empty.tif")
+
+
+def test_garbage_file(tmp_path):
+    (tmp_path / "junk.tif").write_bytes(b"not an image at all" * 100)
+    with pytest.raises(BadImage, match="junk.tif: not a readable image"):
+        read_patch(tmp_path / "junk.tif")
+
+
+@pytest.mark.parametrize("shape,mode,message", [
+    ((96, 96), "L", "mode is L"),
+    ((96, 96, 4), "RGBA", "mode is RGBA"),
+    ((64, 64, 3), "RGB", "64x64 with 3 channels"),
+])
+def test_wrong_mode_or_size(tmp_path, shape, mode, message):
+    Image.fromarray(np.zeros(shape, np.uint8), mode).save(tmp_path / "odd.tif", format="TIFF")
+    with pytest.raises(BadImage, match=message):
+        read_patch(tmp_path / "odd.tif")
+
+
+def test_16_bit_image(tmp_path):
+    tifffile.imwrite(tmp_path / "deep.tif", np.zeros((96, 96, 3), np.uint16), photometric="rgb")
+    with pytest.raises(BadImage, match="deep.tif"):
+        read_patch(tmp_path / "deep.tif")
