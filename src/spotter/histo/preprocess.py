@@ -28,7 +28,11 @@ def crop_offsets(batch: int, size: int, crop: int, jitter: int, generator: torch
 
 def preprocess(pixels: torch.Tensor, crop: int, *, augment: "Augment | None" = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> normalised float (N, 3, crop, crop), channels_last."""
+    """uint8 (N, H, W, 3) -> normalised float (N, 3, crop, crop), channels_last.
+
+    Geometry is done on the uint8 pixels (a quarter of the bytes of floats); scaling to [0, 1], stain
+    jitter and normalisation are then one per-image, per-channel affine map applied in a single pass.
+    """
     n, size = pixels.shape[0], pixels.shape[1]
     if crop < size:
         jitter = augment.crop_jitter if augment else 0
@@ -40,40 +44,48 @@ def preprocess(pixels: torch.Tensor, crop: int, *, augment: "Augment | None" = N
             rows = (top[:, None] + steps)[:, :, None]
             cols = (left[:, None] + steps)[:, None, :]
             pixels = pixels[torch.arange(n, device=pixels.device)[:, None, None], rows, cols]
-    x = pixels.permute(0, 3, 1, 2).float().div_(255)
+    mean = torch.tensor(MEAN, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=pixels.device).view(1, 3, 1, 1)
+    scale, shift = 1 / 255, torch.zeros(1, 3, 1, 1, device=pixels.device)
     if augment is not None:
-        x = augment(x, generator)
-    mean = torch.tensor(MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        pixels = augment.dihedral(pixels, generator)
+        gain, offset = augment.stain(n, generator, pixels.device)
+        scale, shift = gain / 255, offset
+    # NHWC permuted is NCHW in channels_last layout; .float() keeps that layout.
+    x = pixels.permute(0, 3, 1, 2).float()
+    return x.mul_(scale / std).add_((shift - mean) / std)
 
 
 class Augment:
     """Histology augmentation on whole batches: the 8 dihedral symmetries (tissue has no up or left),
-    small crop shifts, and mild stain variation (per-image brightness, contrast and per-channel gain)."""
+    small crop shifts (when cropping), and mild stain variation: per-image brightness and contrast and
+    per-channel gain, around the data's mean colour."""
 
     def __init__(self, crop_jitter: int = 8, colour: float = 0.1):
         self.crop_jitter = crop_jitter
         self.colour = colour
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        n = x.shape[0]
+    @staticmethod
+    def _uniform(generator: torch.Generator | None, device: torch.device, *shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=generator, device=generator.device if generator else None).to(device)
 
-        def uniform(*shape: int) -> torch.Tensor:
-            return torch.rand(*shape, generator=generator, device=generator.device if generator else None).to(x.device)
+    def dihedral(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """A random one of the 8 symmetries per image, on uint8 NHWC pixels."""
+        flips = self._uniform(generator, pixels.device, 3, pixels.shape[0]) < 0.5
+        pixels = pixels.clone()
+        for mask, transform in zip(flips, (lambda p: p.flip(1), lambda p: p.flip(2), lambda p: p.transpose(1, 2))):
+            if mask.any():
+                pixels[mask] = transform(pixels[mask])
+        return pixels
 
-        flips = uniform(3, n, 1, 1, 1) < 0.5
-        x = torch.where(flips[0], x.flip(2), x)
-        x = torch.where(flips[1], x.flip(3), x)
-        x = torch.where(flips[2], x.transpose(2, 3), x)
-        if self.colour:
-            c = self.colour
-            gain = 1 + c * (2 * uniform(n, 3, 1, 1) - 1)  # stain strength per channel
-            contrast = 1 + c * (2 * uniform(n, 1, 1, 1) - 1)
-            brightness = c / 2 * (2 * uniform(n, 1, 1, 1) - 1)
-            mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = ((x * gain - mean) * contrast + mean + brightness).clamp_(0, 1)
-        return x
+    def stain(self, n: int, generator: torch.Generator | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image, per-channel (gain, offset) so that x' = gain * x + offset with x in [0, 1]."""
+        c = self.colour
+        rand = self._uniform(generator, device, n, 5, 1, 1) * 2 - 1
+        channel_gain, contrast, brightness = 1 + c * rand[:, :3], 1 + c * rand[:, 3:4], c / 2 * rand[:, 4:5]
+        centre = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+        # contrast around the mean colour: (g*x - m) * k + m + b
+        return channel_gain * contrast, centre * (1 - contrast) + brightness
 
 
 def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,8 +27,8 @@ class HistoSettings:
 
     data: str = ""
     model: str = "resnet"
-    crop: int = 72  # centre crop fed to the model; the label depends only on the centre 32x32
-    crop_jitter: int = 8
+    crop: int = 96  # centre crop fed to the model; the label depends only on the centre 32x32
+    crop_jitter: int = 8  # random shift of the crop in training (only when crop < 96)
     colour_jitter: float = 0.1
     val_fraction: float = 0.1
     pack_root: str | None = None

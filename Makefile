@@ -1,0 +1,24 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build by default (a local wheel on the project's machines); set TORCH= to keep an installed torch.
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test bench install
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(if $(TORCH),$(PY) -m pip install -q "$(TORCH)")
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: install
+	$(VENV)/bin/spotter demo
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/histo_bench.py
