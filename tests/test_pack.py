@@ -92,3 +92,13 @@ def test_pcam_wrong_shape(tmp_path):
     write_pcam(tmp_path, "train", np.zeros((3, 64, 64, 3), np.uint8), np.zeros(3, np.uint8))
     with pytest.raises(DataError, match=r"\(N, 96, 96, 3\)"):
         find_sources(tmp_path)
+
+
+def test_missing_images_are_skipped_and_unlabelled_ones_reported(real_histo, tmp_path, capsys):
+    with open(real_histo / "train_labels.csv", "a") as f:
+        f.write("ghost,1\n")
+    (real_histo / "train" / "stray.tif").symlink_to(next((real_histo / "test").iterdir()))
+    train = pack_folder(real_histo, pack_root=tmp_path / "packs", skip_bad=True, progress=False)["train"]
+    assert len(train) == 160 and "ghost" not in set(train.ids) and "stray" not in set(train.ids)
+    assert "ghost.tif: listed in train_labels.csv but missing" in (train.path / "skipped.txt").read_text()
+    assert "1 images in" in capsys.readouterr().err

@@ -72,3 +72,24 @@ def test_16_bit_image(tmp_path):
     tifffile.imwrite(tmp_path / "deep.tif", np.zeros((96, 96, 3), np.uint16), photometric="rgb")
     with pytest.raises(BadImage, match="deep.tif"):
         read_patch(tmp_path / "deep.tif")
+
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(cut=st.integers(0, 27_935), flips=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6))
+def test_damaged_real_files_give_a_patch_or_a_clear_error(tmp_path, cut, flips):
+    """Truncate a real patch anywhere and corrupt header bytes: never a crash, never a wrong shape."""
+    data = bytearray(real_paths(1)[0].read_bytes()[:cut])
+    for position, value in flips:
+        if position < len(data):
+            data[position] = value
+    path = tmp_path / "damaged.tif"
+    path.write_bytes(bytes(data))
+    try:
+        pixels = read_patch(path)
+    except BadImage as err:
+        assert "damaged.tif" in str(err)
+    else:
+        assert pixels.shape == (96, 96, 3) and pixels.dtype == np.uint8

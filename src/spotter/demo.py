@@ -71,6 +71,59 @@ def make_histo_dataset(folder: Path, n_train: int = 1200, n_test: int = 40, seed
     return folder
 
 
+# A small corpus written for the demo: each keyword appears in real-emergency templates and in
+# figurative ones ("this song is fire"), which is the hard part of the Kaggle task.
+_PLACES = ["California", "Texas", "the city centre", "Jakarta", "our town", "the highway", "Manila", "Nepal",
+           "the coast", "downtown", "the valley", "Ohio", "the border", "Sydney", "the old bridge"]
+_DISASTER = [
+    "Forest {k} near {p}, residents told to evacuate now",
+    "{K} hits {p}: {n} dead and hundreds injured, rescue teams on the way",
+    "Breaking: {k} reported in {p}, emergency services responding http://t.co/x{n}",
+    "Officials confirm {n} people missing after the {k} in {p} #news",
+    "Huge {k} at {p} tonight, roads closed and families evacuated",
+    "Pray for {p}. The {k} destroyed {n} homes this morning",
+    "@news_desk {K} warning issued for {p} until further notice",
+    "Police: {k} in {p} leaves {n} injured, hospital on alert",
+]
+_EVERYDAY = [
+    "This new album is pure {k}, I can't stop listening lol",
+    "My hair today is a total {k} haha",
+    "That exam was a {k}. Never again &amp; I mean it",
+    "Watching a movie about a {k} with popcorn, so good",
+    "@bestie you are {k} in that dress!!! {n}/10",
+    "My kitchen after cooking looks like a {k} zone lmao",
+    "Just bought the {K} video game, playing all night",
+    "Feeling like a {k} on monday mornings #mood",
+]
+_KEYWORDS = ["fire", "flood", "earthquake", "explosion", "storm", "wildfire", "hurricane", "collapse", "crash",
+             "disaster", "inferno", "tornado"]
+
+
+def make_tweets_dataset(folder: Path, n_train: int = 600, n_test: int = 150, seed: int = 0) -> Path:
+    """Kaggle layout: train.csv (id,keyword,location,text,target) and test.csv."""
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "README.txt").write_text(SYNTHETIC_NOTE.replace("H&E-like patches, not real tissue",
+                                                              "tweets from templates, not real tweets"))
+    rows = []
+    for i in range(n_train + n_test):
+        target = int(rng.random() < 0.43)
+        keyword = str(rng.choice(_KEYWORDS))
+        template = str(rng.choice(_DISASTER if target else _EVERYDAY))
+        text = template.format(k=keyword, K=keyword.capitalize(), p=rng.choice(_PLACES), n=rng.integers(2, 90))
+        if rng.random() < 0.08:  # crowd-sourced labels are noisy; so are these
+            target = 1 - target
+        rows.append({"id": i + 1, "keyword": keyword if rng.random() < 0.9 else "",
+                     "location": str(rng.choice(_PLACES)) if rng.random() < 0.5 else "", "text": text,
+                     "target": target})
+    df = pd.DataFrame(rows)
+    df.iloc[:n_train].to_csv(folder / "train.csv", index=False)
+    df.iloc[n_train:].drop(columns="target").to_csv(folder / "test.csv", index=False)
+    df.iloc[n_train:].to_csv(folder / "test_labels.csv", index=False)
+    return folder
+
+
 def run(out: Path, device: str = "auto") -> None:
     from . import engine
     from .histo import data as histo_data, task as histo
@@ -83,9 +136,22 @@ def run(out: Path, device: str = "auto") -> None:
     print(f"packed {len(packed['train'])} training and {len(packed['test'])} test patches")
     run_dir = out / "histo-run"
     settings = histo.HistoSettings(data=str(data_dir), pack_root=str(out / "packs"))
-    histo.train(settings, engine.TrainSettings(epochs=4, device=device), run_dir)
+    histo.train(settings, engine.TrainSettings(epochs=8, lr=3e-3, device=device), run_dir)
     histo.evaluate(run_dir, tta=True, device=device)
     histo.predict(run_dir, data_dir / "test", out / "histo-submission.csv", tta=True, device=device)
+
+    from .tweets import task as tweets
+    print(f"\n== disaster tweets demo (synthetic corpus) in {out}")
+    tweet_data = make_tweets_dataset(out / "tweets-data")
+    tweet_run = out / "tweets-run"
+    tweets.train(tweets.TweetSettings(data=str(tweet_data), folds=3),
+                 engine.TrainSettings(epochs=6, batch_size=64, lr=3e-3, weight_decay=0.01, patience=3,
+                                      device=device), tweet_run)
+    tweets.evaluate(tweet_run, tweet_data / "test_labels.csv", device=device)
+    tweets.predict(tweet_run, tweet_data / "test.csv", out / "tweets-submission.csv", device=device)
+
     print(f"\nhistology outputs: {run_dir}/ (metrics.csv, history.png, roc_tta.png, best.pt, last.pt, settings.json)")
     print(f"                   {out / 'histo-submission.csv'}")
+    print(f"tweets outputs:    {tweet_run}/ (summary.json, precision_recall.png, fold*/history.png, fold*/best.pt)")
+    print(f"                   {out / 'tweets-submission.csv'}")
     print(f"demo finished in {time.perf_counter() - start:.0f} s")

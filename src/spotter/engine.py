@@ -30,6 +30,19 @@ from torch import nn
 from tqdm import tqdm
 
 Batch = tuple[Any, torch.Tensor]
+
+
+class CheckpointError(RuntimeError):
+    """A run folder or checkpoint that cannot be used; the message says why and what to do."""
+
+
+def settings_from(cls: type, values: dict[str, Any], where: Path | str) -> Any:
+    """Rebuild a settings dataclass saved by a run, with a clear error if this Spotter no longer fits it."""
+    unknown = set(values) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise CheckpointError(f"{where}: made by an incompatible Spotter version (unknown settings: "
+                              f"{', '.join(sorted(unknown))}); retrain the run")
+    return cls(**values)
 CHECKPOINT_VERSION = 1
 
 
@@ -177,21 +190,22 @@ def predict_probs(model: nn.Module, batches: Iterable[Batch], device: torch.devi
 def save_atomic(obj: Any, path: Path) -> None:
     """Write to a temporary file, flush it to disk, then rename: a crash never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # disk full surfaces as either, depending on where it hits
+        tmp.unlink(missing_ok=True)
+        kept = " the previous one is kept;" if path.exists() else ""
+        raise CheckpointError(f"could not write {path} ({err});{kept} free some disk space, then --resume") from None
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def load_checkpoint(path: Path, kind: str | None = None) -> dict[str, Any]:

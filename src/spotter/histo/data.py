@@ -12,8 +12,9 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ class Source:
     paths: list[Path]  # tiff: one per patch; h5: [x_file, y_file or nothing]
     ids: list[str]
     labels: np.ndarray  # int8, -1 where unknown
+    skipped: list[str] = field(default_factory=list)  # problems found before decoding, left out with --skip-bad
 
     def fingerprint(self) -> str:
         h = hashlib.sha1(f"{PACK_FORMAT}:{self.kind}".encode())
@@ -66,7 +68,7 @@ class PackedSet:
 
 # ---------------------------------------------------------------- finding the sources
 
-def find_sources(data_dir: Path) -> dict[str, Source]:
+def find_sources(data_dir: Path, skip_bad: bool = False) -> dict[str, Source]:
     """The packable sets in `data_dir`: Kaggle `train` (+ `test`), or PCam HDF5 splits."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -80,7 +82,7 @@ def find_sources(data_dir: Path) -> dict[str, Source]:
         return sources
     labels_csv, train_dir, test_dir = data_dir / "train_labels.csv", data_dir / "train", data_dir / "test"
     if labels_csv.exists() and train_dir.is_dir():
-        sources["train"] = _labelled_folder_source(train_dir, labels_csv)
+        sources["train"] = _labelled_folder_source(train_dir, labels_csv, skip_bad)
     if test_dir.is_dir():
         sources["test"] = folder_source(test_dir, "test")
     if not sources:
@@ -125,14 +127,21 @@ def read_labels_csv(path: Path) -> pd.DataFrame:
     return df
 
 
-def _labelled_folder_source(folder: Path, labels_csv: Path) -> Source:
+def _labelled_folder_source(folder: Path, labels_csv: Path, skip_bad: bool = False) -> Source:
     df = read_labels_csv(labels_csv)
     on_disk = {p.stem: p for p in folder.iterdir() if p.suffix.lower() in (".tif", ".tiff")}
-    missing = [i for i in df["id"] if i not in on_disk]
-    if missing:
+    has_image = df["id"].isin(on_disk.keys())
+    missing = list(df["id"][~has_image])
+    if missing and not skip_bad:
         raise DataError(f"{labels_csv}: {len(missing)} ids have no image in {folder}, e.g. {missing[0]}.tif; "
-                        "download the missing files or remove those rows")
-    return Source("train", "tiff", [on_disk[i] for i in df["id"]], list(df["id"]), df["label"].to_numpy())
+                        "download the missing files, remove those rows, or pass --skip-bad to leave them out")
+    df = df[has_image]
+    skipped = [f"{folder / i}.tif: listed in {labels_csv.name} but missing" for i in missing]
+    unlabelled = sorted(set(on_disk) - set(df["id"]) - set(missing))
+    if unlabelled:
+        print(f"spotter: warning: {len(unlabelled)} images in {folder} have no label in {labels_csv.name} "
+              f"(e.g. {unlabelled[0]}.tif); they are not used for training", file=sys.stderr)
+    return Source("train", "tiff", [on_disk[i] for i in df["id"]], list(df["id"]), df["label"].to_numpy(), skipped)
 
 
 def _pcam_source(split: str, x_path: Path, y_path: Path) -> Source:
@@ -196,13 +205,17 @@ def pack(source: Source, out_dir: Path, *, workers: int | None = None, skip_bad:
     else:
         bad = _decode_tiffs(source.paths, tmp / "pixels.npy", workers, progress)
     keep = np.ones(n, bool)
-    if bad:
+    if bad and not skip_bad:
+        shutil.rmtree(tmp, ignore_errors=True)
         report = "\n".join(msg for _, msg in bad)
-        if not skip_bad:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise DataError(f"{len(bad)} of {n} images cannot be used:\n{_first_lines(report)}\n"
-                            "fix or remove them, or pass --skip-bad to leave them out")
+        raise DataError(f"{len(bad)} of {n} images cannot be used:\n{_first_lines(report)}\n"
+                        "fix or remove them, or pass --skip-bad to leave them out")
+    if bad or source.skipped:
+        report = "\n".join(source.skipped + [msg for _, msg in bad])
         (tmp / "skipped.txt").write_text(report + "\n")
+        print(f"spotter: warning: left out {len(source.skipped) + len(bad)} images (--skip-bad); "
+              f"the list is in {target / 'skipped.txt'}", file=sys.stderr)
+    if bad:
         keep[[i for i, _ in bad]] = False
         _compact(tmp / "pixels.npy", keep)
     with open(tmp / "pixels.npy", "rb+") as f:
@@ -248,7 +261,7 @@ def _decode_tiffs(paths: list[Path], out_path: Path, workers: int | None, progre
     jobs = [(names[i:i + chunk], str(out_path), i) for i in range(0, len(names), chunk)]
     bad: list[tuple[int, str]] = []
     bar = tqdm(total=len(paths), desc=f"pack {out_path.parent.name.removesuffix('.partial')}", unit="file",
-               disable=not progress)
+               disable=None if progress else True)
     if workers == 1 or len(jobs) == 1:
         for job in jobs:
             bad += _decode_chunk(job)
@@ -270,7 +283,7 @@ def _copy_h5(x_path: Path, out_path: Path, n: int, progress: bool) -> None:
     out = np.load(out_path, mmap_mode="r+")
     with h5py.File(x_path, "r") as f:
         x = f["x"]
-        for start in tqdm(range(0, n, 4096), desc="pack h5", unit="chunk", disable=not progress):
+        for start in tqdm(range(0, n, 4096), desc="pack h5", unit="chunk", disable=None if progress else True):
             out[start:start + 4096] = x[start:start + 4096]
     out.flush()
 
@@ -291,4 +304,4 @@ def pack_folder(data_dir: Path, *, pack_root: Path | None = None, workers: int |
     """Pack every set found in `data_dir`; returns them by name."""
     out = pack_dir_for(data_dir, pack_root)
     return {name: pack(src, out, workers=workers, skip_bad=skip_bad, progress=progress)
-            for name, src in find_sources(data_dir).items()}
+            for name, src in find_sources(data_dir, skip_bad).items()}

@@ -86,8 +86,9 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
     if resume and (run_dir / "settings.json").exists():
         # A resumed run keeps the settings it started with; only the device may change.
         saved = json.loads((run_dir / "settings.json").read_text())
-        histo = HistoSettings(**saved["task"]["histo"])
-        settings = engine.TrainSettings(**{**saved["train"], "device": settings.device})
+        histo = engine.settings_from(HistoSettings, saved["task"]["histo"], run_dir / "settings.json")
+        settings = engine.settings_from(engine.TrainSettings, {**saved["train"], "device": settings.device},
+                                        run_dir / "settings.json")
     engine.seed_everything(settings.seed)
     packed = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad)
     if "train" not in packed or not packed["train"].labelled:
@@ -127,7 +128,7 @@ def _root(histo: HistoSettings) -> Path | None:
 
 def load_run(run_dir: Path, device: str = "auto") -> tuple[torch.nn.Module, HistoSettings, torch.device, str]:
     ckpt = engine.load_checkpoint(Path(run_dir) / "best.pt", KIND)
-    histo = HistoSettings(**ckpt["settings"]["task"]["histo"])
+    histo = engine.settings_from(HistoSettings, ckpt["settings"]["task"]["histo"], Path(run_dir) / "best.pt")
     model = create_model(histo.model)
     model.load_state_dict(ckpt["model"])
     dev = engine.pick_device(device)
@@ -179,6 +180,10 @@ def predict(run_dir: Path, images: Path, out: Path, *, tta: bool = False, device
     source = folder_source(Path(images), "images")
     data = pack(source, pack_dir_for(Path(images), _root(histo)), skip_bad=skip_bad)
     probs, _ = predict_pack(model, histo, dev, precision, data, tta=tta)
+    if (data.path / "skipped.txt").exists():
+        skipped = Path(str(out) + ".skipped.txt")
+        skipped.write_text((data.path / "skipped.txt").read_text())
+        log(f"warning: unreadable images have no row in the submission; they are listed in {skipped}")
     submission = pd.DataFrame({"id": data.ids, "label": probs.astype(np.float64)})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -85,10 +86,12 @@ def _parse_plain_tiff(data: bytes) -> tuple[bytes, int, int, int] | None:
             if size is None:
                 continue
             if size * n <= 4:
-                tags[tag] = struct.unpack_from(order + _TYPE_CODES[typ] * n, raw)
+                tags[tag] = struct.unpack_from(f"{order}{n}{_TYPE_CODES[typ]}", raw)
             elif tag in (258, 273, 279):
                 (offset,) = struct.unpack(order + "I", raw)
-                tags[tag] = struct.unpack_from(order + _TYPE_CODES[typ] * n, data, offset)
+                if offset + size * n > len(data):
+                    return None  # a damaged count or offset; let the general decoder report it
+                tags[tag] = struct.unpack_from(f"{order}{n}{_TYPE_CODES[typ]}", data, offset)
                 seen = max(seen, offset + size * n)
     except struct.error:
         return None
@@ -107,21 +110,22 @@ def _parse_plain_tiff(data: bytes) -> tuple[bytes, int, int, int] | None:
 
 
 def _read_with_pillow(path: str | Path, data: bytes) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            mode = image.mode
-            bits = set(getattr(image, "tag_v2", {}).get(258, (8,)))
-            if bits != {8}:  # Pillow reads some 16-bit RGB TIFFs as 8-bit RGB, losing precision silently
-                mode = f"{max(bits)}-bit {mode}"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a damaged header gets one clear BadImage, not a page of warnings
+            image = Image.open(io.BytesIO(data))
             image.load()
-            if mode != "RGB":
-                raise BadImage(f"{path}: image mode is {mode} ({image.size[0]}x{image.size[1]}), "
-                               "expected 8-bit RGB; convert it or pass --skip-bad")
-            return np.asarray(image)
-    except BadImage:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            mode, size = image.mode, image.size
+            bits = set(getattr(image, "tag_v2", {}).get(258, (8,)))
+            pixels = np.asarray(image)
+    except Exception as err:  # Pillow's decoders raise many types (OSError, DecompressionBombError, ...)
         raise BadImage(f"{path}: not a readable image ({err}); the file may be truncated or corrupt, "
                        "re-download it") from None
+    if bits != {8}:  # Pillow reads some 16-bit RGB TIFFs as 8-bit RGB, losing precision silently
+        mode = f"{max(bits)}-bit {mode}"
+    if mode != "RGB":
+        raise BadImage(f"{path}: image mode is {mode} ({size[0]}x{size[1]}), expected 8-bit RGB; "
+                       "convert it or pass --skip-bad")
+    return pixels

@@ -38,6 +38,7 @@ class TweetSettings:
     folds: int = 1  # 1: one stratified validation split; K >= 2: K-fold cross-validation
     val_fraction: float = 0.2
     resolve_duplicates: bool = True  # conflicting labels of one text -> the group's majority
+    skip_bad: bool = False  # drop unusable rows (listed in skipped.txt) instead of stopping
     unfreeze_epoch: int = 4  # GloVe is trained from this epoch on (default RNN only)
     normalise: dict = field(default_factory=lambda: asdict(NormaliseOptions()))
 
@@ -144,11 +145,15 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
     saved = run_dir / "run.json"
     if resume and saved.exists():
         s = json.loads(saved.read_text())
-        settings = TweetSettings(**s["tweets"])
-        train_settings = engine.TrainSettings(**{**s["train"], "device": train_settings.device})
+        settings = engine.settings_from(TweetSettings, s["tweets"], saved)
+        train_settings = engine.settings_from(engine.TrainSettings, {**s["train"], "device": train_settings.device},
+                                              saved)
     engine.seed_everything(train_settings.seed)
     start = time.perf_counter()
-    df = read_tweets(Path(settings.data) / "train.csv", labelled=True)
+    df = read_tweets(Path(settings.data) / "train.csv", labelled=True, skip_bad=settings.skip_bad)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if df.attrs["skipped"]:
+        (run_dir / "skipped.txt").write_text("\n".join(df.attrs["skipped"]) + "\n")
     changed = 0
     if settings.resolve_duplicates:
         df, changed = resolve_conflicting_duplicates(df)
@@ -158,7 +163,6 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
     keywords = [keyword_text(k) for k in df["keyword"]]
     targets = df["target"].to_numpy()
     splits = fold_splits(df, settings, train_settings.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
     engine.write_text_atomic(saved, json.dumps({"tweets": asdict(settings), "train": asdict(train_settings)}, indent=2))
 
     glove, cover = None, None
@@ -218,7 +222,8 @@ def predict_probs(run_dir: Path, df: pd.DataFrame, device: str = "auto") -> np.n
     """Mean probability of the run's fold models for each row of `df`."""
     run_dir = Path(run_dir)
     summary = load_summary(run_dir)
-    settings = TweetSettings(**json.loads((run_dir / "run.json").read_text())["tweets"])
+    settings = engine.settings_from(TweetSettings, json.loads((run_dir / "run.json").read_text())["tweets"],
+                                    run_dir / "run.json")
     options = NormaliseOptions(**settings.normalise)
     keywords = [keyword_text(k) for k in df["keyword"]]
     dev = engine.pick_device(device)
@@ -240,10 +245,10 @@ def predict_probs(run_dir: Path, df: pd.DataFrame, device: str = "auto") -> np.n
     return np.mean(probs, axis=0)
 
 
-def evaluate(run_dir: Path, csv: Path, *, device: str = "auto", log=print) -> dict:
+def evaluate(run_dir: Path, csv: Path, *, device: str = "auto", skip_bad: bool = False, log=print) -> dict:
     run_dir = Path(run_dir)
     summary = load_summary(run_dir)
-    df = read_tweets(csv, labelled=True)
+    df = read_tweets(csv, labelled=True, skip_bad=skip_bad)
     probs = predict_probs(run_dir, df, device)
     labels = df["target"].to_numpy()
     report = {**binary_report(labels, probs, summary["threshold"]), "tweets": len(df), "csv": str(csv)}
@@ -257,10 +262,10 @@ def evaluate(run_dir: Path, csv: Path, *, device: str = "auto", log=print) -> di
 
 
 def predict(run_dir: Path, csv: Path, out: Path, *, proba: bool = False, device: str = "auto",
-            log=print) -> pd.DataFrame:
+            skip_bad: bool = False, log=print) -> pd.DataFrame:
     """Kaggle's submission: `id,target` (0/1 at the run's threshold), same rows and order as `csv`."""
     summary = load_summary(run_dir)
-    df = read_tweets(csv, labelled=False)
+    df = read_tweets(csv, labelled=False, skip_bad=skip_bad)
     probs = predict_probs(run_dir, df, device)
     submission = pd.DataFrame({"id": df["id"], "target": (probs >= summary["threshold"]).astype(int)})
     if proba:

@@ -107,14 +107,32 @@ class TweetDataError(ValueError):
     pass
 
 
-def read_tweets(path: Path, *, labelled: bool) -> pd.DataFrame:
-    """Kaggle's CSV as it is: UTF-8 (a BOM is fine; undecodable bytes are replaced, not fatal), quoted
-    newlines, empty keyword and location. Checks the columns, ids and (if `labelled`) targets."""
+def read_tweets(path: Path, *, labelled: bool, skip_bad: bool = False) -> pd.DataFrame:
+    """Kaggle's CSV as it is: UTF-8 (a BOM is fine), quoted newlines, empty keyword and location.
+
+    Checks the encoding, the columns, the ids, empty texts and (if `labelled`) the targets, naming the row.
+    With `skip_bad`, undecodable bytes are replaced and unusable training rows dropped; what was done is
+    listed in `df.attrs["skipped"]`.
+    """
+    import io
+    import sys
+
     path = Path(path)
     if not path.exists():
         raise TweetDataError(f"{path}: no such file")
+    raw = path.read_bytes()
+    skipped: list[str] = []
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig", encoding_errors="replace")
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[:err.start].count(b"\n") + 1
+        if not skip_bad:
+            raise TweetDataError(f"{path}: not valid UTF-8 (line {line}: bytes {raw[err.start:err.end + 3]!r}); "
+                                 "re-save it as UTF-8, or pass --skip-bad to replace undecodable bytes") from None
+        text = raw.decode("utf-8-sig", errors="replace")
+        skipped.append(f"undecodable bytes replaced, first on line {line}")
+    try:
+        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise TweetDataError(f"{path}: empty file; expected Kaggle's columns id,keyword,location,text") from None
     except pd.errors.ParserError as err:
@@ -131,14 +149,37 @@ def read_tweets(path: Path, *, labelled: bool) -> pd.DataFrame:
             df[column] = ""
     dupes = df["id"][df["id"].duplicated()]
     if len(dupes):
-        raise TweetDataError(f"{path}: {len(dupes)} ids appear more than once, e.g. {dupes.iloc[0]!r}")
+        raise TweetDataError(f"{path}: {len(dupes)} ids appear more than once, e.g. {dupes.iloc[0]!r}; "
+                             "ids must be unique")
+    bad = pd.Series(False, index=df.index)
     if labelled:
         target = pd.to_numeric(df["target"].str.strip(), errors="coerce")
-        bad = df.index[~target.isin([0, 1])]
-        if len(bad):
-            raise TweetDataError(f"{path}: {len(bad)} targets are not 0 or 1, e.g. id {df['id'][bad[0]]!r} "
-                                 f"has {df['target'][bad[0]]!r}")
-        df["target"] = target.astype(int)
+        not_binary = ~target.isin([0, 1])
+        if not_binary.any() and not skip_bad:
+            row = df.index[not_binary][0]
+            raise TweetDataError(f"{path}: {not_binary.sum()} targets are not 0 or 1, e.g. id {df['id'][row]!r} "
+                                 f"has {df['target'][row]!r}; fix them or pass --skip-bad")
+        skipped += [f"id {i}: target {t!r} is not 0 or 1" for i, t in zip(df["id"][not_binary], df["target"][not_binary])]
+        bad |= not_binary
+        df["target"] = target.fillna(-1).astype(int)
+    empty = df["text"].str.strip() == ""
+    if empty.any():
+        if labelled and not skip_bad:
+            raise TweetDataError(f"{path}: {empty.sum()} tweets have no text, e.g. id {df['id'][empty].iloc[0]!r}; "
+                                 "remove them or pass --skip-bad")
+        if labelled:
+            skipped += [f"id {i}: empty text" for i in df["id"][empty]]
+            bad |= empty
+        else:
+            print(f"spotter: warning: {empty.sum()} tweets in {path} have no text (e.g. id "
+                  f"{df['id'][empty].iloc[0]!r}); they are predicted from their keyword alone", file=sys.stderr)
+    df = df[~bad].reset_index(drop=True)
+    if df.empty:
+        raise TweetDataError(f"{path}: no usable rows left")
+    df.attrs["skipped"] = skipped
+    if skipped:
+        print(f"spotter: warning: {path}: {len(skipped)} problems skipped (--skip-bad), e.g. {skipped[0]}",
+              file=sys.stderr)
     return df
 
 

@@ -1,0 +1,82 @@
+"""End to end: the real CLI on a slice of the real Kaggle tweets."""
+import json
+
+import pandas as pd
+import pytest
+
+from spotter.cli import main
+
+from conftest import TWEETS
+
+
+@pytest.fixture
+def tweets_slice(tmp_path):
+    if not TWEETS.exists():
+        pytest.skip("shared data missing")
+    folder = tmp_path / "tweets"
+    folder.mkdir()
+    pd.read_csv(TWEETS / "train.csv").sample(500, random_state=0).to_csv(folder / "train.csv", index=False)
+    pd.read_csv(TWEETS / "test.csv").head(60).to_csv(folder / "test.csv", index=False)
+    return folder
+
+
+def check_submission(path, test_csv, proba=False):
+    sub = pd.read_csv(path)
+    test = pd.read_csv(test_csv)
+    assert list(sub.columns) == ["id", "target"] + (["proba"] if proba else [])
+    assert sub["id"].tolist() == test["id"].tolist()  # one row per input row, same order
+    assert set(sub["target"]) <= {0, 1}
+    if proba:
+        assert sub["proba"].between(0, 1).all()
+
+
+def test_bigru_folds_resume_evaluate_predict(tweets_slice, tmp_path):
+    run = tmp_path / "run"
+    args = ["tweets", "train", "--data", tweets_slice, "--out", run, "--folds", "2", "--epochs", "2",
+            "--device", "cpu"]
+    assert main(args) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["folds"] == 2 and len(summary["fold_f1"]) == 2 and 0 < summary["threshold"] < 1
+    assert 0.5 < summary["glove_coverage"]["normalised"]["vocabulary"] <= 1
+    assert summary["glove_coverage"]["normalised"]["vocabulary"] > summary["glove_coverage"]["raw"]["vocabulary"]
+    for name in ("precision_recall.png", "validation_predictions.csv", "fold0/history.png", "fold1/best.pt"):
+        assert (run / name).exists(), name
+    metrics = pd.read_csv(run / "fold0" / "metrics.csv")
+    assert {"val_f1", "val_precision", "val_recall", "val_auc", "val_loss", "train_f1"} <= set(metrics.columns)
+
+    # A finished run resumes to the same summary (finished folds are not retrained).
+    (run / "fold1" / "val_probs.npy").unlink()
+    assert main([*args, "--resume"]) == 0
+    again = json.loads((run / "summary.json").read_text())
+    assert again["fold_f1"] == summary["fold_f1"] and again["threshold"] == summary["threshold"]
+
+    assert main(["tweets", "evaluate", run, "--csv", tweets_slice / "train.csv"]) == 0
+    report = json.loads((run / "evaluation.json").read_text())
+    assert report["tweets"] == 500 and 0 <= report["f1"] <= 1
+
+    out = tmp_path / "submission.csv"
+    assert main(["tweets", "predict", run, "--csv", tweets_slice / "test.csv", "--out", out, "--proba"]) == 0
+    check_submission(out, tweets_slice / "test.csv", proba=True)
+
+
+@pytest.mark.parametrize("model", ["seed-gru", "tfidf"])
+def test_other_models_train_and_predict(tweets_slice, tmp_path, model):
+    run = tmp_path / model
+    assert main(["tweets", "train", "--data", tweets_slice, "--out", run, "--model", model, "--epochs", "1"]) == 0
+    out = tmp_path / f"{model}.csv"
+    assert main(["tweets", "predict", run, "--csv", tweets_slice / "test.csv", "--out", out]) == 0
+    check_submission(out, tweets_slice / "test.csv")
+
+
+def test_custom_glove_txt(tweets_slice, tmp_path):
+    glove = tmp_path / "glove.txt"
+    glove.write_text("fire 0.1 0.2 0.3\nflood 0.3 0.2 0.1\nthe 0 0 1\n")
+    run = tmp_path / "txt"
+    assert main(["tweets", "train", "--data", tweets_slice, "--out", run, "--embeddings", glove, "--epochs", "1"]) == 0
+    assert json.loads((run / "summary.json").read_text())["glove_coverage"]["normalised"]["distinct_words"] > 100
+
+
+def test_predict_without_a_run_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "t.csv").write_text("id,text\n1,hi\n")
+    assert main(["tweets", "predict", tmp_path / "none", "--csv", tmp_path / "t.csv", "--out", tmp_path / "o.csv"]) == 2
+    assert "train it first" in capsys.readouterr().err
