@@ -7,83 +7,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from spotter import engine
-from spotter.histo.data import find_sources, pack
-from spotter.histo.models import create_model
-from spotter.histo.preprocess import Augment, preprocess
-from spotter.histo.task import iterate_batches, split_train_val
+from spotter.bench import stage_histo_train, stage_pack
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def pack_speed(data: Path, repeats: int = 3) -> dict:
-    source = find_sources(data)["train"]
-    with tempfile.TemporaryDirectory() as tmp:
-        pack(source, Path(tmp) / "warm", progress=False)  # warms the page cache
-        times = []
-        for i in range(repeats):
-            start = time.perf_counter()
-            pack(source, Path(tmp) / f"run{i}", progress=False)
-            times.append(time.perf_counter() - start)
-        packed = pack(source, Path(tmp) / "run0", progress=False)
-        pixels = np.asarray(packed.pixels)
-    from PIL import Image
-    paths = source.paths[:2000]
-    start = time.perf_counter()
-    for p in paths:
-        np.asarray(Image.open(p).convert("RGB"))
-    pil = len(paths) / (time.perf_counter() - start)
-    return {"pack_files_per_s": len(source.paths) / statistics.median(times), "pil_files_per_s": pil,
-            "files": len(source.paths)}, pixels, packed
-
-
-def throughput(packed, model_name: str, batch_size: int = 128, steps: int = 12) -> dict:
-    """Images/s of the model stepping on a batch already in memory (ceiling) and end to end from the pack."""
-    device = torch.device("cpu")
-    precision = engine.pick_precision(device)
-    model = create_model(model_name).to(memory_format=torch.channels_last)
-    settings = engine.TrainSettings()
-    optimizer = engine.make_optimizer(model, settings)
-    rows = np.arange(len(packed))
-
-    def step(x, y):
-        with engine.autocast(device, precision):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    x, y = next(iterate_batches(packed, rows, batch_size, device, 96, seed=0, augment=Augment()))
-    ceiling, e2e = [], []
-    for _ in range(3):  # alternate, so both see the same machine state
-        for i in range(steps):
-            start = time.perf_counter()
-            step(x, y)
-            if i >= 2:
-                ceiling.append(batch_size / (time.perf_counter() - start))
-        batches = iterate_batches(packed, rows, batch_size, device, 96, seed=1, augment=Augment())
-        start = time.perf_counter()
-        for i, (bx, by) in enumerate(batches):
-            step(bx, by)
-            now = time.perf_counter()
-            if i >= 2:
-                e2e.append(batch_size / (now - start))
-            start = now
-            if i + 1 >= steps:
-                break
-    c, e = statistics.median(ceiling), statistics.median(e2e)
-    return {"train_ceiling_img_per_s": c, "train_e2e_img_per_s": e, "e2e_over_ceiling": e / c, "precision": precision}
 
 
 def spotter(*args) -> str:
@@ -115,10 +49,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-histo.json"))
     args = parser.parse_args()
 
-    results: dict = {"device": "cpu", "threads": torch.get_num_threads()}
-    speed, _, packed = pack_speed(args.data)
-    results.update(speed)
-    results.update(throughput(packed, "resnet"))
+    results: dict = {"threads": torch.get_num_threads()}
+    results.update(stage_pack(str(args.data), quick=False))
+    results.update(stage_histo_train(str(args.data), quick=False, device="auto"))
     runs = []
     if not args.skip_train:
         with tempfile.TemporaryDirectory() as tmp:
@@ -128,7 +61,7 @@ def main() -> None:
     results["runs"] = runs
     args.out.write_text(json.dumps(results, indent=2))
 
-    print(f"\npacking {results['files']} files (warm cache): {results['pack_files_per_s']:,.0f} files/s; "
+    print(f"\npacking (warm cache): {results['pack_files_per_s']:,.0f} files/s; "
           f"plain PIL loop {results['pil_files_per_s']:,.0f} files/s "
           f"({results['pack_files_per_s'] / results['pil_files_per_s']:.1f}x)")
     print(f"training throughput ({results['precision']}): ceiling {results['train_ceiling_img_per_s']:.0f} img/s, "

@@ -99,3 +99,23 @@ def test_help_lists_the_commands():
     assert result.returncode == 0
     for command in ("pack", "train", "evaluate", "predict"):
         assert command in result.stdout
+
+
+def test_a_run_of_the_other_task_is_named(real_histo, tmp_path, capsys):
+    run = tmp_path / "cnn"
+    assert main(["histo", "train", "--data", real_histo, "--out", run, "--epochs", "1", "--batch-size", "32"]) == 0
+    (tmp_path / "t.csv").write_text("id,text\n1,fire\n")
+    assert main(["tweets", "predict", run, "--csv", tmp_path / "t.csv", "--out", tmp_path / "o.csv"]) == 2
+    assert "histo checkpoint, not a tweets one" in capsys.readouterr().err
+    (tmp_path / "rnn").mkdir()
+    (tmp_path / "rnn" / "summary.json").write_text("{}")
+    assert main(["histo", "predict", tmp_path / "rnn", "--images", real_histo / "test", "--out", tmp_path / "s.csv"]) == 2
+    assert "tweets run, not a histo one" in capsys.readouterr().err
+
+
+def test_ids_are_values_never_paths(real_histo, tmp_path):
+    """An id such as ../../x in the labels CSV is only looked up among the images, never opened as a path."""
+    with open(real_histo / "train_labels.csv", "a") as f:
+        f.write("../../etc/passwd,1\n")
+    result = spotter("histo", "pack", "--data", real_histo)
+    assert result.returncode == 2 and "../../etc/passwd.tif" in result.stderr

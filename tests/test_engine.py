@@ -27,7 +27,7 @@ def tiny_task(seed=0, poison_epoch=None):
 
     net = Squeeze()
 
-    def batches(epoch):
+    def batches(epoch, rank, world):
         order = np.random.default_rng(epoch).permutation(48)
         for i in range(0, 48, 16):
             yield x[order[i:i + 16]], y[order[i:i + 16]]
@@ -37,7 +37,7 @@ def tiny_task(seed=0, poison_epoch=None):
             with torch.no_grad():
                 model.weight.fill_(float("nan"))
 
-    return engine.Task(model=net, train_batches=batches, val_batches=lambda: iter([(x[48:], y[48:])]),
+    return engine.Task(model=net, train_batches=batches, val_batches=lambda rank, world: iter([(x[48:], y[48:])]),
                        score=lambda l, p: {"auc": roc_auc(l, p), "loss": 0.0}, main_metric="auc",
                        steps_per_epoch=3, start_epoch=start_epoch)
 

@@ -77,7 +77,7 @@ def test_16_bit_image(tmp_path):
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cut=st.integers(0, 27_935), flips=st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), max_size=6))
 def test_damaged_real_files_give_a_patch_or_a_clear_error(tmp_path, cut, flips):
     """Truncate a real patch anywhere and corrupt header bytes: never a crash, never a wrong shape."""

@@ -183,3 +183,8 @@ def test_conflicting_duplicates_take_the_majority():
     df = pd.DataFrame({"text": ["a", "a", "a", "b", "b", "c"], "target": [1, 1, 0, 0, 1, 0]})
     resolved, changed = resolve_conflicting_duplicates(df)
     assert resolved["target"].tolist() == [1, 1, 1, 1, 1, 0] and changed == 2
+
+
+def test_a_test_csv_with_repeated_ids_is_refused(tmp_path):
+    with pytest.raises(TweetDataError, match="ids must be unique"):
+        read_tweets(write(tmp_path, "id,keyword,location,text\n7,,,a\n7,,,b\n"), labelled=False)

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spotter", description="Train, evaluate and serve two binary detectors: "
                                      "tumour in histopathology patches (CNN) and disaster tweets (RNN).",
                                      epilog=EPILOG)
-    tasks = parser.add_subparsers(dest="task", required=True, metavar="{histo,tweets,demo}")
+    tasks = parser.add_subparsers(dest="task", required=True, metavar="{histo,tweets,demo,bench}")
 
     histo = tasks.add_parser("histo", help="histopathologic cancer detection (Kaggle / PatchCamelyon patches)")
     cmds = histo.add_subparsers(dest="command", required=True)
@@ -50,8 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .histo.models import MODELS
     p.add_argument("--model", default="resnet", choices=list(MODELS))
     p.add_argument("--time-budget", type=float, metavar="MIN", help="plan the schedule to end within MIN minutes")
-    p.add_argument("--crop", type=int, help="centre crop in pixels fed to the model (default 96: whole patch)")
+    p.add_argument("--crop", type=int, help="centre crop in pixels fed to the model (default 80; up to 96)")
     p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--pack-dir", type=Path)
     p.add_argument("--skip-bad", action="store_true")
     _add_training_args(p)
@@ -103,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-bad", action="store_true", help="replace undecodable bytes instead of stopping")
 
+    p = tasks.add_parser("bench", help="measure every stage's throughput; prints a table, writes JSON")
+    p.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--histo-data", type=Path, help="Kaggle-layout folder (default ../shared/data/histopathology)")
+    p.add_argument("--tweets-data", type=Path, help="folder with train.csv (default ../shared/data/disaster-tweets)")
+    p.add_argument("--scale", action="store_true", help="also train from a 220,025-patch (6 GB) synthetic pack")
+    p.add_argument("--out", type=Path, default=Path("bench.json"))
+
     p = tasks.add_parser("demo", help="make a small synthetic dataset and run every stage on it")
     p.add_argument("--out", type=Path, default=Path("spotter-demo"), help="folder for data and runs")
     p.add_argument("--device", default="auto")
@@ -119,7 +128,8 @@ def run(args: argparse.Namespace) -> None:
         elif args.command == "train":
             settings = histo.HistoSettings(data=str(args.data), model=args.model, val_fraction=args.val_fraction,
                                            pack_root=str(args.pack_dir) if args.pack_dir else None,
-                                           skip_bad=args.skip_bad, **({"crop": args.crop} if args.crop else {}))
+                                           skip_bad=args.skip_bad, augment=not args.no_augment,
+                                           **({"crop": args.crop} if args.crop else {}))
             defaults = {"lr": 3e-3, **({"epochs": 1000} if args.time_budget else {})}
             result = histo.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume)
             print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
@@ -143,6 +153,10 @@ def run(args: argparse.Namespace) -> None:
             tweets.evaluate(args.run, args.csv, device=args.device, skip_bad=args.skip_bad)
         elif args.command == "predict":
             tweets.predict(args.run, args.csv, args.out, proba=args.proba, device=args.device, skip_bad=args.skip_bad)
+    elif args.task == "bench":
+        from . import bench
+        bench.run(args.histo_data, args.tweets_data, quick=args.quick, device=args.device, out=args.out,
+                  scale=args.scale)
     elif args.task == "demo":
         from . import demo
         demo.run(args.out, device=args.device)

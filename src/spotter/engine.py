@@ -9,6 +9,8 @@ Resume guarantee: checkpoints are written at the end of every epoch. `--resume` 
 complete epoch (work inside an interrupted epoch is redone), and because each epoch's shuffling and
 augmentation are seeded from (seed, epoch), a resumed CPU run ends with the same weights and metrics as
 an uninterrupted one.
+
+Under torchrun (WORLD_SIZE > 1) the same loop runs on every rank with DistributedDataParallel.
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ def settings_from(cls: type, values: dict[str, Any], where: Path | str) -> Any:
         raise CheckpointError(f"{where}: made by an incompatible Spotter version (unknown settings: "
                               f"{', '.join(sorted(unknown))}); retrain the run")
     return cls(**values)
+
+
 CHECKPOINT_VERSION = 1
 
 
@@ -76,22 +80,71 @@ class Task:
     """What the engine needs from a task."""
 
     model: nn.Module
-    train_batches: Callable[[int], Iterator[Batch]]  # epoch -> batches, shuffled and augmented from (seed, epoch)
-    val_batches: Callable[[], Iterator[Batch]]
+    # (epoch, rank, world) -> this rank's batches, shuffled and augmented from (seed, epoch)
+    train_batches: Callable[[int, int, int], Iterator[Batch]]
+    val_batches: Callable[[int, int], Iterator[Batch]]  # (rank, world) -> this rank's share of validation
     score: Callable[[np.ndarray, np.ndarray], dict[str, float]]  # (labels, probs) -> metrics
     main_metric: str  # the key of `score` that picks the best epoch (higher is better)
-    steps_per_epoch: int
+    steps_per_epoch: Callable[[int], int] | int  # per rank, for a world of that size (or a fixed count)
     settings: dict[str, Any] = field(default_factory=dict)  # everything needed to rebuild the task
     extra: dict[str, Any] = field(default_factory=dict)  # saved in checkpoints only (e.g. a vocabulary)
     start_epoch: Callable[[int], None] | None = None  # called before each epoch (e.g. unfreeze a layer)
     precision: str | None = None  # the task's own choice when settings.precision is "auto"
 
 
-# ---------------------------------------------------------------- device and precision
+# ---------------------------------------------------------------- processes, device and precision
 
-def pick_device(name: str = "auto") -> torch.device:
+@dataclass
+class World:
+    """This process's place among torchrun's processes (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def join_world(device_name: str = "auto") -> World:
+    """Join torchrun's process group when launched by it (WORLD_SIZE > 1); else a world of one."""
+    import torch.distributed as dist
+
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        use_nccl = torch.cuda.is_available() and device_name != "cpu"
+        if use_nccl:
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl" if use_nccl else "gloo")
+    return World(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def gather(world: World, obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if world.size == 1:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world.size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(world: World) -> None:
+    if world.size > 1:
+        import torch.distributed as dist
+        dist.barrier()
+
+
+def pick_device(name: str = "auto", world: World | None = None) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", world.local_rank if world else torch.cuda.current_device())
+        return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
@@ -130,12 +183,15 @@ def batch_size_of(targets: torch.Tensor) -> int:
 
 def train_one_epoch(model: nn.Module, batches: Iterable[Batch], optimizer: torch.optim.Optimizer,
                     scheduler: Any, device: torch.device, precision: str, *, desc: str = "train",
-                    total: int | None = None, deadline: float | None = None) -> dict[str, Any]:
-    """One pass over `batches`; returns mean loss, the raw outputs for train metrics, and images/s."""
+                    total: int | None = None, deadline: float | None = None,
+                    world: World = World()) -> dict[str, Any]:
+    """One pass over `batches`; returns mean loss, the raw outputs for train metrics, and items/s,
+    gathered over all ranks."""
     model.train()
     losses, probs, labels, seen = [], [], [], 0
     start = time.perf_counter()
-    bar = tqdm(batches, total=total, desc=desc, unit="batch", leave=False, disable=not sys.stderr.isatty())
+    bar = tqdm(batches, total=total, desc=desc, unit="batch", leave=False,
+               disable=not (world.main and sys.stderr.isatty()))
     for inputs, targets in bar:
         with autocast(device, precision):
             logits = call_model(model, inputs)
@@ -152,16 +208,19 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Batch], optimizer: torch
         if len(losses) % 10 == 0:
             bar.set_postfix(loss=f"{torch.stack(losses[-10:]).mean().item():.4f}",
                             rate=f"{seen / (time.perf_counter() - start):.0f}/s")
-        if deadline is not None and time.monotonic() > deadline:
-            break
+        if deadline is not None and world.size == 1 and time.monotonic() > deadline:
+            break  # (several ranks must take the same steps, so they stop only at epoch ends)
     elapsed = time.perf_counter() - start
     if not losses:
         raise RuntimeError("the training set gave no batch")
-    loss = torch.stack(losses).mean().item()
+    parts = gather(world, (torch.stack(losses).sum().item(), len(losses), torch.cat(probs).cpu().numpy(),
+                           torch.cat(labels).cpu().numpy(), seen))
+    loss = sum(p[0] for p in parts) / sum(p[1] for p in parts)
     if not math.isfinite(loss):
         raise FloatingPointError(f"training loss became {loss}; lower --lr or check the data")
-    return {"loss": loss, "probs": torch.cat(probs).cpu().numpy(), "labels": torch.cat(labels).cpu().numpy(),
-            "seconds": elapsed, "per_s": seen / elapsed, "steps": len(losses)}
+    return {"loss": loss, "probs": np.concatenate([p[2] for p in parts]),
+            "labels": np.concatenate([p[3] for p in parts]), "seconds": elapsed,
+            "per_s": sum(p[4] for p in parts) / elapsed, "steps": len(losses)}
 
 
 @torch.no_grad()
@@ -227,11 +286,11 @@ def load_checkpoint(path: Path, kind: str | None = None) -> dict[str, Any]:
 # ---------------------------------------------------------------- planning
 
 def plan_epochs(task: Task, settings: TrainSettings, optimizer_factory, device, precision, budget_s: float,
-                val_size: int) -> int:
+                val_size: int, world_size: int = 1) -> int:
     """How many epochs fit in `budget_s`: time a few steps on a throwaway copy of the model."""
     model = copy.deepcopy(task.model)
     optimizer = optimizer_factory(model)
-    batches = task.train_batches(0)
+    batches = task.train_batches(0, 0, 1)
     times = []
     for i, (inputs, targets) in enumerate(batches):
         t = time.perf_counter()
@@ -247,13 +306,17 @@ def plan_epochs(task: Task, settings: TrainSettings, optimizer_factory, device, 
             break
     step_s = float(np.median(times[2:] if len(times) > 3 else times))
     # Validation runs forward only (about a third of a training step) over val_size images.
-    eval_s = step_s / 3 * math.ceil(val_size / settings.batch_size)
-    epoch_s = step_s * task.steps_per_epoch + eval_s + 1.0
+    eval_s = step_s / 3 * math.ceil(val_size / settings.batch_size / world_size)
+    epoch_s = step_s * _steps(task, world_size) + eval_s + 1.0
     del model, optimizer
-    return max(1, int(budget_s * 0.95 // epoch_s))
+    return max(1, int(budget_s * 0.9 // epoch_s))  # a margin: throughput varies
 
 
 # ---------------------------------------------------------------- the loop
+
+def _steps(task: Task, world_size: int) -> int:
+    return task.steps_per_epoch(world_size) if callable(task.steps_per_epoch) else task.steps_per_epoch
+
 
 def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
     # Frozen parameters are included too: a task may unfreeze them later. Biases, norms and
@@ -267,9 +330,16 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Opt
 
 def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume: bool = False,
         log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train `task.model` into `run_dir`; return the best epoch's validation metrics."""
+    """Train `task.model` into `run_dir`; return the best epoch's validation metrics.
+
+    Under torchrun every rank trains its share of each batch through DistributedDataParallel; metrics
+    are gathered over all ranks, and only rank 0 logs and writes files.
+    """
+    world = join_world(settings.device)
+    if not world.main:
+        log = lambda message: None  # noqa: E731
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = pick_device(settings.device)
+    device = pick_device(settings.device, world)
     precision = pick_precision(device, task.precision if settings.precision == "auto" and task.precision
                                else settings.precision)
     model = task.model.to(device)
@@ -282,29 +352,39 @@ def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume
     if resume and last_path.exists():
         ckpt = load_checkpoint(last_path, kind)
         state.update(ckpt["state"])
-        _drop_rows_after(csv_path, state["epoch"])  # rows of an epoch that never reached its checkpoint
+        if world.main:
+            _drop_rows_after(csv_path, state["epoch"])  # rows of an epoch that never reached its checkpoint
         log(f"resuming {run_dir} after epoch {state['epoch']} of {state['epochs']}")
     elif resume:
         log(f"nothing to resume in {run_dir}; starting fresh")
     if ckpt is None:
         if settings.time_budget_min:
-            planned = plan_epochs(task, settings, lambda m: make_optimizer(m, settings), device, precision,
-                                  settings.time_budget_min * 60, task.settings.get("val_size", 0))
-            state["epochs"] = min(planned, settings.epochs)
+            planned = None
+            if world.main:
+                planned = plan_epochs(task, settings, lambda m: make_optimizer(m, settings), device, precision,
+                                      settings.time_budget_min * 60, task.settings.get("val_size", 0), world.size)
+            state["epochs"] = min(gather(world, planned)[0], settings.epochs)
             log(f"time budget {settings.time_budget_min:g} min: planned {state['epochs']} epochs")
-        if csv_path.exists():
+        if world.main and csv_path.exists():
             csv_path.unlink()
 
-    total_steps = state["epochs"] * task.steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=total_steps,
+    steps_per_epoch = _steps(task, world.size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr,
+                                                    total_steps=state["epochs"] * steps_per_epoch,
                                                     pct_start=0.15, div_factor=25, final_div_factor=1e3)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+    trained = model
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    all_settings = {"train": asdict(settings), "task": task.settings, "device": str(device), "precision": precision}
-    write_text_atomic(run_dir / "settings.json", json.dumps(all_settings, indent=2, default=str))
+    all_settings = {"train": asdict(settings), "task": task.settings, "device": str(device), "precision": precision,
+                    "world_size": world.size}
+    if world.main:
+        write_text_atomic(run_dir / "settings.json", json.dumps(all_settings, indent=2, default=str))
     deadline = start_time + settings.time_budget_min * 60 if settings.time_budget_min else None
 
     def checkpoint(epoch_metrics: dict[str, float]) -> dict[str, Any]:
@@ -316,16 +396,18 @@ def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume
     for epoch in range(state["epoch"] + 1, state["epochs"] + 1):
         if task.start_epoch is not None:
             task.start_epoch(epoch)
-        train = train_one_epoch(model, task.train_batches(epoch), optimizer, scheduler, device, precision,
-                                desc=f"epoch {epoch}/{state['epochs']}", total=task.steps_per_epoch, deadline=deadline)
-        probs, labels = predict_probs(model, task.val_batches(), device, precision, desc="validate")
+        train = train_one_epoch(trained, task.train_batches(epoch, world.rank, world.size), optimizer, scheduler,
+                                device, precision, desc=f"epoch {epoch}/{state['epochs']}", total=steps_per_epoch,
+                                deadline=deadline, world=world)
+        parts = gather(world, predict_probs(model, task.val_batches(world.rank, world.size), device, precision,
+                                            desc="validate"))
+        probs, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
         val = task.score(labels, probs)
         train_scores = task.score(train["labels"], train["probs"])
         row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train["loss"],
                **{f"train_{k}": v for k, v in train_scores.items() if k != "loss"},
                **{f"val_{k}": v for k, v in val.items()},
                "seconds": round(train["seconds"], 2), "per_s": round(train["per_s"], 1)}
-        _append_csv(csv_path, row)
         improved = val[task.main_metric] > state["best"]
         state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
         if improved:
@@ -333,14 +415,18 @@ def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume
         log(f"epoch {epoch:3d}/{state['epochs']}  loss {train['loss']:.4f}  val_loss {val['loss']:.4f}  "
             f"val_{task.main_metric} {val[task.main_metric]:.4f}{' *' if improved else ''}  "
             f"{train['per_s']:.0f}/s  {train['seconds']:.0f}s")
-        ckpt = checkpoint(row)
-        if improved:
-            save_atomic(ckpt, best_path)
-        save_atomic(ckpt, last_path)
+        if world.main:
+            _append_csv(csv_path, row)
+            ckpt = checkpoint(row)
+            if improved:
+                save_atomic(ckpt, best_path)
+            save_atomic(ckpt, last_path)
+        barrier(world)
         if settings.patience is not None and state["bad_epochs"] >= settings.patience:
             log(f"no improvement for {settings.patience} epochs: stopping early")
             break
-        if deadline is not None and time.monotonic() > deadline:
+        # Rank 0's clock decides, so that every rank stops after the same epoch.
+        if deadline is not None and gather(world, time.monotonic() > deadline)[0]:
             log("time budget reached: stopping")
             break
 

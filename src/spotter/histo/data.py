@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import multiprocessing as mp
 import os
 import shutil
@@ -60,6 +61,13 @@ class PackedSet:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def release(self) -> None:
+        """Unmap the pages read so far (they stay in the page cache), so that a pack larger than memory
+        (220,025 patches are 6 GB) is streamed with bounded resident memory."""
+        mapping = getattr(self.pixels, "_mmap", None)
+        if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+            mapping.madvise(mmap.MADV_DONTNEED)
 
     @property
     def labelled(self) -> bool:

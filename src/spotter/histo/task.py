@@ -27,14 +27,21 @@ class HistoSettings:
 
     data: str = ""
     model: str = "resnet"
-    crop: int = 96  # centre crop fed to the model; the label depends only on the centre 32x32
+    crop: int | None = None  # centre crop fed to the model (None: 80, or 96 for the seed CNN)
     crop_jitter: int = 8  # random shift of the crop in training (only when crop < 96)
     colour_jitter: float = 0.1
     val_fraction: float = 0.1
     pack_root: str | None = None
     skip_bad: bool = False
+    augment: bool = True
 
     def __post_init__(self):
+        if self.crop is None:
+            # The label depends only on the centre 32x32; an 80-pixel crop keeps context around it and,
+            # shifted by up to 8 pixels, adds translations to the augmentation (measured: see README).
+            self.crop = 96 if self.model == "seed" else 80
+        if self.model == "seed" and self.crop != 96:
+            raise ValueError("the seed CNN's dense layer takes whole 96x96 patches: use --crop 96")
         if not 32 <= self.crop <= 96:
             raise ValueError(f"crop must be between 32 and 96 pixels, got {self.crop}")
         if not 0 < self.val_fraction < 1:
@@ -44,18 +51,28 @@ class HistoSettings:
 # ---------------------------------------------------------------- batches
 
 def iterate_batches(pack: PackedSet, indices: np.ndarray, batch_size: int, device: torch.device, crop: int, *,
-                    seed: int | None = None, augment: Augment | None = None,
-                    drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of (preprocessed images, labels) on `device`, shuffled and augmented when `seed` is given."""
+                    seed: int | None = None, augment: Augment | None = None, drop_last: bool = False,
+                    shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of (preprocessed images, labels) on `device`, shuffled and augmented when `seed` is given.
+
+    With `shard=(rank, world)` this rank gets its `batch_size` slice of each global batch of
+    `batch_size * world` rows, so the ranks together step through exactly the single-process order.
+    """
+    rank, world = shard
     order = np.asarray(indices)
     generator = None
     if seed is not None:
         order = np.random.default_rng(seed).permutation(order)
-        generator = torch.Generator(device=device).manual_seed(seed)
-    stop = len(order) - (len(order) % batch_size if drop_last and len(order) >= batch_size else 0)
-    for start in range(0, stop, batch_size):
+        generator = torch.Generator(device=device).manual_seed(seed * 1009 + rank)
+    step = batch_size * world
+    stop = len(order) - (len(order) % step if drop_last and len(order) >= step else 0)
+    for number, start in enumerate(range(0, stop, step)):
+        if number % 256 == 255:
+            pack.release()
         # Sorted rows read the memory map sequentially; order inside a batch does not matter.
-        rows = np.sort(order[start:start + batch_size])
+        rows = np.sort(order[start + rank * batch_size:start + (rank + 1) * batch_size])
+        if len(rows) == 0:
+            continue
         pixels = torch.from_numpy(pack.pixels[rows])
         labels = torch.from_numpy(pack.labels[rows].astype(np.float32))
         if device.type == "cuda":
@@ -90,33 +107,42 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         settings = engine.settings_from(engine.TrainSettings, {**saved["train"], "device": settings.device},
                                         run_dir / "settings.json")
     engine.seed_everything(settings.seed)
-    packed = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad)
+    world = engine.join_world(settings.device)
+    if not world.main:
+        log = lambda message: None  # noqa: E731
+    for turn in (True, False):  # rank 0 packs; the others then find the pack ready
+        if world.main == turn:
+            packed = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad,
+                                 progress=world.main)
+        engine.barrier(world)
     if "train" not in packed or not packed["train"].labelled:
         raise ValueError(f"{histo.data}: no labelled training set (train/ with train_labels.csv, or PCam train split)")
     data = packed["train"]
     train_rows, val_rows = split_train_val(data.labels, histo.val_fraction, settings.seed)
-    device = engine.pick_device(settings.device)
+    device = engine.pick_device(settings.device, world)
     model = create_model(histo.model).to(memory_format=torch.channels_last)
-    augment = Augment(histo.crop_jitter, histo.colour_jitter)
+    augment = Augment(histo.crop_jitter, histo.colour_jitter) if histo.augment else None
     bs = settings.batch_size
     log(f"{len(train_rows)} training and {len(val_rows)} validation patches; model {histo.model} "
         f"({count_parameters(model):,} parameters), crop {histo.crop}, device {device}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "val_ids.txt").write_text("\n".join(data.ids[val_rows]) + "\n")
+    if world.main:
+        engine.write_text_atomic(run_dir / "val_ids.txt", "\n".join(data.ids[val_rows]) + "\n")
 
     task = engine.Task(
         model=model,
-        train_batches=lambda epoch: iterate_batches(data, train_rows, bs, device, histo.crop,
-                                                    seed=settings.seed * 100_003 + epoch, augment=augment,
-                                                    drop_last=True),
-        val_batches=lambda: iterate_batches(data, val_rows, bs * 2, device, histo.crop),
+        train_batches=lambda epoch, rank, world: iterate_batches(
+            data, train_rows, bs, device, histo.crop, seed=settings.seed * 100_003 + epoch, augment=augment,
+            drop_last=True, shard=(rank, world)),
+        val_batches=lambda rank, world: iterate_batches(data, val_rows[rank::world], bs * 2, device, histo.crop),
         score=score, main_metric="auc",
-        steps_per_epoch=max(1, len(train_rows) // bs),
+        steps_per_epoch=lambda world: max(1, len(train_rows) // (bs * world)),
         settings={"histo": asdict(histo), "val_size": len(val_rows), "train_size": len(train_rows)},
     )
     result = engine.fit(task, settings, run_dir, kind=KIND, resume=resume, log=log)
-    plots.training_curves(run_dir / "metrics.csv", run_dir / "history.png",
-                          [("loss", "loss"), ("auc", "ROC AUC")])
+    if world.main:
+        plots.training_curves(run_dir / "metrics.csv", run_dir / "history.png",
+                              [("loss", "loss"), ("auc", "ROC AUC")])
     return result
 
 
@@ -127,6 +153,8 @@ def _root(histo: HistoSettings) -> Path | None:
 # ---------------------------------------------------------------- evaluate and predict
 
 def load_run(run_dir: Path, device: str = "auto") -> tuple[torch.nn.Module, HistoSettings, torch.device, str]:
+    if (Path(run_dir) / "summary.json").exists() and not (Path(run_dir) / "best.pt").exists():
+        raise engine.CheckpointError(f"{run_dir}: this is a tweets run, not a histo one; use `spotter tweets`")
     ckpt = engine.load_checkpoint(Path(run_dir) / "best.pt", KIND)
     histo = engine.settings_from(HistoSettings, ckpt["settings"]["task"]["histo"], Path(run_dir) / "best.pt")
     model = create_model(histo.model)

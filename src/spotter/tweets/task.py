@@ -80,13 +80,19 @@ def encode(tokens: list[list[str]], keywords: list[str], vocab: Vocabulary, keyw
     return Encoded(ids, lengths, kw, np.zeros(len(ids), np.float32) if targets is None else targets.astype(np.float32))
 
 
-def iterate_batches(data: Encoded, batch_size: int, device: torch.device,
-                    seed: int | None = None) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+def iterate_batches(data: Encoded, batch_size: int, device: torch.device, seed: int | None = None,
+                    shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+    """Batches of ((ids, lengths, keywords), targets); with `shard=(rank, world)`, this rank's slice of
+    each global batch of `batch_size * world` rows."""
+    rank, world = shard
     order = np.arange(len(data.ids))
     if seed is not None:
         order = np.random.default_rng(seed).permutation(order)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+    step = batch_size * world
+    for start in range(0, len(order), step):
+        rows = order[start + rank * batch_size:start + (rank + 1) * batch_size]
+        if len(rows) == 0:
+            continue
         inputs = tuple(torch.from_numpy(a[rows]).to(device) for a in (data.ids, data.lengths, data.keywords))
         yield inputs, torch.from_numpy(data.targets[rows]).to(device)
 
@@ -114,7 +120,8 @@ def train_rnn_fold(settings: TweetSettings, train: engine.TrainSettings, fold_di
     pick = lambda rows: encode([tokens[i] for i in rows], [keywords[i] for i in rows], vocab, keyword_list,
                                length, targets[rows])
     train_data, val_data = pick(train_rows), pick(val_rows)
-    device = engine.pick_device(train.device)
+    world = engine.join_world(train.device)
+    device = engine.pick_device(train.device, world)
 
     def start_epoch(epoch: int) -> None:
         if settings.model != "seed-gru":
@@ -122,18 +129,20 @@ def train_rnn_fold(settings: TweetSettings, train: engine.TrainSettings, fold_di
 
     task = engine.Task(
         model=model,
-        train_batches=lambda epoch: iterate_batches(train_data, train.batch_size, device,
-                                                    seed=train.seed * 100_003 + epoch),
-        val_batches=lambda: iterate_batches(val_data, 512, device),
-        score=score, main_metric="auc", steps_per_epoch=-(-len(train_rows) // train.batch_size),
+        train_batches=lambda epoch, rank, world: iterate_batches(
+            train_data, train.batch_size, device, seed=train.seed * 100_003 + epoch, shard=(rank, world)),
+        val_batches=lambda rank, world: iterate_batches(val_data, 512, device, shard=(rank, world)),
+        score=score, main_metric="auc",
+        steps_per_epoch=lambda world: -(-len(train_rows) // (train.batch_size * world)),
         settings={"tweets": asdict(settings), "val_size": len(val_rows), "train_size": len(train_rows)},
         extra={"vocab": vocab.tokens[2:], "keywords": keyword_list, "length": length},
         start_epoch=start_epoch, precision="fp32",  # a small GRU gains nothing from bf16 and cuDNN prefers fp32
     )
     engine.fit(task, train, fold_dir, kind=KIND, resume=resume, log=log)
-    plots.training_curves(fold_dir / "metrics.csv", fold_dir / "history.png",
-                          [("loss", "loss"), ("auc", "ROC AUC"), ("f1", "F1 at 0.5")])
-    probs, _ = engine.predict_probs(model, task.val_batches(), device, "fp32")
+    if world.main:
+        plots.training_curves(fold_dir / "metrics.csv", fold_dir / "history.png",
+                              [("loss", "loss"), ("auc", "ROC AUC"), ("f1", "F1 at 0.5")])
+    probs, _ = engine.predict_probs(model, task.val_batches(0, 1), device, "fp32")  # every rank, in order
     return probs
 
 
@@ -149,10 +158,13 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
         train_settings = engine.settings_from(engine.TrainSettings, {**s["train"], "device": train_settings.device},
                                               saved)
     engine.seed_everything(train_settings.seed)
+    world = engine.join_world(train_settings.device)
+    if not world.main:  # under torchrun every rank runs this; only rank 0 speaks and writes
+        log = lambda message: None  # noqa: E731
     start = time.perf_counter()
     df = read_tweets(Path(settings.data) / "train.csv", labelled=True, skip_bad=settings.skip_bad)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if df.attrs["skipped"]:
+    if df.attrs["skipped"] and world.main:
         (run_dir / "skipped.txt").write_text("\n".join(df.attrs["skipped"]) + "\n")
     changed = 0
     if settings.resolve_duplicates:
@@ -163,7 +175,8 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
     keywords = [keyword_text(k) for k in df["keyword"]]
     targets = df["target"].to_numpy()
     splits = fold_splits(df, settings, train_settings.seed)
-    engine.write_text_atomic(saved, json.dumps({"tweets": asdict(settings), "train": asdict(train_settings)}, indent=2))
+    if world.main:
+        engine.write_text_atomic(saved, json.dumps({"tweets": asdict(settings), "train": asdict(train_settings)}, indent=2))
 
     glove, cover = None, None
     if settings.model != "tfidf":
@@ -184,11 +197,13 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
         log(f"fold {k + 1}/{len(splits)}: {len(train_rows)} training, {len(val_rows)} validation tweets")
         if settings.model == "tfidf":
             probs = tfidf.train_fold(fold_dir, [normalise(t, options) for t in df["text"]], keywords, targets,
-                                     train_rows, val_rows, seed=train_settings.seed)
+                                     train_rows, val_rows, seed=train_settings.seed, write=world.main)
         else:
             probs = train_rnn_fold(settings, train_settings, fold_dir, tokens, keywords, targets, train_rows,
                                    val_rows, glove, resume=resume, log=log)
-        np.save(fold_dir / "val_probs.npy", probs)  # marks the fold finished for --resume
+        if world.main:
+            np.save(fold_dir / "val_probs.npy", probs)  # marks the fold finished for --resume
+        engine.barrier(world)
         oof[val_rows] = probs
 
     seen = ~np.isnan(oof)
@@ -199,11 +214,12 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
                "fold_f1": fold_f1, "f1_mean": float(np.mean(fold_f1)), "f1_std": float(np.std(fold_f1)),
                "validation": overall, "relabelled_duplicates": changed, "glove_coverage": cover,
                "seconds": round(time.perf_counter() - start, 1)}
-    engine.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
-    pd.DataFrame({"id": df["id"][seen], "target": targets[seen], "prob": oof[seen]}).to_csv(
-        run_dir / "validation_predictions.csv", index=False)
-    plots.precision_recall(targets[seen], oof[seen], threshold, run_dir / "precision_recall.png",
-                           title=f"{settings.model}: {'out-of-fold' if len(splits) > 1 else 'validation'} predictions")
+    if world.main:
+        engine.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+        pd.DataFrame({"id": df["id"][seen], "target": targets[seen], "prob": oof[seen]}).to_csv(
+            run_dir / "validation_predictions.csv", index=False)
+        title = f"{settings.model}: {'out-of-fold' if len(splits) > 1 else 'validation'} predictions"
+        plots.precision_recall(targets[seen], oof[seen], threshold, run_dir / "precision_recall.png", title=title)
     log(f"{settings.model}: F1 {summary['f1_mean']:.4f} ± {summary['f1_std']:.4f} over {len(splits)} fold(s) "
         f"at threshold {threshold:.3f}; AUC {overall['auc']:.4f}; {summary['seconds']:.0f} s")
     return summary
@@ -213,6 +229,8 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
 
 def load_summary(run_dir: Path) -> dict:
     path = Path(run_dir) / "summary.json"
+    if not path.exists() and (Path(run_dir) / "best.pt").exists():
+        engine.load_checkpoint(Path(run_dir) / "best.pt", KIND)  # names the run's task if it is another
     if not path.exists():
         raise engine.CheckpointError(f"{run_dir}: no finished tweets run there (summary.json missing); train it first")
     return json.loads(path.read_text())

@@ -33,7 +33,7 @@ def _tfidf(counts: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
 
 
 def train_fold(fold_dir: Path, texts: list[str], keywords: list[str], targets: np.ndarray, train_rows: np.ndarray,
-               val_rows: np.ndarray, seed: int = 0, c: float = 4.0) -> np.ndarray:
+               val_rows: np.ndarray, seed: int = 0, c: float = 4.0, write: bool = True) -> np.ndarray:
     counts = _counts(texts, keywords)
     train_counts = counts[train_rows]
     df = np.bincount(train_counts.indices, minlength=counts.shape[1])
@@ -41,10 +41,11 @@ def train_fold(fold_dir: Path, texts: list[str], keywords: list[str], targets: n
     model = LogisticRegression(C=c, max_iter=2000, random_state=seed)
     model.fit(_tfidf(train_counts, idf), targets[train_rows])
     fold_dir.mkdir(parents=True, exist_ok=True)
-    engine.save_atomic({"version": engine.CHECKPOINT_VERSION, "task": "tweets", "model_type": "tfidf",
-                        "idf": torch.from_numpy(idf.astype(np.float32)),
-                        "coef": torch.from_numpy(model.coef_[0].astype(np.float32)),
-                        "intercept": float(model.intercept_[0])}, fold_dir / "best.pt")
+    if write:
+        engine.save_atomic({"version": engine.CHECKPOINT_VERSION, "task": "tweets", "model_type": "tfidf",
+                            "idf": torch.from_numpy(idf.astype(np.float32)),
+                            "coef": torch.from_numpy(model.coef_[0].astype(np.float32)),
+                            "intercept": float(model.intercept_[0])}, fold_dir / "best.pt")
     return model.predict_proba(_tfidf(counts[val_rows], idf))[:, 1]
 
 
