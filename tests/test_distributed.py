@@ -95,6 +95,9 @@ def test_tweets_train_under_torchrun(tmp_path):
     folder = tmp_path / "tweets"
     folder.mkdir()
     pd.read_csv(TWEETS / "train.csv").sample(300, random_state=1).to_csv(folder / "train.csv", index=False)
-    torchrun("tweets", "train", "--data", folder, "--out", tmp_path / "run", "--epochs", 2, "--device", "cpu")
+    # Past --unfreeze-epoch: DDP must pick up the GloVe weights once they start training.
+    torchrun("tweets", "train", "--data", folder, "--out", tmp_path / "run", "--epochs", 3, "--unfreeze-epoch", 2,
+             "--device", "cpu")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["folds"] == 1 and 0 < summary["threshold"] < 1
+    assert len(pd.read_csv(tmp_path / "run" / "fold0" / "metrics.csv")) == 3

@@ -66,3 +66,13 @@ def test_dihedral_views_are_the_eight_distinct_symmetries():
     assert len(views) == 8
     assert len({tuple(v.flatten().tolist()) for v in views}) == 8
     assert torch.equal(views[0], x)
+
+
+@pytest.mark.parametrize("crop", [80, 96])
+def test_cpu_and_gpu_geometry_paths_agree(crop):
+    """The CPU path (numpy views) and the device path (batched indexing) make the same pixels."""
+    from spotter.histo.preprocess import _geometry_batched, _geometry_views
+    u8 = pixels(32, seed=4)
+    draws = Augment().draw(32, 96, crop, torch.Generator().manual_seed(5), torch.device("cpu"))
+    assert draws.flips.any() and not draws.flips.all()
+    torch.testing.assert_close(_geometry_views(u8, crop, draws), _geometry_batched(u8, crop, draws), rtol=0, atol=0)

@@ -237,46 +237,51 @@ def stage_tweets(data: str, quick: bool, device: str) -> dict[str, float]:
             "tweets_infer_per_s": _median_rate(infer, 3)}
 
 
-def stage_scale(data: str, quick: bool, device: str, patches: int = 220_025) -> dict[str, Any]:
-    """Train from a 220,025-patch pack (6 GB, the full Kaggle training set's size, made by tiling the real
-    patches): throughput per window of steps across the epoch, and the process's peak RSS."""
+def stage_make_scale_pack(data: str, folder: str, patches: int = 220_025) -> dict[str, Any]:
+    """A pack of 220,025 patches (the full Kaggle training set's size, 6 GB), tiled from the real ones."""
+    from .histo.data import pack_folder
+
+    real = pack_folder(Path(data), progress=False)["train"]
+    pixels = np.lib.format.open_memmap(Path(folder) / "pixels.npy", mode="w+", dtype=np.uint8,
+                                       shape=(patches, 96, 96, 3))
+    for start in range(0, patches, len(real)):
+        pixels[start:start + len(real)] = real.pixels[:patches - start]
+    pixels.flush()
+    np.savez(Path(folder) / "index.npz", ids=np.arange(patches).astype(str), labels=np.resize(real.labels, patches))
+    return {"scale_patches": patches, "scale_pack_gb": (Path(folder) / "pixels.npy").stat().st_size / 1e9}
+
+
+def stage_scale(folder: str, quick: bool, device: str) -> dict[str, Any]:
+    """Train from the large pack: throughput per window of steps through the epoch; this process's peak
+    RSS shows whether memory stays bounded while the memory map streams."""
     from . import engine
     from .histo.data import load_pack
     from .histo.models import create_model
     from .histo.preprocess import Augment
     from .histo.task import iterate_batches
 
-    dev, precision, real = _setup_histo(data, device)
-    with tempfile.TemporaryDirectory(dir=Path.home()) as tmp:
-        folder = Path(tmp)
-        pixels = np.lib.format.open_memmap(folder / "pixels.npy", mode="w+", dtype=np.uint8,
-                                           shape=(patches, 96, 96, 3))
-        for start in range(0, patches, len(real)):
-            pixels[start:start + len(real)] = real.pixels[:patches - start]
-        pixels.flush()
-        del pixels
-        np.savez(folder / "index.npz", ids=np.arange(patches).astype(str), labels=np.resize(real.labels, patches))
-        packed = load_pack(folder)
-        model = create_model("resnet").to(dev, memory_format=torch.channels_last)
-        optimizer = engine.make_optimizer(model, engine.TrainSettings())
-        window, windows, steps = 25, [], (100 if quick else 400)
-        start = time.perf_counter()
-        batches = iterate_batches(packed, np.arange(patches), 128, dev, _default_crop(), seed=0, augment=Augment())
-        for i, (x, y) in enumerate(batches):
-            with engine.autocast(dev, precision):
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if (i + 1) % window == 0:
-                now = time.perf_counter()
-                windows.append(window * 128 / (now - start))
-                start = now
-            if i + 1 >= steps:
-                break
-        size_gb = (folder / "pixels.npy").stat().st_size / 1e9
-    return {"scale_patches": patches, "scale_pack_gb": size_gb, "scale_img_per_s_windows": windows,
-            "scale_img_per_s": statistics.median(windows[1:] or windows)}
+    dev = engine.pick_device(device)
+    precision = engine.pick_precision(dev)
+    packed = load_pack(Path(folder))
+    model = create_model("resnet").to(dev, memory_format=torch.channels_last)
+    optimizer = engine.make_optimizer(model, engine.TrainSettings())
+    window, windows, steps = 25, [], (100 if quick else 600)
+    start = time.perf_counter()
+    batches = iterate_batches(packed, np.arange(len(packed)), 128, dev, _default_crop(), seed=0, augment=Augment())
+    for i, (x, y) in enumerate(batches):
+        with engine.autocast(dev, precision):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if (i + 1) % window == 0:
+            now = time.perf_counter()
+            windows.append(window * 128 / (now - start))
+            start = now
+        if i + 1 >= steps:
+            break
+    return {"scale_img_per_s_windows": windows, "scale_img_per_s": statistics.median(windows[1:] or windows),
+            "scale_steps": steps}
 
 
 def _in_child(queue, fn, args):
@@ -318,7 +323,9 @@ def run(histo_data: Path | None = None, tweets_data: Path | None = None, *, quic
                   "histo_infer": _isolated(stage_histo_infer, str(histo_data), quick, device),
                   "tweets": _isolated(stage_tweets, str(tweets_data), quick, device)}
         if scale:
-            stages["scale"] = _isolated(stage_scale, str(histo_data), quick, device)
+            with tempfile.TemporaryDirectory(dir=Path.home()) as big:  # 6 GB: not on a small /tmp
+                made = _isolated(stage_make_scale_pack, str(histo_data), big)
+                stages["scale"] = {**made, **_isolated(stage_scale, big, quick, device)}
     result: dict[str, Any] = {}
     for stage in stages.values():
         result.update({k: v for k, v in stage.items() if k != "peak_rss_mb"})

@@ -267,6 +267,15 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_csv_atomic(table: Any, path: Path) -> None:
+    """A pandas table to CSV through a temporary file: readers never see half a submission."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_csv(tmp, index=False, float_format="%.6f")
+    os.replace(tmp, path)
+
+
 def load_checkpoint(path: Path, kind: str | None = None) -> dict[str, Any]:
     """Load a checkpoint safely (weights_only: nothing is unpickled) and check it is one of ours."""
     if not path.exists():
@@ -313,6 +322,11 @@ def plan_epochs(task: Task, settings: TrainSettings, optimizer_factory, device, 
 
 
 # ---------------------------------------------------------------- the loop
+
+def one_cycle(optimizer: torch.optim.Optimizer, settings: TrainSettings, total_steps: int):
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=total_steps,
+                                               pct_start=0.15, div_factor=25, final_div_factor=1e3)
+
 
 def _steps(task: Task, world_size: int) -> int:
     return task.steps_per_epoch(world_size) if callable(task.steps_per_epoch) else task.steps_per_epoch
@@ -369,17 +383,11 @@ def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume
             csv_path.unlink()
 
     steps_per_epoch = _steps(task, world.size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr,
-                                                    total_steps=state["epochs"] * steps_per_epoch,
-                                                    pct_start=0.15, div_factor=25, final_div_factor=1e3)
+    scheduler = one_cycle(optimizer, settings, state["epochs"] * steps_per_epoch)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-    trained = model
-    if world.size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     all_settings = {"train": asdict(settings), "task": task.settings, "device": str(device), "precision": precision,
                     "world_size": world.size}
@@ -393,9 +401,16 @@ def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume
                 "settings": json.loads(json.dumps(all_settings, default=str)), "metrics": epoch_metrics,
                 **task.extra}
 
-    for epoch in range(state["epoch"] + 1, state["epochs"] + 1):
+    epoch = state["epoch"]
+    while epoch < state["epochs"]:
+        epoch += 1
+        epoch_start = time.monotonic()
         if task.start_epoch is not None:
             task.start_epoch(epoch)
+        trained = model
+        if world.size > 1:  # wrapped each epoch: DDP syncs only what requires grad when it is made
+            from torch.nn.parallel import DistributedDataParallel
+            trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         train = train_one_epoch(trained, task.train_batches(epoch, world.rank, world.size), optimizer, scheduler,
                                 device, precision, desc=f"epoch {epoch}/{state['epochs']}", total=steps_per_epoch,
                                 deadline=deadline, world=world)
@@ -408,6 +423,17 @@ def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume
                **{f"train_{k}": v for k, v in train_scores.items() if k != "loss"},
                **{f"val_{k}": v for k, v in val.items()},
                "seconds": round(train["seconds"], 2), "per_s": round(train["per_s"], 1)}
+        if epoch == 1 and deadline is not None:
+            # The plan came from a few timed steps; the first whole epoch, timed for real, replans the rest.
+            epoch_s = time.monotonic() - epoch_start
+            planned = 1 + int((deadline - time.monotonic()) * 0.93 // epoch_s) if world.main else None
+            planned = max(1, min(gather(world, planned)[0], settings.epochs))
+            if planned != state["epochs"]:
+                log(f"the first epoch took {epoch_s:.1f} s: replanned to {planned} epochs")
+                state["epochs"] = planned
+                scheduler = one_cycle(optimizer, settings, planned * steps_per_epoch)
+                for _ in range(train["steps"]):
+                    scheduler.step()
         improved = val[task.main_metric] > state["best"]
         state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
         if improved:

@@ -6,6 +6,9 @@ the convolutions get their fast layout for free.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
 # Channel statistics of Kaggle's training patches (H&E is pink-purple, far from ImageNet's means).
@@ -13,20 +16,43 @@ MEAN = (0.702, 0.546, 0.696)
 STD = (0.239, 0.282, 0.216)
 
 
-def crop_offsets(batch: int, size: int, crop: int, jitter: int, generator: torch.Generator | None,
-                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-left corners of a centre crop, moved by up to `jitter` pixels each way (training only)."""
-    centre = (size - crop) // 2
-    if jitter == 0 or generator is None:
-        zero = torch.full((batch,), centre, dtype=torch.long, device=device)
-        return zero, zero
-    jitter = min(jitter, centre)
-    dy = torch.randint(-jitter, jitter + 1, (batch,), generator=generator, device=generator.device)
-    dx = torch.randint(-jitter, jitter + 1, (batch,), generator=generator, device=generator.device)
-    return (centre + dy).to(device), (centre + dx).to(device)
+@dataclass
+class Draws:
+    """The random choices for one batch: crop corners, the 3 flips that make up the 8 symmetries, stain."""
+
+    top: torch.Tensor  # (N,) long
+    left: torch.Tensor
+    flips: torch.Tensor  # (3, N) bool: flip rows, flip columns, transpose
+    gain: torch.Tensor  # (N, 3, 1, 1): x' = gain * x + offset, x in [0, 1]
+    offset: torch.Tensor
 
 
-def preprocess(pixels: torch.Tensor, crop: int, *, augment: "Augment | None" = None,
+class Augment:
+    """Histology augmentation on whole batches: the 8 dihedral symmetries (tissue has no up or left),
+    crop shifts of up to `crop_jitter` pixels (when cropping), and mild stain variation: per-image
+    brightness and contrast and per-channel gain, around the data's mean colour."""
+
+    def __init__(self, crop_jitter: int = 8, colour: float = 0.1):
+        self.crop_jitter = crop_jitter
+        self.colour = colour
+
+    def draw(self, n: int, size: int, crop: int, generator: torch.Generator | None, device: torch.device) -> Draws:
+        gen_device = generator.device if generator is not None else None
+        centre = (size - crop) // 2
+        jitter = min(self.crop_jitter, centre)
+        top, left = (centre + torch.randint(-jitter, jitter + 1, (n,), generator=generator, device=gen_device)
+                     for _ in range(2))
+        flips = torch.rand(3, n, generator=generator, device=gen_device) < 0.5
+        c = self.colour
+        rand = torch.rand(n, 5, 1, 1, generator=generator, device=gen_device) * 2 - 1
+        channel_gain, contrast, brightness = 1 + c * rand[:, :3], 1 + c * rand[:, 3:4], c / 2 * rand[:, 4:5]
+        mean = torch.tensor(MEAN, device=gen_device).view(1, 3, 1, 1)
+        # contrast around the mean colour: (g*x - m) * k + m + b
+        to = lambda t: t.to(device)  # noqa: E731
+        return Draws(to(top), to(left), to(flips), to(channel_gain * contrast), to(mean * (1 - contrast) + brightness))
+
+
+def preprocess(pixels: torch.Tensor, crop: int, *, augment: Augment | None = None,
                generator: torch.Generator | None = None) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> normalised float (N, 3, crop, crop), channels_last.
 
@@ -34,58 +60,50 @@ def preprocess(pixels: torch.Tensor, crop: int, *, augment: "Augment | None" = N
     jitter and normalisation are then one per-image, per-channel affine map applied in a single pass.
     """
     n, size = pixels.shape[0], pixels.shape[1]
-    if crop < size:
-        jitter = augment.crop_jitter if augment else 0
-        top, left = crop_offsets(n, size, crop, jitter, generator, pixels.device)
-        if jitter == 0 or generator is None:
-            pixels = pixels[:, top[0]:top[0] + crop, left[0]:left[0] + crop]
-        else:
-            steps = torch.arange(crop, device=pixels.device)
-            rows = (top[:, None] + steps)[:, :, None]
-            cols = (left[:, None] + steps)[:, None, :]
-            pixels = pixels[torch.arange(n, device=pixels.device)[:, None, None], rows, cols]
-    mean = torch.tensor(MEAN, device=pixels.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=pixels.device).view(1, 3, 1, 1)
-    scale, shift = 1 / 255, torch.zeros(1, 3, 1, 1, device=pixels.device)
-    if augment is not None:
-        pixels = augment.dihedral(pixels, generator)
-        gain, offset = augment.stain(n, generator, pixels.device)
-        scale, shift = gain / 255, offset
-    # NHWC permuted is NCHW in channels_last layout; .float() keeps that layout.
-    x = pixels.permute(0, 3, 1, 2).float()
+    device = pixels.device
+    scale, shift = 1 / 255, torch.zeros(1, 3, 1, 1, device=device)
+    if augment is None:
+        start = (size - crop) // 2
+        pixels = pixels[:, start:start + crop, start:start + crop].contiguous()
+    else:
+        draws = augment.draw(n, size, crop, generator, device)
+        geometry = _geometry_views if device.type == "cpu" else _geometry_batched
+        pixels = geometry(pixels, crop, draws)
+        scale, shift = draws.gain / 255, draws.offset
+    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    x = pixels.permute(0, 3, 1, 2).float()  # keeps the channels_last layout
     return x.mul_(scale / std).add_((shift - mean) / std)
 
 
-class Augment:
-    """Histology augmentation on whole batches: the 8 dihedral symmetries (tissue has no up or left),
-    small crop shifts (when cropping), and mild stain variation: per-image brightness and contrast and
-    per-channel gain, around the data's mean colour."""
+def _geometry_views(pixels: torch.Tensor, crop: int, d: Draws) -> torch.Tensor:
+    """CPU: crop, flips and transpose are numpy views of each image, copied once by the stack
+    (about 4x faster here than batched indexing)."""
+    source = pixels.numpy()
+    top, left, flips = d.top.tolist(), d.left.tolist(), d.flips.tolist()
+    views = []
+    for i in range(len(source)):
+        view = source[i, top[i]:top[i] + crop, left[i]:left[i] + crop]
+        if flips[0][i]:
+            view = view[::-1]
+        if flips[1][i]:
+            view = view[:, ::-1]
+        if flips[2][i]:
+            view = view.transpose(1, 0, 2)
+        views.append(view)
+    return torch.from_numpy(np.stack(views))
 
-    def __init__(self, crop_jitter: int = 8, colour: float = 0.1):
-        self.crop_jitter = crop_jitter
-        self.colour = colour
 
-    @staticmethod
-    def _uniform(generator: torch.Generator | None, device: torch.device, *shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=generator, device=generator.device if generator else None).to(device)
-
-    def dihedral(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """A random one of the 8 symmetries per image, on uint8 NHWC pixels."""
-        flips = self._uniform(generator, pixels.device, 3, pixels.shape[0]) < 0.5
-        pixels = pixels.clone()
-        for mask, transform in zip(flips, (lambda p: p.flip(1), lambda p: p.flip(2), lambda p: p.transpose(1, 2))):
-            if mask.any():
-                pixels[mask] = transform(pixels[mask])
-        return pixels
-
-    def stain(self, n: int, generator: torch.Generator | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image, per-channel (gain, offset) so that x' = gain * x + offset with x in [0, 1]."""
-        c = self.colour
-        rand = self._uniform(generator, device, n, 5, 1, 1) * 2 - 1
-        channel_gain, contrast, brightness = 1 + c * rand[:, :3], 1 + c * rand[:, 3:4], c / 2 * rand[:, 4:5]
-        centre = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-        # contrast around the mean colour: (g*x - m) * k + m + b
-        return channel_gain * contrast, centre * (1 - contrast) + brightness
+def _geometry_batched(pixels: torch.Tensor, crop: int, d: Draws) -> torch.Tensor:
+    """GPU: the same geometry as whole-batch tensor operations, with no per-image work on the host."""
+    n = pixels.shape[0]
+    steps = torch.arange(crop, device=pixels.device)
+    rows = (d.top[:, None] + steps)[:, :, None]
+    cols = (d.left[:, None] + steps)[:, None, :]
+    pixels = pixels[torch.arange(n, device=pixels.device)[:, None, None], rows, cols]
+    for mask, transform in zip(d.flips, (lambda p: p.flip(1), lambda p: p.flip(2), lambda p: p.transpose(1, 2))):
+        pixels = torch.where(mask[:, None, None, None], transform(pixels), pixels)
+    return pixels
 
 
 def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:

@@ -208,15 +208,11 @@ def predict(run_dir: Path, images: Path, out: Path, *, tta: bool = False, device
     source = folder_source(Path(images), "images")
     data = pack(source, pack_dir_for(Path(images), _root(histo)), skip_bad=skip_bad)
     probs, _ = predict_pack(model, histo, dev, precision, data, tta=tta)
+    submission = pd.DataFrame({"id": data.ids, "label": probs.astype(np.float64)})
+    engine.write_csv_atomic(submission, out)
     if (data.path / "skipped.txt").exists():
         skipped = Path(str(out) + ".skipped.txt")
         skipped.write_text((data.path / "skipped.txt").read_text())
         log(f"warning: unreadable images have no row in the submission; they are listed in {skipped}")
-    submission = pd.DataFrame({"id": data.ids, "label": probs.astype(np.float64)})
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    submission.to_csv(tmp, index=False, float_format="%.6f")
-    tmp.replace(out)
     log(f"wrote {len(submission)} predictions to {out}")
     return submission

@@ -288,10 +288,6 @@ def predict(run_dir: Path, csv: Path, out: Path, *, proba: bool = False, device:
     submission = pd.DataFrame({"id": df["id"], "target": (probs >= summary["threshold"]).astype(int)})
     if proba:
         submission["proba"] = probs
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    submission.to_csv(tmp, index=False, float_format="%.6f")
-    tmp.replace(out)
+    engine.write_csv_atomic(submission, out)
     log(f"wrote {len(submission)} predictions to {out} ({submission['target'].mean():.1%} disaster)")
     return submission
