@@ -66,14 +66,12 @@ def iterate_batches(pack: PackedSet, indices: np.ndarray, batch_size: int, devic
         generator = torch.Generator(device=device).manual_seed(seed * 1009 + rank)
     step = batch_size * world
     stop = len(order) - (len(order) % step if drop_last and len(order) >= step else 0)
-    for number, start in enumerate(range(0, stop, step)):
-        if number % 256 == 255:
-            pack.release()
-        # Sorted rows read the memory map sequentially; order inside a batch does not matter.
+    for start in range(0, stop, step):
+        # Sorted rows read the file sequentially; order inside a batch does not matter.
         rows = np.sort(order[start + rank * batch_size:start + (rank + 1) * batch_size])
         if len(rows) == 0:
             continue
-        pixels = torch.from_numpy(pack.pixels[rows])
+        pixels = torch.from_numpy(pack.read(rows))
         labels = torch.from_numpy(pack.labels[rows].astype(np.float32))
         if device.type == "cuda":
             pixels, labels = pixels.pin_memory(), labels.pin_memory()
