@@ -1,6 +1,5 @@
 """The shared engine on a tiny task: checkpoints, resume, faults."""
 import errno
-import json
 
 import numpy as np
 import pytest

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spotter.histo.data import DataError, find_sources, pack, pack_folder
+from spotter.histo.data import DataError, find_sources, pack_folder
 from spotter.histo.tiff import read_patch
 
 

@@ -13,7 +13,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from .. import engine, plots
-from ..metrics import binary_report, roc_auc
+from ..metrics import binary_report, log_loss, roc_auc
 from .data import PackedSet, folder_source, pack, pack_dir_for, pack_folder
 from .models import count_parameters, create_model
 from .preprocess import Augment, dihedral_views, preprocess
@@ -88,7 +88,6 @@ def split_train_val(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.
 
 
 def score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    from ..metrics import log_loss
     return {"auc": roc_auc(labels, probs), "loss": log_loss(labels, probs),
             "accuracy": float(((probs >= 0.5) == labels).mean())}
 

@@ -18,7 +18,7 @@ import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .. import engine, plots
-from ..metrics import best_f1_threshold, binary_report, log_loss, roc_auc
+from ..metrics import best_f1_threshold, binary_report, log_loss
 from . import tfidf
 from .embeddings import coverage, embedding_matrix, load_glove
 from .models import MODEL_NAMES, RNN_MODELS, create_rnn
