@@ -32,6 +32,16 @@ def histo_slice(folder: Path, n: int, seed: int = 0, n_test: int = 5) -> Path:
     return folder
 
 
+def tweets_slice(folder: Path, n: int, seed: int = 0, n_test: int = 60) -> Path:
+    """A folder with `n` real rows of Kaggle's train.csv (random sample) and the first `n_test` of test.csv."""
+    if not TWEETS.exists():
+        pytest.skip(f"shared data not found at {TWEETS}")
+    folder.mkdir(parents=True)
+    pd.read_csv(TWEETS / "train.csv").sample(n, random_state=seed).to_csv(folder / "train.csv", index=False)
+    pd.read_csv(TWEETS / "test.csv").head(n_test).to_csv(folder / "test.csv", index=False)
+    return folder
+
+
 @pytest.fixture
 def real_histo(tmp_path) -> Path:
     return histo_slice(tmp_path / "histo", 160)

@@ -6,18 +6,12 @@ import pytest
 
 from spotter.cli import main
 
-from conftest import TWEETS
+import conftest
 
 
 @pytest.fixture
 def tweets_slice(tmp_path):
-    if not TWEETS.exists():
-        pytest.skip("shared data missing")
-    folder = tmp_path / "tweets"
-    folder.mkdir()
-    pd.read_csv(TWEETS / "train.csv").sample(500, random_state=0).to_csv(folder / "train.csv", index=False)
-    pd.read_csv(TWEETS / "test.csv").head(60).to_csv(folder / "test.csv", index=False)
-    return folder
+    return conftest.tweets_slice(tmp_path / "tweets", 500)
 
 
 def check_submission(path, test_csv, proba=False):

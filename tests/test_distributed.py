@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import histo_slice
+from conftest import histo_slice, tweets_slice
 
 # Seed model (no BatchNorm, no dropout) without augmentation: 2 ranks x 16 images step through exactly
 # the batches of one process x 32, so the runs agree up to the order of floating-point sums.
@@ -89,12 +89,7 @@ def test_killed_distributed_run_resumes(data, tmp_path):
 
 
 def test_tweets_train_under_torchrun(tmp_path):
-    from conftest import TWEETS
-    if not TWEETS.exists():
-        pytest.skip("shared data missing")
-    folder = tmp_path / "tweets"
-    folder.mkdir()
-    pd.read_csv(TWEETS / "train.csv").sample(300, random_state=1).to_csv(folder / "train.csv", index=False)
+    folder = tweets_slice(tmp_path / "tweets", 300, seed=1)
     # Past --unfreeze-epoch: DDP must pick up the GloVe weights once they start training.
     torchrun("tweets", "train", "--data", folder, "--out", tmp_path / "run", "--epochs", 3, "--unfreeze-epoch", 2,
              "--device", "cpu")

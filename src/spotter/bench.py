@@ -91,11 +91,7 @@ def stage_histo_train(data: str, quick: bool, device: str) -> dict[str, Any]:
             torch.cuda.synchronize()
 
     def step(x, y):
-        with engine.autocast(dev, precision):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        engine.train_step(model, x, y, optimizer, dev, precision)
 
     def run(batches, do_step=True) -> int:
         n = 0
@@ -210,7 +206,7 @@ def stage_tweets(data: str, quick: bool, device: str) -> dict[str, float]:
 
     dev = engine.pick_device(device)
     df = read_tweets(Path(data) / "train.csv", labelled=True)
-    tokens = tweets.prepare(df, NormaliseOptions())
+    _, tokens = tweets.prepare(df, NormaliseOptions())
     keywords = [keyword_text(k) for k in df["keyword"]]
     vocab = Vocabulary.build(tokens)
     words, vectors = load_glove()
@@ -223,10 +219,7 @@ def stage_tweets(data: str, quick: bool, device: str) -> dict[str, float]:
     def train_epoch() -> int:
         model.train()
         for inputs, y in tweets.iterate_batches(data_enc, 64, dev, seed=0):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(*inputs), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            engine.train_step(model, inputs, y, optimizer, dev, "fp32")
         return len(df)
 
     def infer() -> int:
@@ -269,11 +262,7 @@ def stage_scale(folder: str, quick: bool, device: str) -> dict[str, Any]:
     start = time.perf_counter()
     batches = iterate_batches(packed, np.arange(len(packed)), 128, dev, _default_crop(), seed=0, augment=Augment())
     for i, (x, y) in enumerate(batches):
-        with engine.autocast(dev, precision):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        engine.train_step(model, x, y, optimizer, dev, precision)
         if (i + 1) % window == 0:
             now = time.perf_counter()
             windows.append(window * 128 / (now - start))

@@ -181,6 +181,18 @@ def batch_size_of(targets: torch.Tensor) -> int:
 
 # ---------------------------------------------------------------- one epoch, evaluation
 
+def train_step(model: nn.Module, inputs: Any, targets: torch.Tensor, optimizer: torch.optim.Optimizer,
+               device: torch.device, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step with BCE on logits; returns the (detached) logits and loss."""
+    with autocast(device, precision):
+        logits = call_model(model, inputs)
+    loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logits.detach(), loss.detach()
+
+
 def train_one_epoch(model: nn.Module, batches: Iterable[Batch], optimizer: torch.optim.Optimizer,
                     scheduler: Any, device: torch.device, precision: str, *, desc: str = "train",
                     total: int | None = None, deadline: float | None = None,
@@ -193,16 +205,11 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Batch], optimizer: torch
     bar = tqdm(batches, total=total, desc=desc, unit="batch", leave=False,
                disable=not (world.main and sys.stderr.isatty()))
     for inputs, targets in bar:
-        with autocast(device, precision):
-            logits = call_model(model, inputs)
-        loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        logits, loss = train_step(model, inputs, targets, optimizer, device, precision)
         if scheduler is not None:
             scheduler.step()
-        losses.append(loss.detach())
-        probs.append(torch.sigmoid(logits.detach().float()))
+        losses.append(loss)
+        probs.append(torch.sigmoid(logits.float()))
         labels.append(targets.detach())
         seen += batch_size_of(targets)
         if len(losses) % 10 == 0:
@@ -303,11 +310,7 @@ def plan_epochs(task: Task, settings: TrainSettings, optimizer_factory, device, 
     times = []
     for i, (inputs, targets) in enumerate(batches):
         t = time.perf_counter()
-        with autocast(device, precision):
-            loss = nn.functional.binary_cross_entropy_with_logits(call_model(model, inputs).float(), targets.float())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(model, inputs, targets, optimizer, device, precision)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
@@ -474,11 +477,12 @@ def _drop_rows_after(path: Path, epoch: int) -> None:
     if not path.exists():
         return
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    path.unlink()
-    for row in rows:
-        if int(row["epoch"]) <= epoch:
-            _append_csv(path, row)
+        reader = csv.DictReader(f)
+        fields, kept = reader.fieldnames, [row for row in reader if int(row["epoch"]) <= epoch]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
 
 
 def seed_everything(seed: int) -> None:

@@ -49,9 +49,10 @@ class TweetSettings:
             raise ValueError(f"folds must be 1 or more, got {self.folds}")
 
 
-def prepare(df: pd.DataFrame, options: NormaliseOptions) -> list[list[str]]:
-    """Tokens of each tweet: the one preprocessing path for train, evaluate and predict."""
-    return [tokenize(normalise(t, options)) for t in df["text"]]
+def prepare(df: pd.DataFrame, options: NormaliseOptions) -> tuple[list[str], list[list[str]]]:
+    """Normalised text and tokens of each tweet: the one preprocessing path for train, evaluate and predict."""
+    texts = [normalise(t, options) for t in df["text"]]
+    return texts, [tokenize(t) for t in texts]
 
 
 def fold_splits(df: pd.DataFrame, settings: TweetSettings, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -171,7 +172,7 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
         df, changed = resolve_conflicting_duplicates(df)
         log(f"duplicate texts with conflicting targets: {changed} rows relabelled to their group's majority")
     options = NormaliseOptions(**settings.normalise)
-    tokens = prepare(df, options)
+    texts, tokens = prepare(df, options)
     keywords = [keyword_text(k) for k in df["keyword"]]
     targets = df["target"].to_numpy()
     splits = fold_splits(df, settings, train_settings.seed)
@@ -196,8 +197,8 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
             continue
         log(f"fold {k + 1}/{len(splits)}: {len(train_rows)} training, {len(val_rows)} validation tweets")
         if settings.model == "tfidf":
-            probs = tfidf.train_fold(fold_dir, [normalise(t, options) for t in df["text"]], keywords, targets,
-                                     train_rows, val_rows, seed=train_settings.seed, write=world.main)
+            probs = tfidf.train_fold(fold_dir, texts, keywords, targets, train_rows, val_rows,
+                                     seed=train_settings.seed, write=world.main)
         else:
             probs = train_rnn_fold(settings, train_settings, fold_dir, tokens, keywords, targets, train_rows,
                                    val_rows, glove, resume=resume, log=log)
@@ -244,12 +245,13 @@ def predict_probs(run_dir: Path, df: pd.DataFrame, device: str = "auto") -> np.n
                                     run_dir / "run.json")
     options = NormaliseOptions(**settings.normalise)
     keywords = [keyword_text(k) for k in df["keyword"]]
+    texts, tokens = prepare(df, options)  # once, for every fold model
     dev = engine.pick_device(device)
     probs = []
     for k in range(summary["folds"]):
         fold_dir = run_dir / f"fold{k}"
         if settings.model == "tfidf":
-            probs.append(tfidf.predict_fold(fold_dir, [normalise(t, options) for t in df["text"]], keywords))
+            probs.append(tfidf.predict_fold(fold_dir, texts, keywords))
             continue
         ckpt = engine.load_checkpoint(fold_dir / "best.pt", KIND)
         vocab, keyword_list = Vocabulary(ckpt["vocab"]), ckpt["keywords"]
@@ -257,7 +259,7 @@ def predict_probs(run_dir: Path, df: pd.DataFrame, device: str = "auto") -> np.n
         model = create_rnn(settings.model, torch.zeros_like(weights), len(keyword_list))
         model.load_state_dict(ckpt["model"])
         model.to(dev)
-        data = encode(prepare(df, options), keywords, vocab, keyword_list, ckpt["length"])
+        data = encode(tokens, keywords, vocab, keyword_list, ckpt["length"])
         p, _ = engine.predict_probs(model, iterate_batches(data, 512, dev), dev, "fp32")
         probs.append(p)
     return np.mean(probs, axis=0)
