@@ -1,7 +1,8 @@
 """Histopathology benchmark: packing speed, training throughput against its ceiling, and the scores of the
 default and seed models trained on the shared real patches. Prints a table and writes JSON.
 
-    python bench/histo_bench.py [--data ../shared/data/histopathology] [--budget 15] [--skip-train]
+    python bench/histo_bench.py [--data ../shared/data/histopathology] [--budget 15]
+                                [--models resnet,effnet-lite0,seed] [--skip-speed]
 """
 from __future__ import annotations
 
@@ -31,47 +32,71 @@ def train_and_score(data: Path, out: Path, model: str, extra: list[str]) -> dict
     start = time.perf_counter()
     spotter("histo", "train", "--data", data, "--out", out, "--model", model, *extra)
     seconds = time.perf_counter() - start
+    epochs = sum(1 for _ in open(out / "metrics.csv")) - 1
+    return {"model": model, "train_seconds": seconds, "epochs": epochs, **score(out)}
+
+
+def score(out: Path) -> dict:
+    """Validation AUC of a run or ensemble, with and without 8x TTA."""
     spotter("histo", "evaluate", out)
     spotter("histo", "evaluate", out, "--tta")
     plain = json.loads((out / "evaluation.json").read_text())
     tta = json.loads((out / "evaluation_tta.json").read_text())
-    epochs = sum(1 for _ in open(out / "metrics.csv")) - 1
-    return {"model": model, "train_seconds": seconds, "epochs": epochs, "val_auc": plain["auc"],
-            "val_auc_tta": tta["auc"], "val_images": plain["images"]}
+    return {"val_auc": plain["auc"], "val_auc_tta": tta["auc"], "val_images": plain["images"]}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "histopathology")
-    parser.add_argument("--budget", type=float, default=15, help="minutes for the default model")
-    parser.add_argument("--skip-train", action="store_true")
+    parser.add_argument("--budget", type=float, default=15, help="minutes for resnet and effnet-lite0")
+    parser.add_argument("--models", default="resnet,effnet-lite0,seed",
+                        help="models to train and score, comma-separated (empty: none)")
+    parser.add_argument("--ensembles", nargs="*", default=["resnet+effnet-lite0"],
+                        help="ensembles of trained models, each as name+name (calibrated on 8x TTA predictions)")
+    parser.add_argument("--skip-speed", action="store_true", help="skip the packing and throughput stages")
+    parser.add_argument("--runs-dir", type=Path, help="keep the trained runs here (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=Path("bench-histo.json"))
     args = parser.parse_args()
 
     results: dict = {"threads": torch.get_num_threads()}
-    results.update(stage_pack(str(args.data), quick=False))
-    results.update(stage_histo_train(str(args.data), quick=False, device="auto"))
+    if not args.skip_speed:
+        results.update(stage_pack(str(args.data), quick=False))
+        results.update(stage_histo_train(str(args.data), quick=False, device="auto"))
     runs = []
-    if not args.skip_train:
-        with tempfile.TemporaryDirectory() as tmp:
-            runs.append(train_and_score(args.data, Path(tmp) / "default", "resnet", ["--time-budget", args.budget]))
-            # The write-up's model and schedule: 11 epochs.
-            runs.append(train_and_score(args.data, Path(tmp) / "seed", "seed", ["--epochs", 11, "--lr", 1e-3]))
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in filter(None, args.models.split(",")):
+            # The seed model gets the write-up's schedule (11 epochs); the others the time budget.
+            extra = ["--epochs", 11, "--lr", 1e-3] if model == "seed" else ["--time-budget", args.budget]
+            runs.append(train_and_score(args.data, (args.runs_dir or Path(tmp)) / model, model, extra))
+            print(f"{model}: val AUC {runs[-1]['val_auc']:.4f}, with TTA {runs[-1]['val_auc_tta']:.4f}", flush=True)
+        for name in args.ensembles:
+            members = name.split("+")
+            if not set(members) <= {r["model"] for r in runs}:
+                continue
+            out = (args.runs_dir or Path(tmp)) / name
+            spotter("histo", "ensemble", *(out.parent / m for m in members), "--out", out, "--tta")
+            runs.append({**score(out), "model": name, "epochs": None,
+                         "train_seconds": sum(r["train_seconds"] for r in runs if r["model"] in members)})
     results["runs"] = runs
     args.out.write_text(json.dumps(results, indent=2))
 
+    if not args.skip_speed:
+        print_speed(results)
+    if runs:
+        print("\n| model | epochs | train time | val AUC | val AUC 8x TTA |")
+        print("|---|---|---|---|---|")
+        for r in runs:
+            print(f"| {r['model']} | {r['epochs'] or '-'} | {r['train_seconds'] / 60:.1f} min | {r['val_auc']:.4f} | "
+                  f"{r['val_auc_tta']:.4f} |")
+    print(f"\nwrote {args.out}")
+
+
+def print_speed(results: dict) -> None:
     print(f"\npacking (warm cache): {results['pack_files_per_s']:,.0f} files/s; "
           f"plain PIL loop {results['pil_files_per_s']:,.0f} files/s "
           f"({results['pack_files_per_s'] / results['pil_files_per_s']:.1f}x)")
     print(f"training throughput ({results['precision']}): ceiling {results['train_ceiling_img_per_s']:.0f} img/s, "
           f"end to end {results['train_e2e_img_per_s']:.0f} img/s ({results['e2e_over_ceiling']:.1%})")
-    if runs:
-        print("\n| model | epochs | train time | val AUC | val AUC 8x TTA |")
-        print("|---|---|---|---|---|")
-        for r in runs:
-            print(f"| {r['model']} | {r['epochs']} | {r['train_seconds'] / 60:.1f} min | {r['val_auc']:.4f} | "
-                  f"{r['val_auc_tta']:.4f} |")
-    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

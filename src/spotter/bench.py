@@ -230,6 +230,86 @@ def stage_tweets(data: str, quick: bool, device: str) -> dict[str, float]:
             "tweets_infer_per_s": _median_rate(infer, 3)}
 
 
+def stage_effnet(data: str, quick: bool, device: str) -> dict[str, float]:
+    """EfficientNet-Lite0: training end to end (real pack, augmentation) and inference, with and without TTA."""
+    from . import engine
+    from .histo.models import create_model
+    from .histo.preprocess import Augment, dihedral_views
+    from .histo.task import iterate_batches
+
+    dev, precision, packed = _setup_histo(data, device)
+    model = create_model("effnet-lite0").to(dev, memory_format=torch.channels_last)
+    optimizer = engine.make_optimizer(model, engine.TrainSettings(lr=1e-3))
+    rows, crop, steps = np.arange(len(packed)), _default_crop(), 4 if quick else 10
+
+    def train(seed: int) -> int:
+        n = 0
+        model.train()
+        for i, (x, y) in enumerate(iterate_batches(packed, rows, 128, dev, crop, seed=seed, augment=Augment(),
+                                                   model="effnet-lite0")):
+            engine.train_step(model, x, y, optimizer, dev, precision)
+            n += len(y)
+            if i + 1 >= steps:
+                break
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return n
+
+    seeds = iter(range(100))
+    infer_rows = rows[:1024 if quick else 2048]
+
+    def infer(tta: bool) -> int:
+        probs, _ = engine.predict_probs(model, iterate_batches(packed, infer_rows, 256, dev, crop, model="effnet-lite0"),
+                                        dev, precision, transform=dihedral_views if tta else None)
+        return len(probs)
+
+    return {"effnet_train_img_per_s": _median_rate(lambda: train(next(seeds)), 1 if quick else 3),
+            "effnet_infer_img_per_s": _median_rate(lambda: infer(False), 2),
+            "effnet_infer_tta_img_per_s": _median_rate(lambda: infer(True), 1)}
+
+
+def stage_minilm(data: str, quick: bool, device: str) -> dict[str, float]:
+    """MiniLM on the real tweets: fine-tuning (batches of 32, cut to their longest tweet) and inference
+    (sorted by length, batches of 256), which is also the cost of `minilm-frozen`'s one embedding pass."""
+    from . import engine
+    from .tweets import minilm
+    from .tweets import task as tweets
+    from .tweets.text import NormaliseOptions, keyword_text, read_tweets
+
+    dev = engine.pick_device(device)
+    precision = engine.pick_precision(dev)
+    df = read_tweets(Path(data) / "train.csv", labelled=True)
+    texts, _ = tweets.prepare(df, NormaliseOptions())
+    keywords = [keyword_text(k) for k in df["keyword"]]
+    tokenizer, encoder = minilm.load_encoder()
+    data_tokens = minilm.tokenize_pairs(tokenizer, texts, keywords, df["target"].to_numpy())
+    model = minilm.MiniLMClassifier(encoder).to(dev)
+    optimizer = engine.make_optimizer(model, engine.TrainSettings(lr=5e-5))
+    steps = 4 if quick else 12
+    seeds = iter(range(100))
+
+    def train() -> int:
+        n = 0
+        model.train()
+        for i, (inputs, y) in enumerate(minilm.iterate_batches(data_tokens, 32, dev, seed=next(seeds))):
+            engine.train_step(model, inputs, y, optimizer, dev, precision)
+            n += len(y)
+            if i + 1 >= steps:
+                break
+        return n
+
+    order = np.argsort(data_tokens.lengths, kind="stable")[:1024 if quick else None]
+    ordered = minilm.Tokens(*(a[order] for a in (data_tokens.ids, data_tokens.segments, data_tokens.lengths,
+                                                  data_tokens.targets)))
+
+    def infer() -> int:
+        probs, _ = engine.predict_probs(model, minilm.iterate_batches(ordered, 256, dev), dev, precision)
+        return len(probs)
+
+    return {"minilm_train_per_s": _median_rate(train, 1 if quick else 3),
+            "minilm_infer_per_s": _median_rate(infer, 1 if quick else 2)}
+
+
 def stage_make_scale_pack(data: str, folder: str, patches: int = 220_025) -> dict[str, Any]:
     """A pack of 220,025 patches (the full Kaggle training set's size, 6 GB), tiled from the real ones."""
     from .histo.data import pack_folder
@@ -311,6 +391,13 @@ def run(histo_data: Path | None = None, tweets_data: Path | None = None, *, quic
                   "histo_train": _isolated(stage_histo_train, str(histo_data), quick, device),
                   "histo_infer": _isolated(stage_histo_infer, str(histo_data), quick, device),
                   "tweets": _isolated(stage_tweets, str(tweets_data), quick, device)}
+        try:
+            from . import pretrained
+            pretrained.efficientnet_lite0_file(), pretrained.minilm_dir()
+            stages["effnet"] = _isolated(stage_effnet, str(histo_data), quick, device)
+            stages["minilm"] = _isolated(stage_minilm, str(tweets_data), quick, device)
+        except pretrained.MissingWeights as err:
+            print(f"pretrained models skipped: {err}")
         if scale:
             with tempfile.TemporaryDirectory(dir=Path.home()) as big:  # 6 GB: not on a small /tmp
                 made = _isolated(stage_make_scale_pack, str(histo_data), big)
@@ -347,6 +434,14 @@ def format_table(r: dict[str, Any]) -> str:
         ("tweets training (bigru)", f"{r['tweets_train_per_s']:,.0f} tweets/s", rss["tweets"]),
         ("tweets inference", f"{r['tweets_infer_per_s']:,.0f} tweets/s", None),
     ]
+    if "effnet_train_img_per_s" in r:
+        rows += [
+            ("effnet-lite0 training end to end", f"{r['effnet_train_img_per_s']:,.0f} img/s", rss["effnet"]),
+            ("effnet-lite0 inference", f"{r['effnet_infer_img_per_s']:,.0f} img/s", None),
+            ("effnet-lite0 inference, 8x TTA", f"{r['effnet_infer_tta_img_per_s']:,.0f} img/s", None),
+            ("MiniLM fine-tuning", f"{r['minilm_train_per_s']:,.0f} tweets/s", rss["minilm"]),
+            ("MiniLM inference (also minilm-frozen's embedding pass)", f"{r['minilm_infer_per_s']:,.0f} tweets/s", None),
+        ]
     lines = [f"device {r['device']}, precision {r['precision']}, {r['cpu_threads']} CPU threads, torch {r['torch']}",
              "", "| stage | rate | peak RSS |", "|---|---|---|"]
     if "scale_img_per_s" in r:

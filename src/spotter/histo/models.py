@@ -1,10 +1,14 @@
 """Histopathology CNNs, by name. Each takes a normalised NCHW float batch and returns one logit per image."""
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+
+from .preprocess import MEAN, STD
 
 
 class SeedCNN(nn.Module):
@@ -65,18 +69,137 @@ class ResNet(nn.Module):
         return self.head(self.stages(self.stem(x))).squeeze(1)
 
 
-MODELS: dict[str, Callable[[], nn.Module]] = {
-    "seed": SeedCNN,
+# ---------------------------------------------------------------- EfficientNet-Lite0, pretrained on ImageNet
+
+# (repeats, kernel, stride, expansion, output channels) of each stage of EfficientNet-Lite0.
+LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+
+
+class SameConv(nn.Conv2d):
+    """Bias-free convolution with TensorFlow's 'same' padding, which the weights were trained with:
+    a strided convolution pads more on the bottom and right than on the top and left."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1):
+        super().__init__(c_in, c_out, kernel, stride, padding=kernel // 2 if stride == 1 else 0, groups=groups,
+                         bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride[0] > 1:
+            pads = []
+            for size in (x.shape[-1], x.shape[-2]):
+                total = max((math.ceil(size / self.stride[0]) - 1) * self.stride[0] + self.kernel_size[0] - size, 0)
+                pads += [total // 2, total - total // 2]
+            x = F.pad(x, pads)
+        return super().forward(x)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    # TF's epsilon, as pretrained; PyTorch's momentum (0.1) so the statistics adapt to H&E within an epoch.
+    return nn.BatchNorm2d(channels, eps=1e-3)
+
+
+class MBConv(nn.Module):
+    """Inverted residual: 1x1 expansion, depthwise conv, 1x1 projection; ReLU6 and no squeeze-excite (Lite)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, expansion: int, drop_path: float):
+        super().__init__()
+        mid = c_in * expansion
+        if expansion != 1:
+            self._expand_conv = SameConv(c_in, mid, 1)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = SameConv(mid, mid, kernel, stride, groups=mid)
+        self._bn1 = _bn(mid)
+        self._project_conv = SameConv(mid, c_out, 1)
+        self._bn2 = _bn(c_out)
+        self.residual = stride == 1 and c_in == c_out
+        self.drop_path = drop_path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        if hasattr(self, "_expand_conv"):
+            out = F.relu6(self._bn0(self._expand_conv(out)))
+        out = self._bn2(self._project_conv(F.relu6(self._bn1(self._depthwise_conv(out)))))
+        if not self.residual:
+            return out
+        if self.training and self.drop_path > 0:  # stochastic depth, per image
+            keep = torch.rand(x.shape[0], 1, 1, 1, device=x.device) >= self.drop_path
+            out = out * keep / (1 - self.drop_path)
+        return out + x
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 with the parameter names of `efficientnet_pytorch`, so the packaged ImageNet
+    weights load with strict checking. Inputs are normalised to [-1, 1] (`NORMALISATION` below)."""
+
+    def __init__(self, classes: int = 1, dropout: float = 0.2, drop_path: float = 0.2):
+        super().__init__()
+        self._conv_stem = SameConv(3, 32, 3, 2)
+        self._bn0 = _bn(32)
+        total = sum(stage[0] for stage in LITE0_STAGES)
+        blocks, c_in = [], 32
+        for repeats, kernel, stride, expansion, c_out in LITE0_STAGES:
+            for i in range(repeats):
+                blocks.append(MBConv(c_in, c_out, kernel, stride if i == 0 else 1, expansion,
+                                     drop_path * len(blocks) / total))
+                c_in = c_out
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv(c_in, 1280, 1)
+        self._bn1 = _bn(1280)
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(1280, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x))).mean((2, 3))
+        out = self._fc(self._dropout(x))
+        return out.squeeze(1) if out.shape[1] == 1 else out
+
+    def lr_scales(self) -> dict[str, float]:
+        """Discriminative learning rates: the new head learns 10x faster than the pretrained body."""
+        return {"_fc.": 10.0}
+
+
+def efficientnet_lite0(pretrained: bool = True) -> EfficientNetLite0:
+    model = EfficientNetLite0()
+    if pretrained:
+        from ..pretrained import efficientnet_lite0_file
+
+        imagenet = EfficientNetLite0(classes=1000)
+        state = torch.load(efficientnet_lite0_file(), map_location="cpu", weights_only=True)
+        imagenet.load_state_dict(state, strict=True)  # every key and shape must match
+        model.load_state_dict({k: v for k, v in imagenet.state_dict().items() if not k.startswith("_fc.")},
+                              strict=False)
+    return model
+
+
+MODELS: dict[str, Callable[[bool], nn.Module]] = {
+    "seed": lambda pretrained: SeedCNN(),
     # Stride-2 stem plus max-pool: stage 1 runs at 24x24 on a 96x96 patch. Measured on the 2-core CPU it
     # trains at ~400 images/s against ~110 without the pool, and learned as fast per epoch (see README).
-    "resnet": lambda: ResNet(stem_pool=True),
+    "resnet": lambda pretrained: ResNet(stem_pool=True),
+    "effnet-lite0": efficientnet_lite0,
+}
+
+# Input normalisation (mean, std per channel, on [0, 1] pixels): the data's own for models trained here,
+# the pretraining's for pretrained ones. EfficientNet-Lite was trained on (x - 127) / 128: with it the stem's
+# activations on real patches match its BatchNorm's running statistics (tests/test_pretrained.py).
+NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "effnet-lite0": ((127 / 255,) * 3, (128 / 255,) * 3),
 }
 
 
-def create_model(name: str) -> nn.Module:
+def create_model(name: str, pretrained: bool = True) -> nn.Module:
+    """A fresh model; `pretrained=False` skips loading ImageNet weights (a checkpoint will replace them)."""
     if name not in MODELS:
         raise ValueError(f"unknown histology model {name!r}; choose one of: {', '.join(MODELS)}")
-    return MODELS[name]()
+    return MODELS[name](pretrained)
+
+
+def normalisation(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    return NORMALISATION.get(name, (MEAN, STD))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -53,8 +53,9 @@ class Augment:
 
 
 def preprocess(pixels: torch.Tensor, crop: int, *, augment: Augment | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> normalised float (N, 3, crop, crop), channels_last.
+               generator: torch.Generator | None = None,
+               norm: tuple[tuple[float, ...], tuple[float, ...]] = (MEAN, STD)) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, crop, crop) normalised by `norm` = (mean, std), channels_last.
 
     Geometry is done on the uint8 pixels (a quarter of the bytes of floats); scaling to [0, 1], stain
     jitter and normalisation are then one per-image, per-channel affine map applied in a single pass.
@@ -70,8 +71,8 @@ def preprocess(pixels: torch.Tensor, crop: int, *, augment: Augment | None = Non
         geometry = _geometry_views if device.type == "cpu" else _geometry_batched
         pixels = geometry(pixels, crop, draws)
         scale, shift = draws.gain / 255, draws.offset
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(norm[0], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(norm[1], device=device).view(1, 3, 1, 1)
     x = pixels.permute(0, 3, 1, 2).float()  # keeps the channels_last layout
     return x.mul_(scale / std).add_((shift - mean) / std)
 

@@ -12,10 +12,10 @@ import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
 
-from .. import engine, plots
+from .. import engine, ensemble, plots
 from ..metrics import binary_report, log_loss, roc_auc
 from .data import PackedSet, folder_source, pack, pack_dir_for, pack_folder
-from .models import count_parameters, create_model
+from .models import count_parameters, create_model, normalisation
 from .preprocess import Augment, dihedral_views, preprocess
 
 KIND = "histo"
@@ -27,7 +27,7 @@ class HistoSettings:
 
     data: str = ""
     model: str = "resnet"
-    crop: int | None = None  # centre crop fed to the model (None: 80, or 96 for the seed CNN)
+    crop: int | None = None  # centre crop fed to the model (None: 80; 96 for the seed CNN and effnet-lite0)
     crop_jitter: int = 8  # random shift of the crop in training (only when crop < 96)
     colour_jitter: float = 0.1
     val_fraction: float = 0.1
@@ -39,7 +39,8 @@ class HistoSettings:
         if self.crop is None:
             # The label depends only on the centre 32x32; an 80-pixel crop keeps context around it and,
             # shifted by up to 8 pixels, adds translations to the augmentation (measured: see README).
-            self.crop = 96 if self.model == "seed" else 80
+            # The pretrained EfficientNet does better on whole patches (measured too).
+            self.crop = 96 if self.model in ("seed", "effnet-lite0") else 80
         if self.model == "seed" and self.crop != 96:
             raise ValueError("the seed CNN's dense layer takes whole 96x96 patches: use --crop 96")
         if not 32 <= self.crop <= 96:
@@ -52,12 +53,14 @@ class HistoSettings:
 
 def iterate_batches(pack: PackedSet, indices: np.ndarray, batch_size: int, device: torch.device, crop: int, *,
                     seed: int | None = None, augment: Augment | None = None, drop_last: bool = False,
-                    shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    shard: tuple[int, int] = (0, 1), model: str = "resnet") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of (preprocessed images, labels) on `device`, shuffled and augmented when `seed` is given.
 
     With `shard=(rank, world)` this rank gets its `batch_size` slice of each global batch of
     `batch_size * world` rows, so the ranks together step through exactly the single-process order.
+    Pixels are normalised as `model` expects.
     """
+    norm = normalisation(model)
     rank, world = shard
     order = np.asarray(indices)
     generator = None
@@ -77,7 +80,7 @@ def iterate_batches(pack: PackedSet, indices: np.ndarray, batch_size: int, devic
             pixels, labels = pixels.pin_memory(), labels.pin_memory()
         pixels = pixels.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        yield preprocess(pixels, crop, augment=augment, generator=generator), labels
+        yield preprocess(pixels, crop, augment=augment, generator=generator, norm=norm), labels
 
 
 def split_train_val(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,8 +133,9 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         model=model,
         train_batches=lambda epoch, rank, world: iterate_batches(
             data, train_rows, bs, device, histo.crop, seed=settings.seed * 100_003 + epoch, augment=augment,
-            drop_last=True, shard=(rank, world)),
-        val_batches=lambda rank, world: iterate_batches(data, val_rows[rank::world], bs * 2, device, histo.crop),
+            drop_last=True, shard=(rank, world), model=histo.model),
+        val_batches=lambda rank, world: iterate_batches(data, val_rows[rank::world], bs * 2, device, histo.crop,
+                                                        model=histo.model),
         score=score, main_metric="auc",
         steps_per_epoch=lambda world: max(1, len(train_rows) // (bs * world)),
         settings={"histo": asdict(histo), "val_size": len(val_rows), "train_size": len(train_rows)},
@@ -150,11 +154,9 @@ def _root(histo: HistoSettings) -> Path | None:
 # ---------------------------------------------------------------- evaluate and predict
 
 def load_run(run_dir: Path, device: str = "auto") -> tuple[torch.nn.Module, HistoSettings, torch.device, str]:
-    if (Path(run_dir) / "summary.json").exists() and not (Path(run_dir) / "best.pt").exists():
-        raise engine.CheckpointError(f"{run_dir}: this is a tweets run, not a histo one; use `spotter tweets`")
     ckpt = engine.load_checkpoint(Path(run_dir) / "best.pt", KIND)
     histo = engine.settings_from(HistoSettings, ckpt["settings"]["task"]["histo"], Path(run_dir) / "best.pt")
-    model = create_model(histo.model)
+    model = create_model(histo.model, pretrained=False)
     model.load_state_dict(ckpt["model"])
     dev = engine.pick_device(device)
     model = model.to(dev, memory_format=torch.channels_last).eval()
@@ -162,22 +164,58 @@ def load_run(run_dir: Path, device: str = "auto") -> tuple[torch.nn.Module, Hist
     return model, histo, dev, precision
 
 
-def predict_pack(model, histo: HistoSettings, device, precision, data: PackedSet, rows: np.ndarray | None = None,
-                 *, tta: bool = False, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def run_settings(run_dir: Path) -> HistoSettings:
+    """A run's settings; an ensemble's are its first member's (members share data and split)."""
+    if ensemble.is_ensemble(run_dir):
+        return run_settings(Path(ensemble.load(run_dir, KIND)["members"][0]))
+    if (Path(run_dir) / "summary.json").exists() and not (Path(run_dir) / "best.pt").exists():
+        raise engine.CheckpointError(f"{run_dir}: this is a tweets run, not a histo one; use `spotter tweets`")
+    ckpt = engine.load_checkpoint(Path(run_dir) / "best.pt", KIND)
+    return engine.settings_from(HistoSettings, ckpt["settings"]["task"]["histo"], Path(run_dir) / "best.pt")
+
+
+def run_probs(run_dir: Path, data: PackedSet, rows: np.ndarray | None = None, *, tta: bool = False,
+              device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, labels) of a run, or of an ensemble of runs, on `rows` of a pack."""
+    if ensemble.is_ensemble(run_dir):
+        spec = ensemble.load(run_dir, KIND)
+        parts = [run_probs(Path(m), data, rows, tta=tta, device=device) for m in spec["members"]]
+        return ensemble.combine([p for p, _ in parts], spec["calibration"]), parts[0][1]
+    model, histo, dev, precision = load_run(run_dir, device)
     rows = np.arange(len(data)) if rows is None else rows
-    batches = iterate_batches(data, rows, batch_size, device, histo.crop)
-    return engine.predict_probs(model, batches, device, precision, transform=dihedral_views if tta else None)
+    batches = iterate_batches(data, rows, 256, dev, histo.crop, model=histo.model)
+    return engine.predict_probs(model, batches, dev, precision, transform=dihedral_views if tta else None)
+
+
+def validation_rows(run_dir: Path, histo: HistoSettings) -> tuple[PackedSet, np.ndarray]:
+    """The run's own validation split: its pack and the rows of `val_ids.txt`."""
+    data = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad)["train"]
+    wanted = set((Path(run_dir) / "val_ids.txt").read_text().split())
+    return data, np.flatnonzero([i in wanted for i in data.ids])
+
+
+def build_ensemble(runs: list[Path], out: Path, *, tta: bool = False, device: str = "auto", log=print) -> dict:
+    """Calibrate and average finished histo runs (for example the ResNet and EfficientNet) on their
+    shared validation split."""
+    def validation(run: Path) -> ensemble.Validation:
+        if ensemble.is_ensemble(run):
+            return ensemble.saved_validation(run)
+        data, rows = validation_rows(run, run_settings(run))
+        probs, labels = run_probs(run, data, rows, tta=tta, device=device)
+        return data.ids[rows], labels, probs
+
+    summary = ensemble.build(KIND, runs, out, validation, score, "auc", log=log)
+    engine.write_text_atomic(Path(out) / "val_ids.txt", (Path(runs[0]) / "val_ids.txt").read_text())
+    return summary
 
 
 def evaluate(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, threshold: float = 0.5,
              device: str = "auto", log=print) -> dict:
-    """Score a run on a labelled folder, or on its own validation split when `data_dir` is None."""
+    """Score a run (or an ensemble) on a labelled folder, or on its own validation split when `data_dir` is None."""
     run_dir = Path(run_dir)
-    model, histo, dev, precision = load_run(run_dir, device)
+    histo = run_settings(run_dir)
     if data_dir is None:
-        data = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad)["train"]
-        wanted = set((run_dir / "val_ids.txt").read_text().split())
-        rows = np.flatnonzero([i in wanted for i in data.ids])
+        data, rows = validation_rows(run_dir, histo)
         where = f"validation split of {histo.data}"
     else:
         packed = pack_folder(Path(data_dir), pack_root=_root(histo))
@@ -185,7 +223,7 @@ def evaluate(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, 
             raise ValueError(f"{data_dir}: needs labelled patches (train/ and train_labels.csv) to evaluate")
         data, rows, where = packed["train"], None, str(data_dir)
     start = time.perf_counter()
-    probs, labels = predict_pack(model, histo, dev, precision, data, rows, tta=tta)
+    probs, labels = run_probs(run_dir, data, rows, tta=tta, device=device)
     seconds = time.perf_counter() - start
     report = {**binary_report(labels, probs, threshold), "images": len(labels), "tta": tta, "data": where,
               "images_per_s": len(labels) / seconds}
@@ -201,10 +239,10 @@ def evaluate(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, 
 def predict(run_dir: Path, images: Path, out: Path, *, tta: bool = False, device: str = "auto",
             skip_bad: bool = False, log=print) -> pd.DataFrame:
     """Write Kaggle's submission (`id,label`, label = probability of tumour) for every .tif in `images`."""
-    model, histo, dev, precision = load_run(Path(run_dir), device)
+    histo = run_settings(Path(run_dir))
     source = folder_source(Path(images), "images")
     data = pack(source, pack_dir_for(Path(images), _root(histo)), skip_bad=skip_bad)
-    probs, _ = predict_pack(model, histo, dev, precision, data, tta=tta)
+    probs, _ = run_probs(Path(run_dir), data, tta=tta, device=device)
     submission = pd.DataFrame({"id": data.ids, "label": probs.astype(np.float64)})
     engine.write_csv_atomic(submission, out)
     if (data.path / "skipped.txt").exists():

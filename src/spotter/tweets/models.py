@@ -65,7 +65,7 @@ class BiGRU(nn.Module):
 
 
 RNN_MODELS = {"seed-gru": SeedGRU, "bigru": BiGRU}
-MODEL_NAMES = [*RNN_MODELS, "tfidf"]
+MODEL_NAMES = [*RNN_MODELS, "tfidf", "minilm", "minilm-frozen"]  # the last two: tweets/minilm.py
 
 
 def create_rnn(name: str, embeddings: torch.Tensor, n_keywords: int) -> nn.Module:

