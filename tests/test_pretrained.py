@@ -58,7 +58,7 @@ def test_discriminative_learning_rates_reach_the_schedule():
     scheduler = engine.one_cycle(optimizer, settings, total_steps=100, anneal="linear")
     head = [g for g in optimizer.param_groups if any(p is model._fc.weight for p in g["params"])][0]
     body = [g for g in optimizer.param_groups if any(p is model._conv_stem.weight for p in g["params"])][0]
-    for _ in range(14):  # to the end of the warm-up (OneCycleLR peaks at step 0.15 * 100 - 1): each group at its own peak
+    for _ in range(14):  # OneCycleLR peaks at step 0.15 * 100 - 1: each group at its own peak
         optimizer.step()
         scheduler.step()
     assert head["lr"] == pytest.approx(1e-2, rel=1e-3) and body["lr"] == pytest.approx(1e-3, rel=1e-3)
@@ -100,19 +100,22 @@ def test_histo_effnet_and_ensemble_end_to_end(real_histo, tmp_path):
     assert main(["histo", "predict", both, "--images", real_histo / "test", "--out", out]) == 0
     members = []
     for model in runs:
-        assert main(["histo", "predict", runs[model], "--images", real_histo / "test", "--out", tmp_path / f"{model}.csv"]) == 0
+        assert main(["histo", "predict", runs[model], "--images", real_histo / "test",
+                     "--out", tmp_path / f"{model}.csv"]) == 0
         members.append(pd.read_csv(tmp_path / f"{model}.csv")["label"].to_numpy())
     expected = ensemble.combine(members, spec["calibration"])
     assert np.allclose(pd.read_csv(out)["label"], expected, atol=1e-4)  # CSVs keep 6 decimals
 
 
-def test_ensemble_refuses_members_with_different_validation_rows(real_histo, tmp_path, capsys):
+def test_ensemble_refuses_mismatched_members_and_occupied_folders(real_histo, tmp_path, capsys):
     for seed in (0, 1):
         assert main(["histo", "train", "--data", real_histo, "--out", tmp_path / f"s{seed}", "--model", "seed",
                      "--epochs", "1", "--seed", str(seed)]) == 0
     assert main(["histo", "ensemble", tmp_path / "s0", tmp_path / "s1", "--out", tmp_path / "e"]) == 2
     assert "validation rows differ" in capsys.readouterr().err
     assert not (tmp_path / "e" / "ensemble.json").exists()
+    assert main(["histo", "ensemble", tmp_path / "s0", tmp_path / "s0", "--out", tmp_path / "s0"]) == 2
+    assert "already holds a trained run" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -157,10 +160,9 @@ def test_minilm_predictions_do_not_depend_on_batch_order(tweets_slice, tmp_path)
     a probability."""
     from spotter.tweets import minilm
 
-    tokenizer, encoder = minilm.load_encoder()
-    model = minilm.MiniLMClassifier(encoder).eval()
+    model = minilm.MiniLMClassifier(minilm.load_encoder()).eval()
     df = pd.read_csv(tweets_slice / "train.csv").head(40)
-    data = minilm.tokenize_pairs(tokenizer, df["text"].tolist(), df["keyword"].fillna("").tolist())
+    data = minilm.tokenize_pairs(minilm.load_tokenizer(), df["text"].tolist(), df["keyword"].fillna("").tolist())
     one_by_one, _ = engine.predict_probs(model, minilm.iterate_batches(data, 1, torch.device("cpu")),
                                          torch.device("cpu"), "fp32")
     batched, _ = engine.predict_probs(model, minilm.iterate_batches(data, 40, torch.device("cpu")),

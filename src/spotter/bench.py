@@ -259,8 +259,8 @@ def stage_effnet(data: str, quick: bool, device: str) -> dict[str, float]:
     infer_rows = rows[:1024 if quick else 2048]
 
     def infer(tta: bool) -> int:
-        probs, _ = engine.predict_probs(model, iterate_batches(packed, infer_rows, 256, dev, crop, model="effnet-lite0"),
-                                        dev, precision, transform=dihedral_views if tta else None)
+        batches = iterate_batches(packed, infer_rows, 256, dev, crop, model="effnet-lite0")
+        probs, _ = engine.predict_probs(model, batches, dev, precision, transform=dihedral_views if tta else None)
         return len(probs)
 
     return {"effnet_train_img_per_s": _median_rate(lambda: train(next(seeds)), 1 if quick else 3),
@@ -281,9 +281,8 @@ def stage_minilm(data: str, quick: bool, device: str) -> dict[str, float]:
     df = read_tweets(Path(data) / "train.csv", labelled=True)
     texts, _ = tweets.prepare(df, NormaliseOptions())
     keywords = [keyword_text(k) for k in df["keyword"]]
-    tokenizer, encoder = minilm.load_encoder()
-    data_tokens = minilm.tokenize_pairs(tokenizer, texts, keywords, df["target"].to_numpy())
-    model = minilm.MiniLMClassifier(encoder).to(dev)
+    data_tokens = minilm.tokenize_pairs(minilm.load_tokenizer(), texts, keywords, df["target"].to_numpy())
+    model = minilm.MiniLMClassifier(minilm.load_encoder()).to(dev)
     optimizer = engine.make_optimizer(model, engine.TrainSettings(lr=5e-5))
     steps = 4 if quick else 12
     seeds = iter(range(100))
@@ -440,7 +439,8 @@ def format_table(r: dict[str, Any]) -> str:
             ("effnet-lite0 inference", f"{r['effnet_infer_img_per_s']:,.0f} img/s", None),
             ("effnet-lite0 inference, 8x TTA", f"{r['effnet_infer_tta_img_per_s']:,.0f} img/s", None),
             ("MiniLM fine-tuning", f"{r['minilm_train_per_s']:,.0f} tweets/s", rss["minilm"]),
-            ("MiniLM inference (also minilm-frozen's embedding pass)", f"{r['minilm_infer_per_s']:,.0f} tweets/s", None),
+            ("MiniLM inference (= minilm-frozen's embedding pass)", f"{r['minilm_infer_per_s']:,.0f} tweets/s",
+             None),
         ]
     lines = [f"device {r['device']}, precision {r['precision']}, {r['cpu_threads']} CPU threads, torch {r['torch']}",
              "", "| stage | rate | peak RSS |", "|---|---|---|"]

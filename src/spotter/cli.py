@@ -49,9 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder")
     from .histo.models import MODELS
     p.add_argument("--model", default="resnet", choices=list(MODELS),
-                   help="resnet (default), seed (the write-up's CNN), effnet-lite0 (ImageNet-pretrained; needs the pretrained extra)")
+                   help="resnet (default), seed (the write-up's CNN), effnet-lite0 (ImageNet-pretrained; "
+                        "needs the pretrained extra)")
     p.add_argument("--time-budget", type=float, metavar="MIN", help="plan the schedule to end within MIN minutes")
-    p.add_argument("--crop", type=int, help="centre crop in pixels fed to the model (default 80; up to 96)")
+    p.add_argument("--crop", type=int,
+                   help="centre crop in pixels fed to the model (default 80; 96 for seed and effnet-lite0)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--pack-dir", type=Path)
@@ -144,7 +146,8 @@ def run(args: argparse.Namespace) -> None:
                                            skip_bad=args.skip_bad, augment=not args.no_augment,
                                            **({"crop": args.crop} if args.crop else {}))
             # Fine-tuning a pretrained body wants a gentler peak than training from scratch.
-            defaults = {"lr": 1e-3 if args.model == "effnet-lite0" else 3e-3, **({"epochs": 1000} if args.time_budget else {})}
+            defaults = {"lr": 1e-3 if args.model == "effnet-lite0" else 3e-3,
+                        **({"epochs": 1000} if args.time_budget else {})}
             result = histo.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume)
             print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
         elif args.command == "evaluate":

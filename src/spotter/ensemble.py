@@ -57,8 +57,8 @@ def build(kind: str, members: list[Path], out: Path, validation: Callable[[Path]
     if len(members) < 2:
         raise ValueError("an ensemble needs at least two runs")
     out = Path(out)
-    if out.resolve() in [Path(m).resolve() for m in members]:
-        raise ValueError(f"{out}: the ensemble cannot be written into one of its members")
+    if any((out / name).exists() for name in ("best.pt", "run.json", "settings.json")):
+        raise ValueError(f"{out}: already holds a trained run; give the ensemble a folder of its own")
     preds = [validation(Path(m)) for m in members]
     ids, labels = preds[0][0], preds[0][1]
     aligned = []

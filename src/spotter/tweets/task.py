@@ -182,7 +182,7 @@ def train_rnn_fold(settings: TweetSettings, train: engine.TrainSettings, fold_di
 
 def train_minilm_fold(settings: TweetSettings, train: engine.TrainSettings, fold_dir: Path, tokens: minilm.Tokens,
                       train_rows, val_rows, *, resume: bool, log) -> np.ndarray:
-    _, encoder = minilm.load_encoder()
+    encoder = minilm.load_encoder()
     take = lambda rows: minilm.Tokens(tokens.ids[rows], tokens.segments[rows], tokens.lengths[rows],
                                       tokens.targets[rows])
     return fit_fold(settings, train, fold_dir, minilm.MiniLMClassifier(encoder), minilm.iterate_batches,
@@ -232,7 +232,7 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
 
     glove, cover, pairs, sentence_vectors = None, None, None, None
     if settings.model == "minilm":
-        pairs = minilm.tokenize_pairs(minilm.load_encoder(with_weights=False)[0], texts, keywords, targets)
+        pairs = minilm.tokenize_pairs(minilm.load_tokenizer(), texts, keywords, targets)
     elif settings.model == "minilm-frozen":
         sentence_vectors = minilm.sentence_embeddings(texts, keywords, engine.pick_device(train_settings.device, world),
                                                       log=log)
@@ -327,7 +327,7 @@ def predict_probs(run_dir: Path, df: pd.DataFrame, device: str = "auto") -> np.n
     if settings.model == "minilm-frozen":
         sentence_vectors = minilm.sentence_embeddings(texts, keywords, dev)
     elif settings.model == "minilm":
-        tokenizer, _ = minilm.load_encoder(with_weights=False)
+        tokenizer = minilm.load_tokenizer()
         # Sorted by length, so that batches carry little padding; put back in order below.
         order = np.argsort([len(t) for t in texts], kind="stable")
         pairs = minilm.tokenize_pairs(tokenizer, [texts[i] for i in order], [keywords[i] for i in order])
@@ -340,7 +340,7 @@ def predict_probs(run_dir: Path, df: pd.DataFrame, device: str = "auto") -> np.n
         ckpt = engine.load_checkpoint(fold_dir / "best.pt", KIND)
         precision = engine.pick_precision(dev, ckpt["settings"]["precision"])
         if settings.model == "minilm":
-            model = minilm.MiniLMClassifier(minilm.load_encoder(with_weights=False)[1])
+            model = minilm.MiniLMClassifier(minilm.load_encoder(with_weights=False))
             model.load_state_dict(ckpt["model"])
             p, _ = engine.predict_probs(model.to(dev), minilm.iterate_batches(pairs, 256, dev), dev, precision)
             p[order] = p.copy()
