@@ -297,9 +297,8 @@ def stage_minilm(data: str, quick: bool, device: str) -> dict[str, float]:
                 break
         return n
 
-    order = np.argsort(data_tokens.lengths, kind="stable")[:1024 if quick else None]
-    ordered = minilm.Tokens(*(a[order] for a in (data_tokens.ids, data_tokens.segments, data_tokens.lengths,
-                                                  data_tokens.targets)))
+    _, ordered = data_tokens.by_length()
+    ordered = ordered.take(np.arange(1024)) if quick else ordered
 
     def infer() -> int:
         probs, _ = engine.predict_probs(model, minilm.iterate_batches(ordered, 256, dev), dev, precision)

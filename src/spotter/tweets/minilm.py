@@ -58,8 +58,8 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 class MiniLMClassifier(nn.Module):
     """The encoder, mean pooling (or [CLS]), dropout and one logit. The word-piece embeddings (11.7M of
-    MiniLM's 22.7M parameters) stay frozen: fine-tuning runs 1.4x faster on the CPU without their
-    gradients and optimizer updates (measured: see README)."""
+    MiniLM's 22.7M parameters) stay frozen, which spares their gradients and optimizer updates (about 1.4x
+    faster in short CPU timings; see README for how firm that is)."""
 
     def __init__(self, encoder: nn.Module, pooling: str = "mean", dropout: float = 0.1):
         super().__init__()
@@ -99,6 +99,15 @@ class Tokens:
     segments: np.ndarray  # (N, MAX_TOKENS) 0 for the tweet, 1 for the keyword
     lengths: np.ndarray  # (N,)
     targets: np.ndarray  # (N,) float32
+
+    def take(self, rows: np.ndarray) -> "Tokens":
+        return Tokens(self.ids[rows], self.segments[rows], self.lengths[rows], self.targets[rows])
+
+    def by_length(self) -> tuple[np.ndarray, "Tokens"]:
+        """The rows sorted by length, so that unshuffled batches carry little padding, and that order
+        (`out[order] = results` puts results back in the original order)."""
+        order = np.argsort(self.lengths, kind="stable")
+        return order, self.take(order)
 
 
 def tokenize_pairs(tokenizer, texts: list[str], keywords: list[str], targets: np.ndarray | None = None) -> Tokens:
@@ -158,9 +167,7 @@ def sentence_embeddings(texts: list[str], keywords: list[str], device: torch.dev
     if path.exists():
         return np.load(path)
     encoder = load_encoder().to(device).eval()
-    data = tokenize_pairs(load_tokenizer(), texts, keywords)
-    order = np.argsort(data.lengths, kind="stable")  # similar lengths together: little padding
-    sorted_data = Tokens(data.ids[order], data.segments[order], data.lengths[order], data.targets[order])
+    order, sorted_data = tokenize_pairs(load_tokenizer(), texts, keywords).by_length()
     parts = []
     log(f"embedding {len(texts)} tweets with MiniLM (cached for later runs)")
     for (ids, mask, segments), _ in iterate_batches(sorted_data, batch_size, device):

@@ -182,12 +182,9 @@ def train_rnn_fold(settings: TweetSettings, train: engine.TrainSettings, fold_di
 
 def train_minilm_fold(settings: TweetSettings, train: engine.TrainSettings, fold_dir: Path, tokens: minilm.Tokens,
                       train_rows, val_rows, *, resume: bool, log) -> np.ndarray:
-    encoder = minilm.load_encoder()
-    take = lambda rows: minilm.Tokens(tokens.ids[rows], tokens.segments[rows], tokens.lengths[rows],
-                                      tokens.targets[rows])
-    return fit_fold(settings, train, fold_dir, minilm.MiniLMClassifier(encoder), minilm.iterate_batches,
-                    take(train_rows), take(val_rows), len(train_rows), len(val_rows), anneal="linear",
-                    resume=resume, log=log)
+    model = minilm.MiniLMClassifier(minilm.load_encoder())
+    return fit_fold(settings, train, fold_dir, model, minilm.iterate_batches, tokens.take(train_rows),
+                    tokens.take(val_rows), len(train_rows), len(val_rows), anneal="linear", resume=resume, log=log)
 
 
 def train_frozen_fold(settings: TweetSettings, train: engine.TrainSettings, fold_dir: Path, embeddings: np.ndarray,
@@ -327,10 +324,7 @@ def predict_probs(run_dir: Path, df: pd.DataFrame, device: str = "auto") -> np.n
     if settings.model == "minilm-frozen":
         sentence_vectors = minilm.sentence_embeddings(texts, keywords, dev)
     elif settings.model == "minilm":
-        tokenizer = minilm.load_tokenizer()
-        # Sorted by length, so that batches carry little padding; put back in order below.
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        pairs = minilm.tokenize_pairs(tokenizer, [texts[i] for i in order], [keywords[i] for i in order])
+        order, pairs = minilm.tokenize_pairs(minilm.load_tokenizer(), texts, keywords).by_length()
     probs = []
     for k in range(summary["folds"]):
         fold_dir = run_dir / f"fold{k}"
@@ -343,7 +337,7 @@ def predict_probs(run_dir: Path, df: pd.DataFrame, device: str = "auto") -> np.n
             model = minilm.MiniLMClassifier(minilm.load_encoder(with_weights=False))
             model.load_state_dict(ckpt["model"])
             p, _ = engine.predict_probs(model.to(dev), minilm.iterate_batches(pairs, 256, dev), dev, precision)
-            p[order] = p.copy()
+            p[order] = p.copy()  # back to the rows' own order
         elif settings.model == "minilm-frozen":
             model = minilm.EmbeddingHead(sentence_vectors.shape[1])
             model.load_state_dict(ckpt["model"])
