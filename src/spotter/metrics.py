@@ -31,6 +31,11 @@ def binary_report(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5)
             "loss": log_loss(labels, np.asarray(probs))}
 
 
+def confusion_text(report: dict) -> str:
+    """The confusion matrix of a `binary_report` as one line."""
+    return f"confusion matrix: TN {report['tn']}  FP {report['fp']}  FN {report['fn']}  TP {report['tp']}"
+
+
 def best_f1_threshold(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
     """The threshold that maximises F1 over the whole set, and that F1.
 
