@@ -142,13 +142,18 @@ def barrier(world: World) -> None:
 
 
 def shard_batches(order: np.ndarray, batch_size: int, shard: tuple[int, int] = (0, 1), *, drop_last: bool = False,
-                  shuffle: np.random.Generator | None = None) -> Iterator[np.ndarray]:
+                  shuffle: np.random.Generator | None = None, even: bool = False) -> Iterator[np.ndarray]:
     """The one way every task cuts rows into batches across ranks.
 
     `order` (row indices, already shuffled or not) is cut into global batches of `batch_size * world`
     consecutive rows; with `shard=(rank, world)` this rank gets its `batch_size` slice of each, so the
     ranks together step through exactly the single-process order. `drop_last` drops a final short global
     batch (unless it is the only one); `shuffle` shuffles the order of the global batches.
+
+    `even` (training): every rank gets the same number of batches, `shard_steps` of them, or the ranks
+    with a step more would wait forever in DDP's gradient all-reduce. A final short global batch is split
+    evenly over the ranks, and left out if it has fewer rows than there are ranks. Without `even`
+    (validation, prediction) every row is in exactly one rank's batches.
     """
     rank, world = shard
     step = batch_size * world
@@ -157,15 +162,21 @@ def shard_batches(order: np.ndarray, batch_size: int, shard: tuple[int, int] = (
     if shuffle is not None:
         starts = shuffle.permutation(starts)
     for start in starts:
-        rows = order[start + rank * batch_size:start + (rank + 1) * batch_size]
+        batch = order[start:start + step]
+        if even and len(batch) < step:
+            if len(batch) < world:
+                continue  # on every rank alike
+            rows = np.array_split(batch, world)[rank]
+        else:
+            rows = batch[rank * batch_size:(rank + 1) * batch_size]
         if len(rows):
             yield rows
 
 
 def shard_steps(n: int, batch_size: int, world: int = 1, *, drop_last: bool = False) -> int:
-    """How many batches `shard_batches` gives each rank for `n` rows."""
+    """How many training batches (`even=True`) `shard_batches` gives each rank for `n` rows."""
     full, rest = divmod(n, batch_size * world)
-    return full if drop_last and full else full + (rest > 0)
+    return full if drop_last and full else full + (rest >= world)
 
 
 def pick_device(name: str = "auto", world: World | None = None) -> torch.device:

@@ -71,7 +71,7 @@ def iterate_batches(pack: PackedSet, indices: np.ndarray, batch_size: int, devic
     if seed is not None:
         order = np.random.default_rng(seed).permutation(order)
         generator = torch.Generator(device=device).manual_seed(seed * 1009 + shard[0])
-    for rows in engine.shard_batches(order, batch_size, shard, drop_last=drop_last):
+    for rows in engine.shard_batches(order, batch_size, shard, drop_last=drop_last, even=seed is not None):
         rows = np.sort(rows)  # sorted rows read the file sequentially; order inside a batch does not matter
         pixels = torch.from_numpy(pack.read(rows))
         labels = torch.from_numpy(pack.labels[rows].astype(np.float32))

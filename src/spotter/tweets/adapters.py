@@ -128,9 +128,10 @@ def encode(tokens: list[list[str]], keywords: list[str], vocab: Vocabulary, keyw
 
 def iterate_batches(data: Encoded, batch_size: int, device: torch.device, seed: int | None = None,
                     shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
-    """Batches of ((ids, lengths, keywords), targets), shuffled from `seed`."""
+    """Batches of ((ids, lengths, keywords), targets); shuffled from `seed` for training, where every rank
+    takes the same number of steps."""
     order = np.arange(len(data.ids)) if seed is None else np.random.default_rng(seed).permutation(len(data.ids))
-    for rows in engine.shard_batches(order, batch_size, shard):
+    for rows in engine.shard_batches(order, batch_size, shard, even=seed is not None):
         inputs = tuple(torch.from_numpy(a[rows]).to(device) for a in (data.ids, data.lengths, data.keywords))
         yield inputs, torch.from_numpy(data.targets[rows]).to(device)
 
@@ -254,7 +255,7 @@ def embedding_batches(data: tuple[np.ndarray, np.ndarray], batch_size: int, devi
     """Batches of (sentence embeddings, targets)."""
     embeddings, targets = data
     order = np.arange(len(targets)) if seed is None else np.random.default_rng(seed).permutation(len(targets))
-    for rows in engine.shard_batches(order, batch_size, shard):
+    for rows in engine.shard_batches(order, batch_size, shard, even=seed is not None):
         yield torch.from_numpy(embeddings[rows]).to(device), torch.from_numpy(targets[rows]).to(device)
 
 

@@ -64,6 +64,10 @@ class MiniLMClassifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+        if getattr(encoder, "pooler", None) is not None:
+            # BERT's pooler is never used here (mean pooling, or [CLS]'s hidden state), so it gets no
+            # gradient, and DistributedDataParallel refuses parameters that get none.
+            encoder.pooler.requires_grad_(False)
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, 1)
@@ -135,7 +139,7 @@ def iterate_batches(data: Tokens, batch_size: int, device: torch.device, seed: i
         chunk = batch_size * shard[1] * 32
         order = np.concatenate([c[np.argsort(data.lengths[c], kind="stable")]
                                 for c in np.split(order, range(chunk, len(order), chunk))])
-    for rows in engine.shard_batches(order, batch_size, shard, shuffle=rng):
+    for rows in engine.shard_batches(order, batch_size, shard, shuffle=rng, even=seed is not None):
         width = int(data.lengths[rows].max())
         ids = torch.from_numpy(data.ids[rows, :width]).to(device)
         segments = torch.from_numpy(data.segments[rows, :width]).to(device)
