@@ -6,9 +6,10 @@ training batches of an epoch, a function that yields the validation batches, and
 A batch is `(inputs, targets)` on the device; `inputs` is a tensor or a tuple of tensors for the model.
 
 Resume guarantee: checkpoints are written at the end of every epoch. `--resume` restarts from the last
-complete epoch (work inside an interrupted epoch is redone), and because each epoch's shuffling and
-augmentation are seeded from (seed, epoch), a resumed CPU run ends with the same weights and metrics as
-an uninterrupted one.
+complete epoch (work inside an interrupted epoch is redone). Each epoch's shuffling and augmentation are
+seeded from (seed, epoch), and the checkpoint holds every rank's random-number generators (torch CPU and
+CUDA, NumPy, Python), which dropout and stochastic depth draw from; so a resumed CPU run ends with the
+same weights and metrics as an uninterrupted one.
 
 Under torchrun (WORLD_SIZE > 1) the same loop runs on every rank with DistributedDataParallel.
 """
@@ -21,6 +22,7 @@ import functools
 import json
 import math
 import os
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -480,6 +482,8 @@ def _build_schedule(run: _Run, saved: dict[str, Any] | None) -> None:
         run.model.load_state_dict(saved["model"])
         run.optimizer.load_state_dict(saved["optimizer"])
         run.scheduler.load_state_dict(saved["scheduler"])
+        if "rng" in saved and len(saved["rng"]) == run.world.size:
+            set_rng_state(saved["rng"][run.world.rank])
     if run.world.main:
         write_text_atomic(run.run_dir / "settings.json", json.dumps(run.all_settings, indent=2, default=str))
 
@@ -530,20 +534,41 @@ def _finish_epoch(run: _Run, epoch: int, train: dict[str, Any], val: dict[str, f
     run.log(f"epoch {epoch:3d}/{state['epochs']}  loss {train['loss']:.4f}  val_loss {val['loss']:.4f}  "
             f"val_{metric} {val[metric]:.4f}{' *' if improved else ''}  "
             f"{train['per_s']:.0f}/s  {train['seconds']:.0f}s")
+    rng = gather(run.world, rng_state())  # every rank's generators, so each resumes with its own
     if run.world.main:
         _append_csv(run.run_dir / "metrics.csv", row)
-        ckpt = _checkpoint(run, row)
+        ckpt = _checkpoint(run, row, rng)
         if improved:
             save_atomic(ckpt, run.run_dir / "best.pt")
         save_atomic(ckpt, run.run_dir / "last.pt")
     barrier(run.world)
 
 
-def _checkpoint(run: _Run, metrics: dict[str, float]) -> dict[str, Any]:
+def _checkpoint(run: _Run, metrics: dict[str, float], rng: list[dict[str, Any]]) -> dict[str, Any]:
     return {"version": CHECKPOINT_VERSION, "task": run.kind, "model": run.model.state_dict(),
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "state": dict(run.state), "settings": json.loads(json.dumps(run.all_settings, default=str)),
-            "metrics": metrics, **run.task.extra}
+            "metrics": metrics, "rng": rng, **run.task.extra}
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random-number generators, in types a weights_only checkpoint can hold."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos,
+                                                       has_gauss, cached], "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def _should_stop(run: _Run) -> bool:
@@ -580,5 +605,7 @@ def _drop_rows_after(path: Path, epoch: int) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed every global generator (torch CPU and CUDA, NumPy, Python)."""
     torch.manual_seed(seed)
     np.random.seed(seed)
+    random.seed(seed)

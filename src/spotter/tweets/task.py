@@ -94,6 +94,7 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
             oof[val_rows] = np.load(fold_dir / "val_probs.npy")
             continue
         log(f"fold {k + 1}/{len(splits)}: {len(train_rows)} training, {len(val_rows)} validation tweets")
+        engine.seed_everything(train_settings.seed * 1000 + k)  # a fold's model starts the same, resumed or not
         probs = model.fit_fold(corpus, fold_dir, train_rows, val_rows, resume=resume, log=log)
         if world.main:
             np.save(fold_dir / "val_probs.npy", probs)  # marks the fold finished for --resume
