@@ -17,7 +17,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from .. import engine, ensemble, files, plots
-from ..metrics import binary_report, confusion_text, log_loss, roc_auc
+from ..metrics import binary_report, confusion_text, interval_text, intervals, log_loss, roc_auc
 from .data import PackedSet, folder_source, pack, pack_dir_for, pack_folder
 from .models import count_parameters, create_model, normalisation
 from .preprocess import Augment, dihedral_views, preprocess
@@ -256,13 +256,14 @@ def evaluate(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, 
     probs = predictor.predict_pack(data, rows, tta)
     labels = data.labels[rows].astype(np.float32)
     seconds = time.perf_counter() - start
-    report = {**binary_report(labels, probs, threshold), "images": len(labels), "tta": tta, "data": where,
-              "images_per_s": len(labels) / seconds}
+    report = {**binary_report(labels, probs, threshold), **intervals(labels, probs, probs >= threshold),
+              "images": len(labels), "tta": tta, "data": where, "images_per_s": len(labels) / seconds}
     suffix = "_tta" if tta else ""
     files.write_text_atomic(run_dir / f"evaluation{suffix}.json", json.dumps(report, indent=2))
     plots.roc_curve(labels, probs, run_dir / f"roc{suffix}.png",
                     title=f"ROC on {len(labels)} patches{' (8x TTA)' if tta else ''}")
-    log(f"{where}: {len(labels)} patches  AUC {report['auc']:.4f}  accuracy {report['accuracy']:.4f} "
+    log(f"{where}: {len(labels)} patches  AUC {report['auc']:.4f} {interval_text(report['auc_ci95'])}  "
+        f"accuracy {report['accuracy']:.4f}  F1 {report['f1']:.4f} {interval_text(report['f1_ci95'])} "
         f"at threshold {threshold:g}{'  (8x TTA)' if tta else ''}")
     log(confusion_text(report))
     return report

@@ -17,7 +17,8 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .. import engine, ensemble, files, plots
-from ..metrics import best_f1_threshold, binary_report, confusion_text
+from ..metrics import (best_f1_threshold, binary_report, confusion_text, cross_fitted_decisions, f1_score,
+                       interval_text, intervals, roc_auc)
 from . import adapters
 from .adapters import encode, iterate_batches, score  # noqa: F401 (encode, iterate_batches: used by bench.py)
 from .text import Corpus, NormaliseOptions, read_tweets, resolve_conflicting_duplicates
@@ -44,12 +45,17 @@ class TweetSettings:
     skip_bad: bool = False  # drop unusable rows (listed in skipped.txt) instead of stopping
     unfreeze_epoch: int = 4  # GloVe is trained from this epoch on (default RNN only)
     normalise: dict = field(default_factory=lambda: asdict(NormaliseOptions()))
+    # Folds keep every copy of a text on one side: "normalised" texts (tweets that differ only in a link
+    # or @mention are the same tweet to the models), or "raw" texts (runs made before this setting).
+    fold_groups: str = "normalised"
 
     def __post_init__(self):
         if self.model not in adapters.MODELS:
             raise ValueError(f"unknown tweet model {self.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
         if self.folds < 1:
             raise ValueError(f"folds must be 1 or more, got {self.folds}")
+        if self.fold_groups not in ("normalised", "raw"):
+            raise ValueError(f"fold_groups must be 'normalised' or 'raw', got {self.fold_groups!r}")
 
 
 def prepare(df: pd.DataFrame, options: NormaliseOptions) -> tuple[list[str], list[list[str]]]:
@@ -58,11 +64,12 @@ def prepare(df: pd.DataFrame, options: NormaliseOptions) -> tuple[list[str], lis
     return corpus.texts, corpus.tokens
 
 
-def fold_splits(df: pd.DataFrame, settings: TweetSettings, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def fold_splits(corpus: Corpus, settings: TweetSettings, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified folds that keep every copy of a text on one side (duplicates would leak otherwise)."""
     n_splits = settings.folds if settings.folds >= 2 else max(2, round(1 / settings.val_fraction))
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    splits = list(splitter.split(df, df["target"], groups=df["text"]))
+    groups = corpus.texts if settings.fold_groups == "normalised" else corpus.raw
+    splits = list(splitter.split(np.zeros(len(corpus)), corpus.targets, groups=groups))
     return splits if settings.folds >= 2 else splits[:1]
 
 
@@ -81,7 +88,7 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
     start = time.perf_counter()
     df, changed = _training_rows(settings, run_dir, world, log)
     corpus = Corpus.build(df["text"], df["keyword"], NormaliseOptions(**settings.normalise), df["target"].to_numpy())
-    splits = fold_splits(df, settings, train_settings.seed)
+    splits = fold_splits(corpus, settings, train_settings.seed)
     if world.main:
         files.write_text_atomic(run_dir / "run.json", json.dumps(
             {"tweets": asdict(settings), "train": asdict(train_settings)}, indent=2))
@@ -101,11 +108,13 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
         engine.barrier(world)
         oof[val_rows] = probs
     summary = _summarise(settings, corpus.targets, oof, splits, changed=changed, facts=facts,
-                         seconds=time.perf_counter() - start)
+                         seconds=time.perf_counter() - start, seed=train_settings.seed)
+    summary["fold_group_count"] = len(set(corpus.texts if settings.fold_groups == "normalised" else corpus.raw))
     if world.main:
         _write_outputs(run_dir, settings, df["id"], corpus.targets, oof, summary, len(splits))
-    log(f"{settings.model}: F1 {summary['f1_mean']:.4f} ± {summary['f1_std']:.4f} over {len(splits)} fold(s) "
-        f"at threshold {summary['threshold']:.3f}; AUC {summary['validation']['auc']:.4f}; "
+    log(f"{settings.model}: out-of-fold F1 {summary['f1']:.4f} {interval_text(summary['f1_ci95'])} (each fold at a "
+        f"threshold tuned without it; per fold {summary['f1_mean']:.4f} ± {summary['f1_std']:.4f}), "
+        f"AUC {summary['auc']:.4f} {interval_text(summary['auc_ci95'])}; threshold {summary['threshold']:.3f}; "
         f"{summary['seconds']:.0f} s")
     return summary
 
@@ -113,6 +122,7 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
 def _saved_settings(path: Path, device: str) -> tuple[TweetSettings, engine.TrainSettings]:
     """A resumed run keeps the settings it started with; only the device may change."""
     saved = json.loads(path.read_text())
+    saved["tweets"].setdefault("fold_groups", "raw")  # how runs made before the setting split their folds
     return (engine.settings_from(TweetSettings, saved["tweets"], path),
             engine.settings_from(engine.TrainSettings, {**saved["train"], "device": device}, path))
 
@@ -130,15 +140,36 @@ def _training_rows(settings: TweetSettings, run_dir: Path, world: engine.World, 
     return df, changed
 
 
+TUNED_ON = {
+    "threshold": "all out-of-fold predictions; the F1 figures (fold_f1, f1_mean, f1) use, for each fold, a "
+                 "threshold tuned on the other folds only, so they are not scored on the rows that chose it",
+    "best_epoch": "each fold's own validation AUC (mildly optimistic for that fold's out-of-fold scores)",
+    "validation_at_threshold": "scored on the same rows that chose the threshold: optimistic",
+    "shipped_model": "predict averages the fold models; no number here measures that average, which usually "
+                     "does at least as well as one fold model",
+}
+
+
 def _summarise(settings: TweetSettings, targets: np.ndarray, oof: np.ndarray, splits, *, changed: int,
-               facts: dict, seconds: float) -> dict:
+               facts: dict, seconds: float, seed: int) -> dict:
+    """Scores of the out-of-fold predictions: F1 with thresholds chosen without the scored fold (for one
+    validation split: without the scored half), bootstrap 95 % intervals, and the shipped threshold."""
     seen = ~np.isnan(oof)
     threshold, _ = best_f1_threshold(targets[seen], oof[seen])
-    fold_f1 = [binary_report(targets[v], oof[v], threshold)["f1"] for _, v in splits]
+    parts = [v for _, v in splits]
+    if len(parts) == 1:
+        parts = np.array_split(np.random.default_rng(seed).permutation(parts[0]), 2)
+    decisions, fold_thresholds = cross_fitted_decisions(targets, np.nan_to_num(oof), parts)
+    fold_f1 = [f1_score(targets[p], decisions[p]) for p in parts]
+    rows = np.flatnonzero(seen)
     return {"model": settings.model, "threshold": threshold, "folds": len(splits),
+            "fold_groups": settings.fold_groups,
             "fold_f1": fold_f1, "f1_mean": float(np.mean(fold_f1)), "f1_std": float(np.std(fold_f1)),
-            "validation": binary_report(targets[seen], oof[seen], threshold), "relabelled_duplicates": changed,
-            "glove_coverage": None, **facts, "seconds": round(seconds, 1)}
+            "f1": f1_score(targets[rows], decisions[rows]), "fold_thresholds": fold_thresholds,
+            "auc": roc_auc(targets[rows], oof[rows]),
+            **intervals(targets[rows], oof[rows], decisions[rows], seed=seed),
+            "validation_at_threshold": binary_report(targets[seen], oof[seen], threshold), "tuned_on": TUNED_ON,
+            "relabelled_duplicates": changed, "glove_coverage": None, **facts, "seconds": round(seconds, 1)}
 
 
 def _write_outputs(run_dir: Path, settings: TweetSettings, ids: pd.Series, targets: np.ndarray, oof: np.ndarray,
@@ -233,12 +264,14 @@ def evaluate(run_dir: Path, csv: Path, *, device: str = "auto", skip_bad: bool =
     predictor = load_run(run_dir, device)
     df = read_tweets(csv, labelled=True, skip_bad=skip_bad)
     probs, labels = _frame_probs(predictor, df), df["target"].to_numpy()
-    report = {**binary_report(labels, probs, predictor.threshold), "tweets": len(df), "csv": str(csv)}
+    report = {**binary_report(labels, probs, predictor.threshold),
+              **intervals(labels, probs, probs >= predictor.threshold), "tweets": len(df), "csv": str(csv)}
     files.write_text_atomic(run_dir / "evaluation.json", json.dumps(report, indent=2))
     plots.precision_recall(labels, probs, predictor.threshold, run_dir / "evaluation_precision_recall.png",
                            title=f"{Path(csv).name}: {len(df)} tweets")
-    log(f"{csv}: {len(df)} tweets  F1 {report['f1']:.4f}  precision {report['precision']:.4f}  "
-        f"recall {report['recall']:.4f}  AUC {report['auc']:.4f}  at threshold {predictor.threshold:.3f}")
+    log(f"{csv}: {len(df)} tweets  F1 {report['f1']:.4f} {interval_text(report['f1_ci95'])}  precision "
+        f"{report['precision']:.4f}  recall {report['recall']:.4f}  AUC {report['auc']:.4f} "
+        f"{interval_text(report['auc_ci95'])}  at threshold {predictor.threshold:.3f}")
     log(confusion_text(report))
     return report
 
