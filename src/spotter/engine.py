@@ -6,9 +6,10 @@ training batches of an epoch, a function that yields the validation batches, and
 A batch is `(inputs, targets)` on the device; `inputs` is a tensor or a tuple of tensors for the model.
 
 Resume guarantee: checkpoints are written at the end of every epoch. `--resume` restarts from the last
-complete epoch (work inside an interrupted epoch is redone), and because each epoch's shuffling and
-augmentation are seeded from (seed, epoch), a resumed CPU run ends with the same weights and metrics as
-an uninterrupted one.
+complete epoch (work inside an interrupted epoch is redone). Each epoch's shuffling and augmentation are
+seeded from (seed, epoch), and the checkpoint holds every rank's random-number generators (torch CPU and
+CUDA, NumPy, Python), which dropout and stochastic depth draw from; so a resumed CPU run ends with the
+same weights and metrics as an uninterrupted one.
 
 Under torchrun (WORLD_SIZE > 1) the same loop runs on every rank with DistributedDataParallel.
 """
@@ -17,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import copy
 import csv
+import functools
 import json
 import math
 import os
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,8 +31,12 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
+
+from .files import atomic_path, write_csv_atomic, write_text_atomic  # noqa: F401 (callers use engine.write_*)
 
 Batch = tuple[Any, torch.Tensor]
 
@@ -110,8 +117,6 @@ class World:
 
 def join_world(device_name: str = "auto") -> World:
     """Join torchrun's process group when launched by it (WORLD_SIZE > 1); else a world of one."""
-    import torch.distributed as dist
-
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
@@ -128,8 +133,6 @@ def gather(world: World, obj: Any) -> list[Any]:
     """Every rank's `obj`, in rank order, on every rank."""
     if world.size == 1:
         return [obj]
-    import torch.distributed as dist
-
     out: list[Any] = [None] * world.size
     dist.all_gather_object(out, obj)
     return out
@@ -137,8 +140,45 @@ def gather(world: World, obj: Any) -> list[Any]:
 
 def barrier(world: World) -> None:
     if world.size > 1:
-        import torch.distributed as dist
         dist.barrier()
+
+
+def shard_batches(order: np.ndarray, batch_size: int, shard: tuple[int, int] = (0, 1), *, drop_last: bool = False,
+                  shuffle: np.random.Generator | None = None, even: bool = False) -> Iterator[np.ndarray]:
+    """The one way every task cuts rows into batches across ranks.
+
+    `order` (row indices, already shuffled or not) is cut into global batches of `batch_size * world`
+    consecutive rows; with `shard=(rank, world)` this rank gets its `batch_size` slice of each, so the
+    ranks together step through exactly the single-process order. `drop_last` drops a final short global
+    batch (unless it is the only one); `shuffle` shuffles the order of the global batches.
+
+    `even` (training): every rank gets the same number of batches, `shard_steps` of them, or the ranks
+    with a step more would wait forever in DDP's gradient all-reduce. A final short global batch is split
+    evenly over the ranks, and left out if it has fewer rows than there are ranks. Without `even`
+    (validation, prediction) every row is in exactly one rank's batches.
+    """
+    rank, world = shard
+    step = batch_size * world
+    stop = len(order) - (len(order) % step if drop_last and len(order) >= step else 0)
+    starts = np.arange(0, stop, step)
+    if shuffle is not None:
+        starts = shuffle.permutation(starts)
+    for start in starts:
+        batch = order[start:start + step]
+        if even and len(batch) < step:
+            if len(batch) < world:
+                continue  # on every rank alike
+            rows = np.array_split(batch, world)[rank]
+        else:
+            rows = batch[rank * batch_size:(rank + 1) * batch_size]
+        if len(rows):
+            yield rows
+
+
+def shard_steps(n: int, batch_size: int, world: int = 1, *, drop_last: bool = False) -> int:
+    """How many training batches (`even=True`) `shard_batches` gives each rank for `n` rows."""
+    full, rest = divmod(n, batch_size * world)
+    return full if drop_last and full else full + (rest >= world)
 
 
 def pick_device(name: str = "auto", world: World | None = None) -> torch.device:
@@ -176,10 +216,6 @@ def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
     return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
 
 
-def batch_size_of(targets: torch.Tensor) -> int:
-    return int(targets.shape[0])
-
-
 # ---------------------------------------------------------------- one epoch, evaluation
 
 def train_step(model: nn.Module, inputs: Any, targets: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -212,7 +248,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Batch], optimizer: torch
         losses.append(loss)
         probs.append(torch.sigmoid(logits.float()))
         labels.append(targets.detach())
-        seen += batch_size_of(targets)
+        seen += int(targets.shape[0])
         if len(losses) % 10 == 0:
             bar.set_postfix(loss=f"{torch.stack(losses[-10:]).mean().item():.4f}",
                             rate=f"{seen / (time.perf_counter() - start):.0f}/s")
@@ -255,33 +291,15 @@ def predict_probs(model: nn.Module, batches: Iterable[Batch], device: torch.devi
 # ---------------------------------------------------------------- checkpoints
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """Write to a temporary file, flush it to disk, then rename: a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
+    """torch.save through a temporary file flushed to disk: a crash never leaves half a checkpoint."""
     try:
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # disk full surfaces as either, depending on where it hits
-        tmp.unlink(missing_ok=True)
         kept = " the previous one is kept;" if path.exists() else ""
         raise CheckpointError(f"could not write {path} ({err});{kept} free some disk space, then --resume") from None
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_csv_atomic(table: Any, path: Path) -> None:
-    """A pandas table to CSV through a temporary file: readers never see half a submission."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_csv(tmp, index=False, float_format="%.6f")
-    os.replace(tmp, path)
 
 
 def load_checkpoint(path: Path, kind: str | None = None) -> dict[str, Any]:
@@ -354,6 +372,30 @@ def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.Opt
                               for (decay, scale), params in groups.items()], lr=settings.lr)
 
 
+@dataclass
+class _Run:
+    """Everything one call of `fit` carries from step to step."""
+
+    task: Task
+    settings: TrainSettings
+    kind: str
+    world: World
+    device: torch.device
+    precision: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    run_dir: Path
+    log: Callable[[str], None]
+    state: dict[str, Any] = field(default_factory=dict)  # epoch, epochs, best, best_epoch, bad_epochs
+    scheduler: Any = None
+    deadline: float | None = None  # time.monotonic() by which a --time-budget run must end
+    all_settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return _steps(self.task, self.world.size)
+
+
 def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume: bool = False,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train `task.model` into `run_dir`; return the best epoch's validation metrics.
@@ -361,116 +403,184 @@ def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume
     Under torchrun every rank trains its share of each batch through DistributedDataParallel; metrics
     are gathered over all ranks, and only rank 0 logs and writes files.
     """
+    run = _setup(task, settings, Path(run_dir), kind, log)
+    saved = _resume_from(run) if resume else None
+    if saved is None:
+        _plan(run)
+    _build_schedule(run, saved)
+    while run.state["epoch"] < run.state["epochs"]:
+        epoch = run.state["epoch"] + 1
+        epoch_start = time.monotonic()
+        train = _train_epoch(run, epoch)
+        val = _validate(run)
+        if epoch == 1 and run.deadline is not None:
+            _replan(run, time.monotonic() - epoch_start, train["steps"])
+        _finish_epoch(run, epoch, train, val)
+        if _should_stop(run):
+            break
+    best = load_checkpoint(run.run_dir / "best.pt", kind)
+    run.model.load_state_dict(best["model"])  # leave the caller with the best weights
+    return {"best_epoch": run.state["best_epoch"], **best["metrics"]}
+
+
+def quiet(message: str) -> None:
+    """The log of every rank but rank 0."""
+
+
+def _setup(task: Task, settings: TrainSettings, run_dir: Path, kind: str, log) -> _Run:
+    """Device, precision, model and optimizer; the run starts at epoch 0 with the planned epochs."""
     world = join_world(settings.device)
-    if not world.main:
-        log = lambda message: None  # noqa: E731
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(settings.device, world)
     precision = pick_precision(device, task.precision if settings.precision == "auto" and task.precision
                                else settings.precision)
     model = task.model.to(device)
-    optimizer = make_optimizer(model, settings)
-    last_path, best_path, csv_path = run_dir / "last.pt", run_dir / "best.pt", run_dir / "metrics.csv"
-    start_time = time.monotonic()
+    run = _Run(task, settings, kind, world, device, precision, model, make_optimizer(model, settings), run_dir,
+               log if world.main else quiet)
+    run.state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "epochs": settings.epochs, "bad_epochs": 0}
+    run.deadline = time.monotonic() + settings.time_budget_min * 60 if settings.time_budget_min else None
+    run.all_settings = {"train": asdict(settings), "task": task.settings, "device": str(device),
+                        "precision": precision, "world_size": world.size}
+    return run
 
-    state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "epochs": settings.epochs, "bad_epochs": 0}
-    ckpt = None
-    if resume and last_path.exists():
-        ckpt = load_checkpoint(last_path, kind)
-        state.update(ckpt["state"])
+
+def _resume_from(run: _Run) -> dict[str, Any] | None:
+    """The last complete epoch's checkpoint (None when there is none); its state becomes the run's."""
+    last = run.run_dir / "last.pt"
+    if not last.exists():
+        run.log(f"nothing to resume in {run.run_dir}; starting fresh")
+        return None
+    ckpt = load_checkpoint(last, run.kind)
+    run.state.update(ckpt["state"])
+    if run.world.main:
+        _drop_rows_after(run.run_dir / "metrics.csv", run.state["epoch"])  # an epoch that never reached its checkpoint
+    run.log(f"resuming {run.run_dir} after epoch {run.state['epoch']} of {run.state['epochs']}")
+    return ckpt
+
+
+def _plan(run: _Run) -> None:
+    """A fresh run: fit the epochs into the time budget (rank 0 times, every rank follows) and start a new
+    metrics.csv."""
+    settings, world = run.settings, run.world
+    if settings.time_budget_min:
+        planned = None
         if world.main:
-            _drop_rows_after(csv_path, state["epoch"])  # rows of an epoch that never reached its checkpoint
-        log(f"resuming {run_dir} after epoch {state['epoch']} of {state['epochs']}")
-    elif resume:
-        log(f"nothing to resume in {run_dir}; starting fresh")
-    if ckpt is None:
-        if settings.time_budget_min:
-            planned = None
-            if world.main:
-                planned = plan_epochs(task, settings, lambda m: make_optimizer(m, settings), device, precision,
-                                      settings.time_budget_min * 60, task.settings.get("val_size", 0), world.size)
-            state["epochs"] = min(gather(world, planned)[0], settings.epochs)
-            log(f"time budget {settings.time_budget_min:g} min: planned {state['epochs']} epochs")
-        if world.main and csv_path.exists():
-            csv_path.unlink()
-
-    steps_per_epoch = _steps(task, world.size)
-    scheduler = one_cycle(optimizer, settings, state["epochs"] * steps_per_epoch, task.anneal)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-
-    all_settings = {"train": asdict(settings), "task": task.settings, "device": str(device), "precision": precision,
-                    "world_size": world.size}
+            planned = plan_epochs(run.task, settings, functools.partial(make_optimizer, settings=settings),
+                                  run.device, run.precision, settings.time_budget_min * 60,
+                                  run.task.settings.get("val_size", 0), world.size)
+        run.state["epochs"] = min(gather(world, planned)[0], settings.epochs)
+        run.log(f"time budget {settings.time_budget_min:g} min: planned {run.state['epochs']} epochs")
     if world.main:
-        write_text_atomic(run_dir / "settings.json", json.dumps(all_settings, indent=2, default=str))
-    deadline = start_time + settings.time_budget_min * 60 if settings.time_budget_min else None
+        (run.run_dir / "metrics.csv").unlink(missing_ok=True)
 
-    def checkpoint(epoch_metrics: dict[str, float]) -> dict[str, Any]:
-        return {"version": CHECKPOINT_VERSION, "task": kind, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "state": dict(state),
-                "settings": json.loads(json.dumps(all_settings, default=str)), "metrics": epoch_metrics,
-                **task.extra}
 
-    epoch = state["epoch"]
-    while epoch < state["epochs"]:
-        epoch += 1
-        epoch_start = time.monotonic()
-        if task.start_epoch is not None:
-            task.start_epoch(epoch)
-        trained = model
-        if world.size > 1:  # wrapped each epoch: DDP syncs only what requires grad when it is made
-            from torch.nn.parallel import DistributedDataParallel
-            trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-        train = train_one_epoch(trained, task.train_batches(epoch, world.rank, world.size), optimizer, scheduler,
-                                device, precision, desc=f"epoch {epoch}/{state['epochs']}", total=steps_per_epoch,
-                                deadline=deadline, world=world)
-        parts = gather(world, predict_probs(model, task.val_batches(world.rank, world.size), device, precision,
-                                            desc="validate"))
-        probs, labels = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-        val = task.score(labels, probs)
-        train_scores = task.score(train["labels"], train["probs"])
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": train["loss"],
-               **{f"train_{k}": v for k, v in train_scores.items() if k != "loss"},
-               **{f"val_{k}": v for k, v in val.items()},
-               "seconds": round(train["seconds"], 2), "per_s": round(train["per_s"], 1)}
-        if epoch == 1 and deadline is not None:
-            # The plan came from a few timed steps; the first whole epoch, timed for real, replans the rest.
-            epoch_s = time.monotonic() - epoch_start
-            planned = 1 + int((deadline - time.monotonic()) * 0.93 // epoch_s) if world.main else None
-            planned = max(1, min(gather(world, planned)[0], settings.epochs))
-            if planned != state["epochs"]:
-                log(f"the first epoch took {epoch_s:.1f} s: replanned to {planned} epochs")
-                state["epochs"] = planned
-                scheduler = one_cycle(optimizer, settings, planned * steps_per_epoch, task.anneal)
-                for _ in range(train["steps"]):
-                    scheduler.step()
-        improved = val[task.main_metric] > state["best"]
-        state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
-        if improved:
-            state.update(best=val[task.main_metric], best_epoch=epoch)
-        log(f"epoch {epoch:3d}/{state['epochs']}  loss {train['loss']:.4f}  val_loss {val['loss']:.4f}  "
-            f"val_{task.main_metric} {val[task.main_metric]:.4f}{' *' if improved else ''}  "
+def _build_schedule(run: _Run, saved: dict[str, Any] | None) -> None:
+    """The one-cycle schedule over the planned epochs; a resumed run restores model, optimizer and schedule."""
+    run.scheduler = one_cycle(run.optimizer, run.settings, run.state["epochs"] * run.steps_per_epoch,
+                              run.task.anneal)
+    if saved is not None:
+        run.model.load_state_dict(saved["model"])
+        run.optimizer.load_state_dict(saved["optimizer"])
+        run.scheduler.load_state_dict(saved["scheduler"])
+        if "rng" in saved and len(saved["rng"]) == run.world.size:
+            set_rng_state(saved["rng"][run.world.rank])
+    if run.world.main:
+        write_text_atomic(run.run_dir / "settings.json", json.dumps(run.all_settings, indent=2, default=str))
+
+
+def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    if run.task.start_epoch is not None:
+        run.task.start_epoch(epoch)
+    trained = run.model
+    if run.world.size > 1:  # wrapped each epoch: DDP syncs only what requires grad when it is made
+        trained = DistributedDataParallel(run.model, device_ids=[run.device.index] if run.device.type == "cuda"
+                                          else None)
+    return train_one_epoch(trained, run.task.train_batches(epoch, run.world.rank, run.world.size), run.optimizer,
+                           run.scheduler, run.device, run.precision, desc=f"epoch {epoch}/{run.state['epochs']}",
+                           total=run.steps_per_epoch, deadline=run.deadline, world=run.world)
+
+
+def _validate(run: _Run) -> dict[str, float]:
+    """The task's scores over the whole validation set (every rank's share, gathered)."""
+    parts = gather(run.world, predict_probs(run.model, run.task.val_batches(run.world.rank, run.world.size),
+                                            run.device, run.precision, desc="validate"))
+    return run.task.score(np.concatenate([p[1] for p in parts]), np.concatenate([p[0] for p in parts]))
+
+
+def _replan(run: _Run, epoch_s: float, steps_done: int) -> None:
+    """The plan came from a few timed steps; the first whole epoch, timed for real, replans the rest."""
+    planned = 1 + int((run.deadline - time.monotonic()) * 0.93 // epoch_s) if run.world.main else None
+    planned = max(1, min(gather(run.world, planned)[0], run.settings.epochs))
+    if planned != run.state["epochs"]:
+        run.log(f"the first epoch took {epoch_s:.1f} s: replanned to {planned} epochs")
+        run.state["epochs"] = planned
+        run.scheduler = one_cycle(run.optimizer, run.settings, planned * run.steps_per_epoch, run.task.anneal)
+        for _ in range(steps_done):  # fast-forward the new schedule to where training is
+            run.scheduler.step()
+
+
+def _finish_epoch(run: _Run, epoch: int, train: dict[str, Any], val: dict[str, float]) -> None:
+    """Keep score, log the epoch, append its metrics row and write its checkpoints (best when improved)."""
+    state, metric = run.state, run.task.main_metric
+    train_scores = run.task.score(train["labels"], train["probs"])
+    row = {"epoch": epoch, "lr": run.optimizer.param_groups[0]["lr"], "train_loss": train["loss"],
+           **{f"train_{k}": v for k, v in train_scores.items() if k != "loss"},
+           **{f"val_{k}": v for k, v in val.items()},
+           "seconds": round(train["seconds"], 2), "per_s": round(train["per_s"], 1)}
+    improved = val[metric] > state["best"]
+    state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
+    if improved:
+        state.update(best=val[metric], best_epoch=epoch)
+    run.log(f"epoch {epoch:3d}/{state['epochs']}  loss {train['loss']:.4f}  val_loss {val['loss']:.4f}  "
+            f"val_{metric} {val[metric]:.4f}{' *' if improved else ''}  "
             f"{train['per_s']:.0f}/s  {train['seconds']:.0f}s")
-        if world.main:
-            _append_csv(csv_path, row)
-            ckpt = checkpoint(row)
-            if improved:
-                save_atomic(ckpt, best_path)
-            save_atomic(ckpt, last_path)
-        barrier(world)
-        if settings.patience is not None and state["bad_epochs"] >= settings.patience:
-            log(f"no improvement for {settings.patience} epochs: stopping early")
-            break
-        # Rank 0's clock decides, so that every rank stops after the same epoch.
-        if deadline is not None and gather(world, time.monotonic() > deadline)[0]:
-            log("time budget reached: stopping")
-            break
+    rng = gather(run.world, rng_state())  # every rank's generators, so each resumes with its own
+    if run.world.main:
+        _append_csv(run.run_dir / "metrics.csv", row)
+        ckpt = _checkpoint(run, row, rng)
+        if improved:
+            save_atomic(ckpt, run.run_dir / "best.pt")
+        save_atomic(ckpt, run.run_dir / "last.pt")
+    barrier(run.world)
 
-    best = load_checkpoint(best_path, kind)
-    model.load_state_dict(best["model"])  # leave the caller with the best weights
-    return {"best_epoch": state["best_epoch"], **best["metrics"]}
+
+def _checkpoint(run: _Run, metrics: dict[str, float], rng: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"version": CHECKPOINT_VERSION, "task": run.kind, "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "state": dict(run.state), "settings": json.loads(json.dumps(run.all_settings, default=str)),
+            "metrics": metrics, "rng": rng, **run.task.extra}
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random-number generators, in types a weights_only checkpoint can hold."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos,
+                                                       has_gauss, cached], "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _should_stop(run: _Run) -> bool:
+    """Early stopping (patience) and the time budget; rank 0's clock decides, so every rank stops together."""
+    patience = run.settings.patience
+    if patience is not None and run.state["bad_epochs"] >= patience:
+        run.log(f"no improvement for {patience} epochs: stopping early")
+        return True
+    if run.deadline is not None and gather(run.world, time.monotonic() > run.deadline)[0]:
+        run.log("time budget reached: stopping")
+        return True
+    return False
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:
@@ -495,5 +605,7 @@ def _drop_rows_after(path: Path, epoch: int) -> None:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed every global generator (torch CPU and CUDA, NumPy, Python)."""
     torch.manual_seed(seed)
     np.random.seed(seed)
+    random.seed(seed)

@@ -16,7 +16,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from . import engine
-from .metrics import binary_report
+from .metrics import binary_report, intervals
 
 FILE = "ensemble.json"
 
@@ -77,7 +77,10 @@ def build(kind: str, members: list[Path], out: Path, validation: Callable[[Path]
     summary = {"version": 1, "task": kind, "members": [str(Path(m).resolve()) for m in members],
                "calibration": calibration, "threshold": cut,
                "member_scores": [score(labels, p)[main_metric] for p in aligned],
-               "validation": {**score(labels, probs), **binary_report(labels, probs, cut)}, "rows": len(ids)}
+               "validation": {**score(labels, probs), **binary_report(labels, probs, cut),
+                              **intervals(labels, probs, probs >= cut)}, "rows": len(ids),
+               "tuned_on": "calibration and threshold are fitted on the validation rows they are scored on "
+                           "(two parameters per member and one threshold: a small optimism)"}
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"id": ids, "target": labels, "prob": probs}).to_csv(out / "validation_predictions.csv",
                                                                       index=False)

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ..files import atomic_path, cache_dir
 from .tiff import PATCH_SHAPE, BadImage, read_patch
 
 PACK_FORMAT = 1
@@ -188,7 +189,7 @@ def _pcam_source(split: str, x_path: Path, y_path: Path) -> Source:
 # ---------------------------------------------------------------- packing
 
 def default_pack_root() -> Path:
-    return Path(os.environ.get("SPOTTER_CACHE", Path.home() / ".cache" / "spotter")) / "packs"
+    return cache_dir("packs")
 
 
 def pack_dir_for(data_dir: Path, pack_root: Path | None = None) -> Path:
@@ -308,12 +309,11 @@ def _copy_h5(x_path: Path, out_path: Path, n: int, progress: bool) -> None:
 def _compact(pixels_path: Path, keep: np.ndarray) -> None:
     """Drop the rows of skipped images, rewriting the array in place."""
     src = np.load(pixels_path, mmap_mode="r")
-    kept = np.lib.format.open_memmap(pixels_path.with_suffix(".tmp.npy"), mode="w+", dtype=np.uint8,
-                                     shape=(int(keep.sum()), *PATCH_SHAPE))
-    kept[:] = src[keep]
-    kept.flush()
-    del src, kept
-    os.replace(pixels_path.with_suffix(".tmp.npy"), pixels_path)
+    with atomic_path(pixels_path, suffix=".tmp.npy") as tmp:
+        kept = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(int(keep.sum()), *PATCH_SHAPE))
+        kept[:] = src[keep]
+        kept.flush()
+        del src, kept
 
 
 def pack_folder(data_dir: Path, *, pack_root: Path | None = None, workers: int | None = None,

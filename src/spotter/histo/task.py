@@ -1,4 +1,8 @@
-"""Histopathology: train, evaluate and predict, built on the shared engine."""
+"""Histopathology: train, evaluate and predict, built on the shared engine.
+
+`load_run` gives a `HistoPredictor` (a run's model, or an ensemble's members, loaded once) that scores
+uint8 RGB patches; `evaluate`, `predict` and the ensemble builder all go through it.
+"""
 from __future__ import annotations
 
 import json
@@ -12,8 +16,8 @@ import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
 
-from .. import engine, ensemble, plots
-from ..metrics import binary_report, log_loss, roc_auc
+from .. import engine, ensemble, files, plots
+from ..metrics import binary_report, confusion_text, interval_text, intervals, log_loss, roc_auc
 from .data import PackedSet, folder_source, pack, pack_dir_for, pack_folder
 from .models import count_parameters, create_model, normalisation
 from .preprocess import Augment, dihedral_views, preprocess
@@ -62,19 +66,13 @@ def iterate_batches(pack: PackedSet, indices: np.ndarray, batch_size: int, devic
     Pixels are normalised as `model` expects.
     """
     norm = normalisation(model)
-    rank, world = shard
     order = np.asarray(indices)
     generator = None
     if seed is not None:
         order = np.random.default_rng(seed).permutation(order)
-        generator = torch.Generator(device=device).manual_seed(seed * 1009 + rank)
-    step = batch_size * world
-    stop = len(order) - (len(order) % step if drop_last and len(order) >= step else 0)
-    for start in range(0, stop, step):
-        # Sorted rows read the file sequentially; order inside a batch does not matter.
-        rows = np.sort(order[start + rank * batch_size:start + (rank + 1) * batch_size])
-        if len(rows) == 0:
-            continue
+        generator = torch.Generator(device=device).manual_seed(seed * 1009 + shard[0])
+    for rows in engine.shard_batches(order, batch_size, shard, drop_last=drop_last, even=seed is not None):
+        rows = np.sort(rows)  # sorted rows read the file sequentially; order inside a batch does not matter
         pixels = torch.from_numpy(pack.read(rows))
         labels = torch.from_numpy(pack.labels[rows].astype(np.float32))
         if device.type == "cuda":
@@ -109,8 +107,7 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
                                         run_dir / "settings.json")
     engine.seed_everything(settings.seed)
     world = engine.join_world(settings.device)
-    if not world.main:
-        log = lambda message: None  # noqa: E731
+    log = log if world.main else engine.quiet
     for turn in (True, False):  # rank 0 packs; the others then find the pack ready
         if world.main == turn:
             packed = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad,
@@ -128,7 +125,7 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         f"({count_parameters(model):,} parameters), crop {histo.crop}, device {device}")
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.main:
-        engine.write_text_atomic(run_dir / "val_ids.txt", "\n".join(data.ids[val_rows]) + "\n")
+        files.write_text_atomic(run_dir / "val_ids.txt", "\n".join(data.ids[val_rows]) + "\n")
 
     task = engine.Task(
         model=model,
@@ -138,7 +135,7 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         val_batches=lambda rank, world: iterate_batches(data, val_rows[rank::world], bs * 2, device, histo.crop,
                                                         model=histo.model),
         score=score, main_metric="auc",
-        steps_per_epoch=lambda world: max(1, len(train_rows) // (bs * world)),
+        steps_per_epoch=lambda world: engine.shard_steps(len(train_rows), bs, world, drop_last=True),
         settings={"histo": asdict(histo), "val_size": len(val_rows), "train_size": len(train_rows)},
     )
     result = engine.fit(task, settings, run_dir, kind=KIND, resume=resume, log=log)
@@ -152,41 +149,71 @@ def _root(histo: HistoSettings) -> Path | None:
     return Path(histo.pack_root) if histo.pack_root else None
 
 
-# ---------------------------------------------------------------- evaluate and predict
+# ---------------------------------------------------------------- the prediction API: load_run, HistoPredictor
 
-def load_run(run_dir: Path, device: str = "auto") -> tuple[torch.nn.Module, HistoSettings, torch.device, str]:
-    ckpt = engine.load_checkpoint(Path(run_dir) / "best.pt", KIND)
-    histo = engine.settings_from(HistoSettings, ckpt["settings"]["task"]["histo"], Path(run_dir) / "best.pt")
+class HistoPredictor:
+    """A run's model (or an ensemble's members), loaded once, scoring 96x96 RGB patches.
+
+    `settings` are the run's (an ensemble's: its first member's; members share data and split);
+    `threshold` is 0.5 unless the run says otherwise.
+    """
+
+    batch_size = 256
+
+    def __init__(self, settings: HistoSettings, threshold: float = 0.5, *, model: torch.nn.Module | None = None,
+                 device: torch.device | None = None, precision: str = "fp32",
+                 members: list["HistoPredictor"] = (), calibration: list[tuple[float, float]] = ()):
+        self.settings, self.threshold = settings, float(threshold)
+        self.model, self.device, self.precision = model, device, precision
+        self.members, self.calibration = list(members), list(calibration)
+
+    def predict_proba(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
+        """Probability of tumour in the centre of each patch; `images` is uint8 N x 96 x 96 x 3 RGB.
+        `tta` averages the 8 rotations and reflections."""
+        images = np.asarray(images)
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (96, 96, 3):
+            raise ValueError(f"expected uint8 patches of shape (N, 96, 96, 3), got {images.dtype} {images.shape}")
+        if self.members:
+            return ensemble.combine([m.predict_proba(images, tta) for m in self.members], self.calibration)
+        probs, _ = engine.predict_probs(self.model, self._batches(images), self.device, self.precision,
+                                        transform=dihedral_views if tta else None)
+        return probs
+
+    def _batches(self, images: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        norm = normalisation(self.settings.model)
+        for start in range(0, len(images), self.batch_size):
+            pixels = torch.from_numpy(images[start:start + self.batch_size]).to(self.device)
+            yield preprocess(pixels, self.settings.crop, norm=norm), torch.zeros(len(pixels))
+
+    def predict_pack(self, data: PackedSet, rows: np.ndarray | None = None, tta: bool = False) -> np.ndarray:
+        """`predict_proba` over `rows` of a pack (all by default), read a few thousand patches at a time."""
+        rows = np.arange(len(data)) if rows is None else np.asarray(rows)
+        chunk = self.batch_size * 8
+        parts = [self.predict_proba(data.read(rows[i:i + chunk]), tta) for i in range(0, len(rows), chunk)]
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
+def load_run(run_dir: Path, device: str = "auto") -> HistoPredictor:
+    """Load a finished run's best model (or every member of an ensemble) once."""
+    run_dir = Path(run_dir)
+    if ensemble.is_ensemble(run_dir):
+        spec = ensemble.load(run_dir, KIND)
+        members = [load_run(Path(m), device) for m in spec["members"]]
+        return HistoPredictor(members[0].settings, spec.get("threshold", 0.5), members=members,
+                              calibration=spec["calibration"])
+    if (run_dir / "summary.json").exists() and not (run_dir / "best.pt").exists():
+        raise engine.CheckpointError(f"{run_dir}: this is a tweets run, not a histo one; use `spotter tweets`")
+    ckpt = engine.load_checkpoint(run_dir / "best.pt", KIND)
+    histo = engine.settings_from(HistoSettings, ckpt["settings"]["task"]["histo"], run_dir / "best.pt")
     model = create_model(histo.model, pretrained=False)
     model.load_state_dict(ckpt["model"])
     dev = engine.pick_device(device)
     model = model.to(dev, memory_format=torch.channels_last).eval()
     precision = engine.pick_precision(dev, ckpt["settings"]["train"].get("precision", "auto"))
-    return model, histo, dev, precision
+    return HistoPredictor(histo, model=model, device=dev, precision=precision)
 
 
-def run_settings(run_dir: Path) -> HistoSettings:
-    """A run's settings; an ensemble's are its first member's (members share data and split)."""
-    if ensemble.is_ensemble(run_dir):
-        return run_settings(Path(ensemble.load(run_dir, KIND)["members"][0]))
-    if (Path(run_dir) / "summary.json").exists() and not (Path(run_dir) / "best.pt").exists():
-        raise engine.CheckpointError(f"{run_dir}: this is a tweets run, not a histo one; use `spotter tweets`")
-    ckpt = engine.load_checkpoint(Path(run_dir) / "best.pt", KIND)
-    return engine.settings_from(HistoSettings, ckpt["settings"]["task"]["histo"], Path(run_dir) / "best.pt")
-
-
-def run_probs(run_dir: Path, data: PackedSet, rows: np.ndarray | None = None, *, tta: bool = False,
-              device: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, labels) of a run, or of an ensemble of runs, on `rows` of a pack."""
-    if ensemble.is_ensemble(run_dir):
-        spec = ensemble.load(run_dir, KIND)
-        parts = [run_probs(Path(m), data, rows, tta=tta, device=device) for m in spec["members"]]
-        return ensemble.combine([p for p, _ in parts], spec["calibration"]), parts[0][1]
-    model, histo, dev, precision = load_run(run_dir, device)
-    rows = np.arange(len(data)) if rows is None else rows
-    batches = iterate_batches(data, rows, 256, dev, histo.crop, model=histo.model)
-    return engine.predict_probs(model, batches, dev, precision, transform=dihedral_views if tta else None)
-
+# ---------------------------------------------------------------- evaluate, predict, ensembles
 
 def validation_rows(run_dir: Path, histo: HistoSettings) -> tuple[PackedSet, np.ndarray]:
     """The run's own validation split: its pack and the rows of `val_ids.txt`."""
@@ -201,12 +228,12 @@ def build_ensemble(runs: list[Path], out: Path, *, tta: bool = False, device: st
     def validation(run: Path) -> ensemble.Validation:
         if ensemble.is_ensemble(run):
             return ensemble.saved_validation(run)
-        data, rows = validation_rows(run, run_settings(run))
-        probs, labels = run_probs(run, data, rows, tta=tta, device=device)
-        return data.ids[rows], labels, probs
+        predictor = load_run(run, device)
+        data, rows = validation_rows(run, predictor.settings)
+        return data.ids[rows], data.labels[rows].astype(np.float32), predictor.predict_pack(data, rows, tta)
 
     summary = ensemble.build(KIND, runs, out, validation, score, "auc", log=log)
-    engine.write_text_atomic(Path(out) / "val_ids.txt", (Path(runs[0]) / "val_ids.txt").read_text())
+    files.write_text_atomic(Path(out) / "val_ids.txt", (Path(runs[0]) / "val_ids.txt").read_text())
     return summary
 
 
@@ -214,7 +241,8 @@ def evaluate(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, 
              device: str = "auto", log=print) -> dict:
     """Score a run (or an ensemble) on a labelled folder, or on its own validation split when `data_dir` is None."""
     run_dir = Path(run_dir)
-    histo = run_settings(run_dir)
+    predictor = load_run(run_dir, device)
+    histo = predictor.settings
     if data_dir is None:
         data, rows = validation_rows(run_dir, histo)
         where = f"validation split of {histo.data}"
@@ -222,30 +250,33 @@ def evaluate(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, 
         packed = pack_folder(Path(data_dir), pack_root=_root(histo))
         if "train" not in packed or not packed["train"].labelled:
             raise ValueError(f"{data_dir}: needs labelled patches (train/ and train_labels.csv) to evaluate")
-        data, rows, where = packed["train"], None, str(data_dir)
+        data, where = packed["train"], str(data_dir)
+        rows = np.arange(len(data))
     start = time.perf_counter()
-    probs, labels = run_probs(run_dir, data, rows, tta=tta, device=device)
+    probs = predictor.predict_pack(data, rows, tta)
+    labels = data.labels[rows].astype(np.float32)
     seconds = time.perf_counter() - start
-    report = {**binary_report(labels, probs, threshold), "images": len(labels), "tta": tta, "data": where,
-              "images_per_s": len(labels) / seconds}
+    report = {**binary_report(labels, probs, threshold), **intervals(labels, probs, probs >= threshold),
+              "images": len(labels), "tta": tta, "data": where, "images_per_s": len(labels) / seconds}
     suffix = "_tta" if tta else ""
-    engine.write_text_atomic(run_dir / f"evaluation{suffix}.json", json.dumps(report, indent=2))
-    plots.roc_curve(labels, probs, run_dir / f"roc{suffix}.png", title=f"ROC on {len(labels)} patches{' (8x TTA)' if tta else ''}")
-    log(f"{where}: {len(labels)} patches  AUC {report['auc']:.4f}  accuracy {report['accuracy']:.4f} "
+    files.write_text_atomic(run_dir / f"evaluation{suffix}.json", json.dumps(report, indent=2))
+    plots.roc_curve(labels, probs, run_dir / f"roc{suffix}.png",
+                    title=f"ROC on {len(labels)} patches{' (8x TTA)' if tta else ''}")
+    log(f"{where}: {len(labels)} patches  AUC {report['auc']:.4f} {interval_text(report['auc_ci95'])}  "
+        f"accuracy {report['accuracy']:.4f}  F1 {report['f1']:.4f} {interval_text(report['f1_ci95'])} "
         f"at threshold {threshold:g}{'  (8x TTA)' if tta else ''}")
-    log(f"confusion matrix: TN {report['tn']}  FP {report['fp']}  FN {report['fn']}  TP {report['tp']}")
+    log(confusion_text(report))
     return report
 
 
 def predict(run_dir: Path, images: Path, out: Path, *, tta: bool = False, device: str = "auto",
             skip_bad: bool = False, log=print) -> pd.DataFrame:
     """Write Kaggle's submission (`id,label`, label = probability of tumour) for every .tif in `images`."""
-    histo = run_settings(Path(run_dir))
+    predictor = load_run(Path(run_dir), device)
     source = folder_source(Path(images), "images")
-    data = pack(source, pack_dir_for(Path(images), _root(histo)), skip_bad=skip_bad)
-    probs, _ = run_probs(Path(run_dir), data, tta=tta, device=device)
-    submission = pd.DataFrame({"id": data.ids, "label": probs.astype(np.float64)})
-    engine.write_csv_atomic(submission, out)
+    data = pack(source, pack_dir_for(Path(images), _root(predictor.settings)), skip_bad=skip_bad)
+    submission = pd.DataFrame({"id": data.ids, "label": predictor.predict_pack(data, tta=tta).astype(np.float64)})
+    files.write_csv_atomic(submission, out)
     if (data.path / "skipped.txt").exists():
         skipped = Path(str(out) + ".skipped.txt")
         skipped.write_text((data.path / "skipped.txt").read_text())

@@ -8,7 +8,6 @@ only a small head on them. The keyword goes in as the second segment of a text p
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import pretrained
+from .. import engine, files, pretrained
 
 MAX_TOKENS = 96  # train.csv, normalised, with its keyword: median 25 word pieces, longest 81
 
@@ -65,6 +64,10 @@ class MiniLMClassifier(nn.Module):
         super().__init__()
         self.encoder = encoder
         encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+        if getattr(encoder, "pooler", None) is not None:
+            # BERT's pooler is never used here (mean pooling, or [CLS]'s hidden state), so it gets no
+            # gradient, and DistributedDataParallel refuses parameters that get none.
+            encoder.pooler.requires_grad_(False)
         self.pooling = pooling
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, 1)
@@ -129,22 +132,14 @@ def iterate_batches(data: Tokens, batch_size: int, device: torch.device, seed: i
     then costs little (measured: see README) while every batch still mixes tweets from across the set.
     With `shard=(rank, world)` this rank gets its slice of each global batch of `batch_size * world`.
     """
-    rank, world = shard
-    step = batch_size * world
-    order = np.arange(len(data.ids))
+    order, rng = np.arange(len(data.ids)), None
     if seed is not None:
         rng = np.random.default_rng(seed)
         order = rng.permutation(order)
-        chunk = step * 32
+        chunk = batch_size * shard[1] * 32
         order = np.concatenate([c[np.argsort(data.lengths[c], kind="stable")]
                                 for c in np.split(order, range(chunk, len(order), chunk))])
-        starts = rng.permutation(np.arange(0, len(order), step))
-    else:
-        starts = np.arange(0, len(order), step)
-    for start in starts:
-        rows = order[start + rank * batch_size:start + (rank + 1) * batch_size]
-        if len(rows) == 0:
-            continue
+    for rows in engine.shard_batches(order, batch_size, shard, shuffle=rng, even=seed is not None):
         width = int(data.lengths[rows].max())
         ids = torch.from_numpy(data.ids[rows, :width]).to(device)
         segments = torch.from_numpy(data.segments[rows, :width]).to(device)
@@ -154,16 +149,12 @@ def iterate_batches(data: Tokens, batch_size: int, device: torch.device, seed: i
 
 # ---------------------------------------------------------------- cached sentence embeddings
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("SPOTTER_CACHE", Path.home() / ".cache" / "spotter")) / "minilm"
-
-
 @torch.no_grad()
 def sentence_embeddings(texts: list[str], keywords: list[str], device: torch.device, batch_size: int = 256,
                         log=print) -> np.ndarray:
     """Mean-pooled MiniLM embeddings of each (tweet, keyword) pair, cached on disk by content."""
     key = hashlib.sha256("\x00".join(t + "\x01" + k for t, k in zip(texts, keywords)).encode()).hexdigest()[:24]
-    path = _cache_dir() / f"{key}.npy"
+    path = files.cache_dir("minilm") / f"{key}.npy"
     if path.exists():
         return np.load(path)
     encoder = load_encoder().to(device).eval()
@@ -176,7 +167,6 @@ def sentence_embeddings(texts: list[str], keywords: list[str], device: torch.dev
     out = np.empty((len(texts), encoder.config.hidden_size), np.float32)
     out[order] = np.concatenate(parts)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, out)
-    os.replace(tmp, path)
+    with files.atomic_path(path, suffix=".tmp.npy") as tmp:
+        np.save(tmp, out)
     return out

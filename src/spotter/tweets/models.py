@@ -65,10 +65,10 @@ class BiGRU(nn.Module):
 
 
 RNN_MODELS = {"seed-gru": SeedGRU, "bigru": BiGRU}
-MODEL_NAMES = [*RNN_MODELS, "tfidf", "minilm", "minilm-frozen"]  # the last two: tweets/minilm.py
 
 
 def create_rnn(name: str, embeddings: torch.Tensor, n_keywords: int) -> nn.Module:
+    """The RNN `name` on these embedding rows (a GloVe matrix, or zeros that a checkpoint fills)."""
     if name not in RNN_MODELS:
-        raise ValueError(f"unknown tweet model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
+        raise ValueError(f"unknown tweet RNN {name!r}; choose one of: {', '.join(RNN_MODELS)}")
     return RNN_MODELS[name](embeddings, n_keywords)

@@ -1,4 +1,5 @@
-"""Disaster tweets: train (single split or K folds), evaluate and predict, on the shared engine.
+"""Disaster tweets: the pipeline of a run (folds -> fit -> out-of-fold -> threshold -> summary), evaluate
+and predict. Every model kind is an adapter in `adapters.py`; nothing here depends on which one.
 
 A run folder holds `summary.json` (model, decision threshold, per-fold scores, GloVe coverage) and one
 sub-folder per fold (`fold0/`, ...) with the engine's checkpoints and metrics. Prediction averages the
@@ -10,34 +11,25 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .. import engine, ensemble, plots
-from ..metrics import best_f1_threshold, binary_report, log_loss
-from . import minilm, tfidf
-from .embeddings import coverage, embedding_matrix, load_glove
-from .models import MODEL_NAMES, RNN_MODELS, create_rnn
-from .text import (NormaliseOptions, Vocabulary, encode_texts, keyword_text, normalise, read_tweets,
-                   resolve_conflicting_duplicates, tokenize)
+from .. import engine, ensemble, files, plots
+from ..metrics import (best_f1_threshold, binary_report, confusion_text, cross_fitted_decisions, f1_score,
+                       interval_text, intervals, roc_auc)
+from . import adapters
+from .adapters import encode, iterate_batches, score  # noqa: F401 (encode, iterate_batches: used by bench.py)
+from .text import Corpus, NormaliseOptions, read_tweets, resolve_conflicting_duplicates
 
-KIND = "tweets"
-
-# Training defaults of each model family (the command line overrides them).
-TRAIN_DEFAULTS = {
-    "rnn": {"epochs": 12, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.01, "patience": 3},
-    # Fine-tuning a transformer: few epochs, a small peak rate with linear warm-up and decay.
-    "minilm": {"epochs": 3, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01},
-    "minilm-frozen": {"epochs": 40, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.01, "patience": 6},
-}
+KIND = adapters.KIND
+MODEL_NAMES = list(adapters.MODELS)
 
 
 def train_defaults(model: str) -> dict:
-    return TRAIN_DEFAULTS.get(model, TRAIN_DEFAULTS["rnn"])
+    """Training settings of a model kind (the command line overrides them)."""
+    return adapters.MODELS[model].defaults
 
 
 @dataclass
@@ -53,164 +45,90 @@ class TweetSettings:
     skip_bad: bool = False  # drop unusable rows (listed in skipped.txt) instead of stopping
     unfreeze_epoch: int = 4  # GloVe is trained from this epoch on (default RNN only)
     normalise: dict = field(default_factory=lambda: asdict(NormaliseOptions()))
+    # Folds keep every copy of a text on one side: "normalised" texts (tweets that differ only in a link
+    # or @mention are the same tweet to the models), or "raw" texts (runs made before this setting).
+    fold_groups: str = "normalised"
 
     def __post_init__(self):
-        if self.model not in MODEL_NAMES:
+        if self.model not in adapters.MODELS:
             raise ValueError(f"unknown tweet model {self.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
         if self.folds < 1:
             raise ValueError(f"folds must be 1 or more, got {self.folds}")
+        if self.fold_groups not in ("normalised", "raw"):
+            raise ValueError(f"fold_groups must be 'normalised' or 'raw', got {self.fold_groups!r}")
 
 
 def prepare(df: pd.DataFrame, options: NormaliseOptions) -> tuple[list[str], list[list[str]]]:
-    """Normalised text and tokens of each tweet: the one preprocessing path for train, evaluate and predict."""
-    texts = [normalise(t, options) for t in df["text"]]
-    return texts, [tokenize(t) for t in texts]
+    """Normalised text and tokens of each tweet (see text.Corpus, the one preprocessing path)."""
+    corpus = Corpus.build(df["text"], df["keyword"], options)
+    return corpus.texts, corpus.tokens
 
 
-def fold_splits(df: pd.DataFrame, settings: TweetSettings, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def fold_splits(corpus: Corpus, settings: TweetSettings, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified folds that keep every copy of a text on one side (duplicates would leak otherwise)."""
     n_splits = settings.folds if settings.folds >= 2 else max(2, round(1 / settings.val_fraction))
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    splits = list(splitter.split(df, df["target"], groups=df["text"]))
+    groups = corpus.texts if settings.fold_groups == "normalised" else corpus.raw
+    splits = list(splitter.split(np.zeros(len(corpus)), corpus.targets, groups=groups))
     return splits if settings.folds >= 2 else splits[:1]
-
-
-# ---------------------------------------------------------------- one fold of an RNN
-
-@dataclass
-class Encoded:
-    ids: np.ndarray
-    lengths: np.ndarray
-    keywords: np.ndarray
-    targets: np.ndarray
-
-
-def encode(tokens: list[list[str]], keywords: list[str], vocab: Vocabulary, keyword_list: list[str],
-           length: int, targets: np.ndarray | None = None) -> Encoded:
-    ids, lengths = encode_texts(vocab, tokens, length)
-    index = {k: i + 1 for i, k in enumerate(keyword_list)}
-    kw = np.array([index.get(k, 0) for k in keywords], np.int64)
-    return Encoded(ids, lengths, kw, np.zeros(len(ids), np.float32) if targets is None else targets.astype(np.float32))
-
-
-def batch_rows(n: int, batch_size: int, seed: int | None = None,
-               shard: tuple[int, int] = (0, 1)) -> Iterator[np.ndarray]:
-    """Row indices of each batch, shuffled from `seed`; with `shard=(rank, world)`, this rank's slice of
-    each global batch of `batch_size * world` rows."""
-    rank, world = shard
-    order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
-    step = batch_size * world
-    for start in range(0, n, step):
-        rows = order[start + rank * batch_size:start + (rank + 1) * batch_size]
-        if len(rows):
-            yield rows
-
-
-def iterate_batches(data: Encoded, batch_size: int, device: torch.device, seed: int | None = None,
-                    shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[tuple[torch.Tensor, ...], torch.Tensor]]:
-    """Batches of ((ids, lengths, keywords), targets) for the RNNs."""
-    for rows in batch_rows(len(data.ids), batch_size, seed, shard):
-        inputs = tuple(torch.from_numpy(a[rows]).to(device) for a in (data.ids, data.lengths, data.keywords))
-        yield inputs, torch.from_numpy(data.targets[rows]).to(device)
-
-
-def embedding_batches(data: tuple[np.ndarray, np.ndarray], batch_size: int, device: torch.device,
-                      seed: int | None = None, shard: tuple[int, int] = (0, 1)):
-    """Batches of (sentence embeddings, targets) for `minilm-frozen`."""
-    embeddings, targets = data
-    for rows in batch_rows(len(targets), batch_size, seed, shard):
-        yield torch.from_numpy(embeddings[rows]).to(device), torch.from_numpy(targets[rows]).to(device)
-
-
-def score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Whole-set F1, precision, recall at 0.5 and at the F1-best threshold, AUC and loss."""
-    report = binary_report(labels, probs, 0.5)
-    threshold, best_f1 = best_f1_threshold(labels, probs) if len(np.unique(labels)) > 1 else (0.5, 0.0)
-    return {"auc": report["auc"], "loss": log_loss(labels, probs), "f1": report["f1"],
-            "precision": report["precision"], "recall": report["recall"], "f1_best": best_f1,
-            "threshold_best": threshold}
-
-
-def fit_fold(settings: TweetSettings, train: engine.TrainSettings, fold_dir: Path, model: torch.nn.Module,
-             batches, train_data, val_data, n_train: int, n_val: int, *, extra: dict | None = None,
-             start_epoch=None, precision: str | None = None, anneal: str = "cos", resume: bool, log) -> np.ndarray:
-    """Train one fold's `model` on the engine; returns the best model's validation probabilities.
-    `batches(data, batch_size, device, seed=, shard=)` yields the model's batches from `train_data` or `val_data`."""
-    world = engine.join_world(train.device)
-    device = engine.pick_device(train.device, world)
-    task = engine.Task(
-        model=model,
-        train_batches=lambda epoch, rank, world: batches(train_data, train.batch_size, device,
-                                                         seed=train.seed * 100_003 + epoch, shard=(rank, world)),
-        val_batches=lambda rank, world: batches(val_data, 256, device, shard=(rank, world)),
-        score=score, main_metric="auc",
-        steps_per_epoch=lambda world: -(-n_train // (train.batch_size * world)),
-        settings={"tweets": asdict(settings), "val_size": n_val, "train_size": n_train},
-        extra=extra or {}, start_epoch=start_epoch, precision=precision, anneal=anneal,
-    )
-    engine.fit(task, train, fold_dir, kind=KIND, resume=resume, log=log)
-    if world.main:
-        plots.training_curves(fold_dir / "metrics.csv", fold_dir / "history.png",
-                              [("loss", "loss"), ("auc", "ROC AUC"), ("f1", "F1 at 0.5")])
-    used = engine.pick_precision(device, precision or train.precision)
-    probs, _ = engine.predict_probs(model, task.val_batches(0, 1), device, used)  # every rank, in order
-    return probs
-
-
-def train_rnn_fold(settings: TweetSettings, train: engine.TrainSettings, fold_dir: Path, tokens, keywords,
-                   targets, train_rows, val_rows, glove, *, resume: bool, log) -> np.ndarray:
-    model_cls = RNN_MODELS[settings.model]
-    vocab = Vocabulary.build([tokens[i] for i in train_rows], max_size=model_cls.max_vocabulary)
-    keyword_list = sorted({keywords[i] for i in train_rows} - {""})
-    words, vectors = glove
-    matrix = torch.from_numpy(embedding_matrix(vocab, words, vectors, seed=train.seed))
-    model = create_rnn(settings.model, matrix, len(keyword_list))
-    length = model_cls.sequence_length
-    pick = lambda rows: encode([tokens[i] for i in rows], [keywords[i] for i in rows], vocab, keyword_list,
-                               length, targets[rows])
-
-    def start_epoch(epoch: int) -> None:
-        if settings.model != "seed-gru":
-            model.embedding.weight.requires_grad_(epoch >= settings.unfreeze_epoch)
-
-    # A small GRU gains nothing from bf16, and cuDNN prefers fp32.
-    return fit_fold(settings, train, fold_dir, model, iterate_batches, pick(train_rows), pick(val_rows),
-                    len(train_rows), len(val_rows), start_epoch=start_epoch, precision="fp32",
-                    extra={"vocab": vocab.tokens[2:], "keywords": keyword_list, "length": length},
-                    resume=resume, log=log)
-
-
-def train_minilm_fold(settings: TweetSettings, train: engine.TrainSettings, fold_dir: Path, tokens: minilm.Tokens,
-                      train_rows, val_rows, *, resume: bool, log) -> np.ndarray:
-    model = minilm.MiniLMClassifier(minilm.load_encoder())
-    return fit_fold(settings, train, fold_dir, model, minilm.iterate_batches, tokens.take(train_rows),
-                    tokens.take(val_rows), len(train_rows), len(val_rows), anneal="linear", resume=resume, log=log)
-
-
-def train_frozen_fold(settings: TweetSettings, train: engine.TrainSettings, fold_dir: Path, embeddings: np.ndarray,
-                      targets: np.ndarray, train_rows, val_rows, *, resume: bool, log) -> np.ndarray:
-    take = lambda rows: (embeddings[rows], targets[rows].astype(np.float32))
-    return fit_fold(settings, train, fold_dir, minilm.EmbeddingHead(embeddings.shape[1]), embedding_batches,
-                    take(train_rows), take(val_rows), len(train_rows), len(val_rows), precision="fp32",
-                    resume=resume, log=log)
 
 
 # ---------------------------------------------------------------- train
 
 def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir: Path, *, resume: bool = False,
           log=print) -> dict:
+    """Train every fold of `settings.model` into `run_dir`, then tune the F1 threshold on the out-of-fold
+    predictions and write summary.json, validation_predictions.csv and precision_recall.png."""
     run_dir = Path(run_dir)
-    saved = run_dir / "run.json"
-    if resume and saved.exists():
-        s = json.loads(saved.read_text())
-        settings = engine.settings_from(TweetSettings, s["tweets"], saved)
-        train_settings = engine.settings_from(engine.TrainSettings, {**s["train"], "device": train_settings.device},
-                                              saved)
+    if resume and (run_dir / "run.json").exists():
+        settings, train_settings = _saved_settings(run_dir / "run.json", train_settings.device)
     engine.seed_everything(train_settings.seed)
     world = engine.join_world(train_settings.device)
-    if not world.main:  # under torchrun every rank runs this; only rank 0 speaks and writes
-        log = lambda message: None  # noqa: E731
+    log = log if world.main else engine.quiet  # under torchrun every rank runs this; rank 0 speaks and writes
     start = time.perf_counter()
+    df, changed = _training_rows(settings, run_dir, world, log)
+    corpus = Corpus.build(df["text"], df["keyword"], NormaliseOptions(**settings.normalise), df["target"].to_numpy())
+    splits = fold_splits(corpus, settings, train_settings.seed)
+    if world.main:
+        files.write_text_atomic(run_dir / "run.json", json.dumps(
+            {"tweets": asdict(settings), "train": asdict(train_settings)}, indent=2))
+    model = adapters.create(settings, train_settings)
+    facts = model.prepare(corpus, engine.pick_device(train_settings.device, world), log)
+    oof = np.full(len(df), np.nan)
+    for k, (train_rows, val_rows) in enumerate(splits):
+        fold_dir = run_dir / f"fold{k}"
+        if resume and (fold_dir / "val_probs.npy").exists():
+            oof[val_rows] = np.load(fold_dir / "val_probs.npy")
+            continue
+        log(f"fold {k + 1}/{len(splits)}: {len(train_rows)} training, {len(val_rows)} validation tweets")
+        engine.seed_everything(train_settings.seed * 1000 + k)  # a fold's model starts the same, resumed or not
+        probs = model.fit_fold(corpus, fold_dir, train_rows, val_rows, resume=resume, log=log)
+        if world.main:
+            np.save(fold_dir / "val_probs.npy", probs)  # marks the fold finished for --resume
+        engine.barrier(world)
+        oof[val_rows] = probs
+    summary = _summarise(settings, corpus.targets, oof, splits, changed=changed, facts=facts,
+                         seconds=time.perf_counter() - start, seed=train_settings.seed)
+    summary["fold_group_count"] = len(set(corpus.texts if settings.fold_groups == "normalised" else corpus.raw))
+    if world.main:
+        _write_outputs(run_dir, settings, df["id"], corpus.targets, oof, summary, len(splits))
+    log(f"{settings.model}: out-of-fold F1 {summary['f1']:.4f} {interval_text(summary['f1_ci95'])} (each fold at a "
+        f"threshold tuned without it; per fold {summary['f1_mean']:.4f} ± {summary['f1_std']:.4f}), "
+        f"AUC {summary['auc']:.4f} {interval_text(summary['auc_ci95'])}; threshold {summary['threshold']:.3f}; "
+        f"{summary['seconds']:.0f} s")
+    return summary
+
+
+def _saved_settings(path: Path, device: str) -> tuple[TweetSettings, engine.TrainSettings]:
+    """A resumed run keeps the settings it started with; only the device may change."""
+    saved = json.loads(path.read_text())
+    saved["tweets"].setdefault("fold_groups", "raw")  # how runs made before the setting split their folds
+    return (engine.settings_from(TweetSettings, saved["tweets"], path),
+            engine.settings_from(engine.TrainSettings, {**saved["train"], "device": device}, path))
+
+
+def _training_rows(settings: TweetSettings, run_dir: Path, world: engine.World, log) -> tuple[pd.DataFrame, int]:
+    """train.csv, checked, with conflicting duplicates relabelled (and how many rows changed)."""
     df = read_tweets(Path(settings.data) / "train.csv", labelled=True, skip_bad=settings.skip_bad)
     run_dir.mkdir(parents=True, exist_ok=True)
     if df.attrs["skipped"] and world.main:
@@ -219,73 +137,53 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
     if settings.resolve_duplicates:
         df, changed = resolve_conflicting_duplicates(df)
         log(f"duplicate texts with conflicting targets: {changed} rows relabelled to their group's majority")
-    options = NormaliseOptions(**settings.normalise)
-    texts, tokens = prepare(df, options)
-    keywords = [keyword_text(k) for k in df["keyword"]]
-    targets = df["target"].to_numpy()
-    splits = fold_splits(df, settings, train_settings.seed)
-    if world.main:
-        engine.write_text_atomic(saved, json.dumps({"tweets": asdict(settings), "train": asdict(train_settings)}, indent=2))
+    return df, changed
 
-    glove, cover, pairs, sentence_vectors = None, None, None, None
-    if settings.model == "minilm":
-        pairs = minilm.tokenize_pairs(minilm.load_tokenizer(), texts, keywords, targets)
-    elif settings.model == "minilm-frozen":
-        sentence_vectors = minilm.sentence_embeddings(texts, keywords, engine.pick_device(train_settings.device, world),
-                                                      log=log)
-    elif settings.model != "tfidf":
-        glove = load_glove(settings.embeddings)
-        raw_tokens = [tokenize(t) for t in df["text"]]
-        cover = {"raw": coverage(raw_tokens, glove[0]), "normalised": coverage(tokens, glove[0])}
-        log(f"GloVe coverage of the training vocabulary: {cover['raw']['vocabulary']:.1%} of words before "
-            f"normalisation, {cover['normalised']['vocabulary']:.1%} after "
-            f"({cover['normalised']['tokens']:.1%} of running tokens)")
 
-    oof = np.full(len(df), np.nan)
-    for k, (train_rows, val_rows) in enumerate(splits):
-        fold_dir = run_dir / f"fold{k}"
-        done = fold_dir / "val_probs.npy"
-        if resume and done.exists():
-            oof[val_rows] = np.load(done)
-            continue
-        log(f"fold {k + 1}/{len(splits)}: {len(train_rows)} training, {len(val_rows)} validation tweets")
-        if settings.model == "tfidf":
-            probs = tfidf.train_fold(fold_dir, texts, keywords, targets, train_rows, val_rows,
-                                     seed=train_settings.seed, write=world.main)
-        elif settings.model == "minilm":
-            probs = train_minilm_fold(settings, train_settings, fold_dir, pairs, train_rows, val_rows,
-                                      resume=resume, log=log)
-        elif settings.model == "minilm-frozen":
-            probs = train_frozen_fold(settings, train_settings, fold_dir, sentence_vectors, targets, train_rows,
-                                      val_rows, resume=resume, log=log)
-        else:
-            probs = train_rnn_fold(settings, train_settings, fold_dir, tokens, keywords, targets, train_rows,
-                                   val_rows, glove, resume=resume, log=log)
-        if world.main:
-            np.save(fold_dir / "val_probs.npy", probs)  # marks the fold finished for --resume
-        engine.barrier(world)
-        oof[val_rows] = probs
+TUNED_ON = {
+    "threshold": "all out-of-fold predictions; the F1 figures (fold_f1, f1_mean, f1) use, for each fold, a "
+                 "threshold tuned on the other folds only, so they are not scored on the rows that chose it",
+    "best_epoch": "each fold's own validation AUC (mildly optimistic for that fold's out-of-fold scores)",
+    "validation_at_threshold": "scored on the same rows that chose the threshold: optimistic",
+    "shipped_model": "predict averages the fold models; no number here measures that average, which usually "
+                     "does at least as well as one fold model",
+}
 
+
+def _summarise(settings: TweetSettings, targets: np.ndarray, oof: np.ndarray, splits, *, changed: int,
+               facts: dict, seconds: float, seed: int) -> dict:
+    """Scores of the out-of-fold predictions: F1 with thresholds chosen without the scored fold (for one
+    validation split: without the scored half), bootstrap 95 % intervals, and the shipped threshold."""
     seen = ~np.isnan(oof)
     threshold, _ = best_f1_threshold(targets[seen], oof[seen])
-    fold_f1 = [binary_report(targets[v], oof[v], threshold)["f1"] for _, v in splits]
-    overall = binary_report(targets[seen], oof[seen], threshold)
-    summary = {"model": settings.model, "threshold": threshold, "folds": len(splits),
-               "fold_f1": fold_f1, "f1_mean": float(np.mean(fold_f1)), "f1_std": float(np.std(fold_f1)),
-               "validation": overall, "relabelled_duplicates": changed, "glove_coverage": cover,
-               "seconds": round(time.perf_counter() - start, 1)}
-    if world.main:
-        engine.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
-        pd.DataFrame({"id": df["id"][seen], "target": targets[seen], "prob": oof[seen]}).to_csv(
-            run_dir / "validation_predictions.csv", index=False)
-        title = f"{settings.model}: {'out-of-fold' if len(splits) > 1 else 'validation'} predictions"
-        plots.precision_recall(targets[seen], oof[seen], threshold, run_dir / "precision_recall.png", title=title)
-    log(f"{settings.model}: F1 {summary['f1_mean']:.4f} ± {summary['f1_std']:.4f} over {len(splits)} fold(s) "
-        f"at threshold {threshold:.3f}; AUC {overall['auc']:.4f}; {summary['seconds']:.0f} s")
-    return summary
+    parts = [v for _, v in splits]
+    if len(parts) == 1:
+        parts = np.array_split(np.random.default_rng(seed).permutation(parts[0]), 2)
+    decisions, fold_thresholds = cross_fitted_decisions(targets, np.nan_to_num(oof), parts)
+    fold_f1 = [f1_score(targets[p], decisions[p]) for p in parts]
+    rows = np.flatnonzero(seen)
+    return {"model": settings.model, "threshold": threshold, "folds": len(splits),
+            "fold_groups": settings.fold_groups,
+            "fold_f1": fold_f1, "f1_mean": float(np.mean(fold_f1)), "f1_std": float(np.std(fold_f1)),
+            "f1": f1_score(targets[rows], decisions[rows]), "fold_thresholds": fold_thresholds,
+            "auc": roc_auc(targets[rows], oof[rows]),
+            **intervals(targets[rows], oof[rows], decisions[rows], seed=seed),
+            "validation_at_threshold": binary_report(targets[seen], oof[seen], threshold), "tuned_on": TUNED_ON,
+            "relabelled_duplicates": changed, "glove_coverage": None, **facts, "seconds": round(seconds, 1)}
 
 
-# ---------------------------------------------------------------- evaluate and predict
+def _write_outputs(run_dir: Path, settings: TweetSettings, ids: pd.Series, targets: np.ndarray, oof: np.ndarray,
+                   summary: dict, n_folds: int) -> None:
+    seen = ~np.isnan(oof)
+    files.write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
+    pd.DataFrame({"id": ids[seen], "target": targets[seen], "prob": oof[seen]}).to_csv(
+        run_dir / "validation_predictions.csv", index=False)
+    title = f"{settings.model}: {'out-of-fold' if n_folds > 1 else 'validation'} predictions"
+    plots.precision_recall(targets[seen], oof[seen], summary["threshold"], run_dir / "precision_recall.png",
+                           title=title)
+
+
+# ---------------------------------------------------------------- ensembles
 
 def build_ensemble(runs: list[Path], out: Path, *, log=print) -> dict:
     """Calibrate and average finished tweets runs on their out-of-fold predictions (the members must
@@ -293,13 +191,16 @@ def build_ensemble(runs: list[Path], out: Path, *, log=print) -> dict:
     summary = ensemble.build(KIND, runs, out, ensemble.saved_validation, score, "f1_best",
                              threshold=best_f1_threshold, log=log)
     # What `evaluate` and `predict` read from any run: the threshold.
-    engine.write_text_atomic(Path(out) / "summary.json", json.dumps(
+    files.write_text_atomic(Path(out) / "summary.json", json.dumps(
         {"model": "ensemble", "threshold": summary["threshold"], "validation": summary["validation"],
          "members": summary["members"]}, indent=2))
     return summary
 
 
+# ---------------------------------------------------------------- the prediction API: load_run, TweetsPredictor
+
 def load_summary(run_dir: Path) -> dict:
+    """A finished run's (or ensemble's) summary.json, with a clear error when there is none."""
     path = Path(run_dir) / "summary.json"
     if not path.exists() and (Path(run_dir) / "best.pt").exists():
         engine.load_checkpoint(Path(run_dir) / "best.pt", KIND)  # names the run's task if it is another
@@ -308,78 +209,82 @@ def load_summary(run_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def predict_probs(run_dir: Path, df: pd.DataFrame, device: str = "auto") -> np.ndarray:
-    """Mean probability of the run's fold models for each row of `df` (or an ensemble's combined one)."""
+class TweetsPredictor:
+    """A finished run's fold models (or an ensemble's members), loaded once, scoring raw tweets.
+
+    `predict_proba` normalises the tweets once, prepares them once for the model kind, and averages the
+    fold models' probabilities (an ensemble: its members' calibrated ones). `threshold` is the run's
+    decision threshold for F1.
+    """
+
+    def __init__(self, threshold: float, *, adapter: adapters.TweetModel | None = None,
+                 folds: list[adapters.FoldModel] = (), options: NormaliseOptions | None = None, device=None,
+                 members: list["TweetsPredictor"] = (), calibration: list[tuple[float, float]] = ()):
+        self.threshold = float(threshold)
+        self.adapter, self.folds, self.options, self.device = adapter, list(folds), options, device
+        self.members, self.calibration = list(members), list(calibration)
+
+    def predict_proba(self, texts: list[str], keywords: list[str] | None = None) -> np.ndarray:
+        """Probability that each tweet is about a real disaster; `keywords` as in Kaggle's CSV (or None)."""
+        texts = list(texts)
+        keywords = [""] * len(texts) if keywords is None else list(keywords)
+        if len(keywords) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(keywords)} keywords")
+        if not texts:
+            return np.zeros(0, np.float64)
+        if self.members:
+            return ensemble.combine([m.predict_proba(texts, keywords) for m in self.members], self.calibration)
+        inputs = self.adapter.inputs(Corpus.build(texts, keywords, self.options), self.device)
+        return np.mean([fold(inputs) for fold in self.folds], axis=0)
+
+
+def load_run(run_dir: Path, device: str = "auto") -> TweetsPredictor:
+    """Load every fold model of a finished run (or every member of an ensemble) once."""
     run_dir = Path(run_dir)
+    summary = load_summary(run_dir)
     if ensemble.is_ensemble(run_dir):
         spec = ensemble.load(run_dir, KIND)
-        return ensemble.combine([predict_probs(Path(m), df, device) for m in spec["members"]], spec["calibration"])
-    summary = load_summary(run_dir)
+        return TweetsPredictor(summary["threshold"], members=[load_run(Path(m), device) for m in spec["members"]],
+                               calibration=spec["calibration"])
     settings = engine.settings_from(TweetSettings, json.loads((run_dir / "run.json").read_text())["tweets"],
                                     run_dir / "run.json")
-    options = NormaliseOptions(**settings.normalise)
-    keywords = [keyword_text(k) for k in df["keyword"]]
-    texts, tokens = prepare(df, options)  # once, for every fold model
-    dev = engine.pick_device(device)
-    if settings.model == "minilm-frozen":
-        sentence_vectors = minilm.sentence_embeddings(texts, keywords, dev)
-    elif settings.model == "minilm":
-        order, pairs = minilm.tokenize_pairs(minilm.load_tokenizer(), texts, keywords).by_length()
-    probs = []
-    for k in range(summary["folds"]):
-        fold_dir = run_dir / f"fold{k}"
-        if settings.model == "tfidf":
-            probs.append(tfidf.predict_fold(fold_dir, texts, keywords))
-            continue
-        ckpt = engine.load_checkpoint(fold_dir / "best.pt", KIND)
-        precision = engine.pick_precision(dev, ckpt["settings"]["precision"])
-        if settings.model == "minilm":
-            model = minilm.MiniLMClassifier(minilm.load_encoder(with_weights=False))
-            model.load_state_dict(ckpt["model"])
-            p, _ = engine.predict_probs(model.to(dev), minilm.iterate_batches(pairs, 256, dev), dev, precision)
-            p[order] = p.copy()  # back to the rows' own order
-        elif settings.model == "minilm-frozen":
-            model = minilm.EmbeddingHead(sentence_vectors.shape[1])
-            model.load_state_dict(ckpt["model"])
-            targets = np.zeros(len(texts), np.float32)
-            p, _ = engine.predict_probs(model.to(dev), embedding_batches((sentence_vectors, targets), 1024, dev),
-                                        dev, precision)
-        else:
-            vocab, keyword_list = Vocabulary(ckpt["vocab"]), ckpt["keywords"]
-            weights = ckpt["model"]["embedding.weight"]
-            model = create_rnn(settings.model, torch.zeros_like(weights), len(keyword_list))
-            model.load_state_dict(ckpt["model"])
-            data = encode(tokens, keywords, vocab, keyword_list, ckpt["length"])
-            p, _ = engine.predict_probs(model.to(dev), iterate_batches(data, 512, dev), dev, precision)
-        probs.append(p)
-    return np.mean(probs, axis=0)
+    adapter, dev = adapters.create(settings), engine.pick_device(device)
+    folds = [adapter.load_fold(run_dir / f"fold{k}", dev) for k in range(summary["folds"])]
+    return TweetsPredictor(summary["threshold"], adapter=adapter, folds=folds,
+                           options=NormaliseOptions(**settings.normalise), device=dev)
+
+
+def _frame_probs(predictor: TweetsPredictor, df: pd.DataFrame) -> np.ndarray:
+    return predictor.predict_proba(df["text"].tolist(), df["keyword"].tolist())
 
 
 def evaluate(run_dir: Path, csv: Path, *, device: str = "auto", skip_bad: bool = False, log=print) -> dict:
+    """F1, precision, recall and AUC of a run on a labelled CSV, at the run's threshold."""
     run_dir = Path(run_dir)
-    summary = load_summary(run_dir)
+    predictor = load_run(run_dir, device)
     df = read_tweets(csv, labelled=True, skip_bad=skip_bad)
-    probs = predict_probs(run_dir, df, device)
-    labels = df["target"].to_numpy()
-    report = {**binary_report(labels, probs, summary["threshold"]), "tweets": len(df), "csv": str(csv)}
-    engine.write_text_atomic(run_dir / "evaluation.json", json.dumps(report, indent=2))
-    plots.precision_recall(labels, probs, summary["threshold"], run_dir / "evaluation_precision_recall.png",
+    probs, labels = _frame_probs(predictor, df), df["target"].to_numpy()
+    report = {**binary_report(labels, probs, predictor.threshold),
+              **intervals(labels, probs, probs >= predictor.threshold), "tweets": len(df), "csv": str(csv)}
+    files.write_text_atomic(run_dir / "evaluation.json", json.dumps(report, indent=2))
+    plots.precision_recall(labels, probs, predictor.threshold, run_dir / "evaluation_precision_recall.png",
                            title=f"{Path(csv).name}: {len(df)} tweets")
-    log(f"{csv}: {len(df)} tweets  F1 {report['f1']:.4f}  precision {report['precision']:.4f}  "
-        f"recall {report['recall']:.4f}  AUC {report['auc']:.4f}  at threshold {summary['threshold']:.3f}")
-    log(f"confusion matrix: TN {report['tn']}  FP {report['fp']}  FN {report['fn']}  TP {report['tp']}")
+    log(f"{csv}: {len(df)} tweets  F1 {report['f1']:.4f} {interval_text(report['f1_ci95'])}  precision "
+        f"{report['precision']:.4f}  recall {report['recall']:.4f}  AUC {report['auc']:.4f} "
+        f"{interval_text(report['auc_ci95'])}  at threshold {predictor.threshold:.3f}")
+    log(confusion_text(report))
     return report
 
 
 def predict(run_dir: Path, csv: Path, out: Path, *, proba: bool = False, device: str = "auto",
             skip_bad: bool = False, log=print) -> pd.DataFrame:
     """Kaggle's submission: `id,target` (0/1 at the run's threshold), same rows and order as `csv`."""
-    summary = load_summary(run_dir)
+    predictor = load_run(run_dir, device)
     df = read_tweets(csv, labelled=False, skip_bad=skip_bad)
-    probs = predict_probs(run_dir, df, device)
-    submission = pd.DataFrame({"id": df["id"], "target": (probs >= summary["threshold"]).astype(int)})
+    probs = _frame_probs(predictor, df)
+    submission = pd.DataFrame({"id": df["id"], "target": (probs >= predictor.threshold).astype(int)})
     if proba:
         submission["proba"] = probs
-    engine.write_csv_atomic(submission, out)
+    files.write_csv_atomic(submission, out)
     log(f"wrote {len(submission)} predictions to {out} ({submission['target'].mean():.1%} disaster)")
     return submission

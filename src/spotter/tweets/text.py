@@ -4,8 +4,9 @@ from __future__ import annotations
 import html
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 from urllib.parse import unquote
 
 import numpy as np
@@ -70,6 +71,29 @@ def tokenize(text: str) -> list[str]:
 def keyword_text(keyword: object) -> str:
     """Kaggle keywords are URL-quoted ("airplane%20accident"); missing ones are empty."""
     return "" if not isinstance(keyword, str) else unquote(keyword).strip().lower()
+
+
+@dataclass
+class Corpus:
+    """Tweets prepared once for every fold model: the one preprocessing path of train, evaluate and predict."""
+
+    raw: list[str]  # the tweets as given
+    texts: list[str]  # normalised
+    tokens: list[list[str]]  # of the normalised texts
+    keywords: list[str]  # keyword_text of each tweet's keyword ("" when none)
+    targets: np.ndarray  # int; zeros when unlabelled
+
+    @classmethod
+    def build(cls, texts: Iterable[str], keywords: Iterable[object], options: NormaliseOptions,
+              targets: np.ndarray | None = None) -> "Corpus":
+        raw = list(texts)
+        normalised = [normalise(t, options) for t in raw]
+        targets = np.zeros(len(raw), np.int64) if targets is None else np.asarray(targets)
+        return cls(raw, normalised, [tokenize(t) for t in normalised], [keyword_text(k) for k in keywords],
+                   targets)
+
+    def __len__(self) -> int:
+        return len(self.texts)
 
 
 class Vocabulary:
@@ -192,7 +216,3 @@ def resolve_conflicting_duplicates(df: pd.DataFrame) -> tuple[pd.DataFrame, int]
     resolved = (majority >= 0.5).astype(int)
     changed = int((resolved != df["target"]).sum())
     return df.assign(target=resolved), changed
-
-
-def options_dict(options: NormaliseOptions) -> dict[str, bool]:
-    return asdict(options)
