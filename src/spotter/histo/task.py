@@ -161,7 +161,11 @@ def load_run(run_dir: Path, device: str = "auto") -> tuple[torch.nn.Module, Hist
     model.load_state_dict(ckpt["model"])
     dev = engine.pick_device(device)
     model = model.to(dev, memory_format=torch.channels_last).eval()
-    precision = engine.pick_precision(dev, ckpt["settings"]["train"].get("precision", "auto"))
+    # `auto` times inference on a batch of predict's shape (once per model and machine; see precision.py).
+    example = (torch.randn(256, 3, histo.crop, histo.crop, device=dev).to(memory_format=torch.channels_last),
+               torch.zeros(256, device=dev))
+    precision = engine.pick_precision(dev, ckpt["settings"]["train"].get("precision", "auto"), model=model,
+                                      batch=example, train=False)
     return model, histo, dev, precision
 
 
