@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tweets-data", type=Path, help="folder with train.csv (default ../shared/data/disaster-tweets)")
     p.add_argument("--scale", action="store_true", help="also train from a 220,025-patch (6 GB) synthetic pack")
     p.add_argument("--out", type=Path, default=Path("bench.json"))
+    p.add_argument("--stage-timeout", type=float, default=1800, metavar="S",
+                   help="a stage with no result after S seconds is stopped and reported as failed")
 
     p = tasks.add_parser("demo", help="make a small synthetic dataset and run every stage on it")
     p.add_argument("--out", type=Path, default=Path("spotter-demo"), help="folder for data and runs")
@@ -177,7 +179,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.task == "bench":
         from . import bench
         bench.run(args.histo_data, args.tweets_data, quick=args.quick, device=args.device, out=args.out,
-                  scale=args.scale)
+                  scale=args.scale, stage_timeout_s=args.stage_timeout)
     elif args.task == "demo":
         from . import demo
         demo.run(args.out, device=args.device)
