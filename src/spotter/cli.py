@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="centre crop in pixels fed to the model (default 80; 96 for seed and effnet-lite0)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (inductor); default: only where measured to pay off within a "
+                        "15-minute budget, compile time included (see README)")
     p.add_argument("--pack-dir", type=Path)
     p.add_argument("--skip-bad", action="store_true")
     _add_training_args(p)
@@ -145,7 +148,7 @@ def run(args: argparse.Namespace) -> None:
         elif args.command == "train":
             settings = histo.HistoSettings(data=str(args.data), model=args.model, val_fraction=args.val_fraction,
                                            pack_root=str(args.pack_dir) if args.pack_dir else None,
-                                           skip_bad=args.skip_bad, augment=not args.no_augment,
+                                           skip_bad=args.skip_bad, augment=not args.no_augment, compile=args.compile,
                                            **({"crop": args.crop} if args.crop else {}))
             # Fine-tuning a pretrained body wants a gentler peak than training from scratch.
             defaults = {"lr": 1e-3 if args.model == "effnet-lite0" else 3e-3,

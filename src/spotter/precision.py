@@ -29,6 +29,7 @@ PRECISIONS = ("fp32", "bf16")
 BF16_MIN_SPEEDUP = 1.05
 WARMUP_STEPS = 2  # oneDNN builds its kernels on the first steps of each shape and precision
 TIMED_STEPS = 3  # per precision, alternating between the two so both see the same machine load
+NOISY_SPREAD = 1.5  # slowest over fastest timed step beyond which other load disturbed the timing
 
 
 @dataclass
@@ -96,9 +97,13 @@ def decide(key: str, time_step: Callable[[str], list[float]], *, log: Callable[[
     reason = (f"measured {seconds['fp32'] * 1e3:.0f} ms/step in fp32, {seconds['bf16'] * 1e3:.0f} ms/step in bf16: "
               + (f"bf16 is {speedup:.2f}x faster" if chosen == "bf16" else
                  f"bf16 is {'slower' if speedup < 1 else 'not 5 % faster'} ({speedup:.2f}x)"))
-    cache[key] = {"precision": chosen, "reason": reason, "seconds_per_step": seconds,
-                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _write(path, cache)
+    noisy = [p for p, s in samples.items() if max(s) > NOISY_SPREAD * min(s)]
+    if noisy:  # the machine is busy with something else: use the answer, but measure again next time
+        reason += f"; not cached: step times in {' and '.join(noisy)} varied more than {NOISY_SPREAD:g}x"
+    else:
+        cache[key] = {"precision": chosen, "reason": reason, "seconds_per_step": seconds,
+                      "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        _write(path, cache)
     if log:
         log(f"precision auto: {chosen}; {reason}")
     return Choice(chosen, reason, seconds, False)
