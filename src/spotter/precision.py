@@ -98,12 +98,12 @@ def decide(key: str, time_step: Callable[[str], list[float]], *, log: Callable[[
               + (f"bf16 is {speedup:.2f}x faster" if chosen == "bf16" else
                  f"bf16 is {'slower' if speedup < 1 else 'not 5 % faster'} ({speedup:.2f}x)"))
     noisy = [p for p, s in samples.items() if max(s) > NOISY_SPREAD * min(s)]
-    if noisy:  # the machine is busy with something else: use the answer, but measure again next time
-        reason += f"; not cached: step times in {' and '.join(noisy)} varied more than {NOISY_SPREAD:g}x"
-    else:
-        cache[key] = {"precision": chosen, "reason": reason, "seconds_per_step": seconds,
-                      "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        _write(path, cache)
+    if noisy:  # still cached: runs of one command must agree (resume, repeats); the user can measure again
+        reason += (f"; step times in {' and '.join(noisy)} varied more than {NOISY_SPREAD:g}x (other load?): "
+                   f"delete {path} to measure again")
+    cache[key] = {"precision": chosen, "reason": reason, "seconds_per_step": seconds,
+                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _write(path, cache)
     if log:
         log(f"precision auto: {chosen}; {reason}")
     return Choice(chosen, reason, seconds, False)
