@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="centre crop in pixels fed to the model (default 80; 96 for seed and effnet-lite0)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (inductor); default: only where measured to pay off within a "
+                        "15-minute budget, compile time included (see README)")
     p.add_argument("--pack-dir", type=Path)
     p.add_argument("--skip-bad", action="store_true")
     _add_training_args(p)
@@ -127,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tweets-data", type=Path, help="folder with train.csv (default ../shared/data/disaster-tweets)")
     p.add_argument("--scale", action="store_true", help="also train from a 220,025-patch (6 GB) synthetic pack")
     p.add_argument("--out", type=Path, default=Path("bench.json"))
+    p.add_argument("--stage-timeout", type=float, default=1800, metavar="S",
+                   help="a stage with no result after S seconds is stopped and reported as failed")
 
     p = tasks.add_parser("demo", help="make a small synthetic dataset and run every stage on it")
     p.add_argument("--out", type=Path, default=Path("spotter-demo"), help="folder for data and runs")
@@ -144,7 +149,7 @@ def run(args: argparse.Namespace) -> None:
         elif args.command == "train":
             settings = histo.HistoSettings(data=str(args.data), model=args.model, val_fraction=args.val_fraction,
                                            pack_root=str(args.pack_dir) if args.pack_dir else None,
-                                           skip_bad=args.skip_bad, augment=not args.no_augment,
+                                           skip_bad=args.skip_bad, augment=not args.no_augment, compile=args.compile,
                                            **({"crop": args.crop} if args.crop else {}))
             # Fine-tuning a pretrained body wants a gentler peak than training from scratch.
             defaults = {"lr": 1e-3 if args.model == "effnet-lite0" else 3e-3,
@@ -178,7 +183,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.task == "bench":
         from . import bench
         bench.run(args.histo_data, args.tweets_data, quick=args.quick, device=args.device, out=args.out,
-                  scale=args.scale)
+                  scale=args.scale, stage_timeout_s=args.stage_timeout)
     elif args.task == "demo":
         from . import demo
         demo.run(args.out, device=args.device)

@@ -36,6 +36,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from . import precision as precision_choice
 from .files import atomic_path, write_csv_atomic, write_text_atomic  # noqa: F401 (callers use engine.write_*)
 
 Batch = tuple[Any, torch.Tensor]
@@ -69,7 +70,7 @@ class TrainSettings:
     patience: int | None = None  # stop after this many epochs without a better validation score
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    precision: str = "auto"  # auto (bf16 where the hardware has it), bf16, fp32
+    precision: str = "auto"  # auto (bf16 where measured faster, see precision.py), bf16, fp32
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -192,17 +193,12 @@ def pick_device(name: str = "auto", world: World | None = None) -> torch.device:
     return device
 
 
-def cpu_has_fast_bf16() -> bool:
-    """bf16 pays on a CPU only with native bf16 instructions (AVX512-BF16 or AMX); emulated it is slower."""
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-
-
-def pick_precision(device: torch.device, requested: str = "auto") -> str:
-    if requested != "auto":
-        return requested
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+def pick_precision(device: torch.device, requested: str = "auto", *, model: nn.Module | None = None,
+                   batch: Any = None, train: bool = True, log: Callable[[str], None] | None = None) -> str:
+    """`requested`, or for `auto` the faster of fp32 and bf16 for `model` on a `batch` of its real shape,
+    measured once per model, shape and machine and cached (precision.py). Never from CPU flags: they do not
+    predict it. Without a model to time, `auto` is fp32."""
+    return precision_choice.choose(device, requested, model=model, batch=batch, train=train, log=log).precision
 
 
 def autocast(device: torch.device, precision: str):
@@ -432,15 +428,19 @@ def _setup(task: Task, settings: TrainSettings, run_dir: Path, kind: str, log) -
     world = join_world(settings.device)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(settings.device, world)
-    precision = pick_precision(device, task.precision if settings.precision == "auto" and task.precision
-                               else settings.precision)
+    requested = task.precision if settings.precision == "auto" and task.precision else settings.precision
+    # Rank 0 times the model (on first use) and every rank takes its decision.
+    choice = gather(world, precision_choice.choose(device, requested, model=task.model, log=log,
+                                                   batch=lambda: next(task.train_batches(0, 0, 1)))
+                    if world.main else None)[0]
+    precision = choice.precision
     model = task.model.to(device)
     run = _Run(task, settings, kind, world, device, precision, model, make_optimizer(model, settings), run_dir,
                log if world.main else quiet)
     run.state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "epochs": settings.epochs, "bad_epochs": 0}
     run.deadline = time.monotonic() + settings.time_budget_min * 60 if settings.time_budget_min else None
     run.all_settings = {"train": asdict(settings), "task": task.settings, "device": str(device),
-                        "precision": precision, "world_size": world.size}
+                        "precision": precision, "precision_reason": choice.reason, "world_size": world.size}
     return run
 
 

@@ -38,8 +38,12 @@ class HistoSettings:
     pack_root: str | None = None
     skip_bad: bool = False
     augment: bool = True
+    compile: bool | None = None  # torch.compile the model for training (None: where measured to pay, compiled.py)
 
     def __post_init__(self):
+        if self.compile is None:
+            from ..compiled import default_for
+            self.compile = default_for(self.model)
         if self.crop is None:
             # The label depends only on the centre 32x32; an 80-pixel crop keeps context around it and,
             # shifted by up to 8 pixels, adds translations to the augmentation (measured: see README).
@@ -119,10 +123,14 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
     train_rows, val_rows = split_train_val(data.labels, histo.val_fraction, settings.seed)
     device = engine.pick_device(settings.device, world)
     model = create_model(histo.model).to(memory_format=torch.channels_last)
+    if histo.compile:
+        from ..compiled import compile_in_place
+        compile_in_place(model)
     augment = Augment(histo.crop_jitter, histo.colour_jitter) if histo.augment else None
     bs = settings.batch_size
     log(f"{len(train_rows)} training and {len(val_rows)} validation patches; model {histo.model} "
-        f"({count_parameters(model):,} parameters), crop {histo.crop}, device {device}")
+        f"({count_parameters(model):,} parameters), crop {histo.crop}, device {device}"
+        f"{', compiled (the first steps take longer)' if histo.compile else ''}")
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.main:
         files.write_text_atomic(run_dir / "val_ids.txt", "\n".join(data.ids[val_rows]) + "\n")
@@ -209,7 +217,11 @@ def load_run(run_dir: Path, device: str = "auto") -> HistoPredictor:
     model.load_state_dict(ckpt["model"])
     dev = engine.pick_device(device)
     model = model.to(dev, memory_format=torch.channels_last).eval()
-    precision = engine.pick_precision(dev, ckpt["settings"]["train"].get("precision", "auto"))
+    # `auto` times inference on a batch of predict's shape (once per model and machine; see precision.py).
+    example = (torch.randn(256, 3, histo.crop, histo.crop, device=dev).to(memory_format=torch.channels_last),
+               torch.zeros(256, device=dev))
+    precision = engine.pick_precision(dev, ckpt["settings"]["train"].get("precision", "auto"), model=model,
+                                      batch=example, train=False)
     return HistoPredictor(histo, model=model, device=dev, precision=precision)
 
 

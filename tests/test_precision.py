@@ -1,0 +1,96 @@
+"""`--precision auto`: measured per model, input shape and machine, cached, and never read off CPU flags."""
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from spotter import engine, precision
+from test_engine import SETTINGS, tiny_task
+
+
+def fake_timer(seconds, calls):
+    """A step timer that reports fixed seconds per precision and counts its calls."""
+    def time_step(p):
+        calls.append(p)
+        return [seconds[p]]
+    return time_step
+
+
+@pytest.mark.parametrize("fp32, bf16, expected", [(1.0, 0.5, "bf16"), (1.0, 0.99, "fp32"), (0.5, 1.0, "fp32")])
+def test_the_faster_precision_is_chosen_and_cached(tmp_path, monkeypatch, fp32, bf16, expected):
+    # Flags claiming fast bf16 must not matter: only the timings do.
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    path, calls, said = tmp_path / "precision.json", [], []
+    choice = precision.decide("key", fake_timer({"fp32": fp32, "bf16": bf16}, calls), path=path, log=said.append)
+    assert choice.precision == expected and not choice.cached
+    assert sorted(calls) == sorted(precision.PRECISIONS * precision.TIMED_STEPS)
+    assert choice.seconds_per_step == {"fp32": fp32, "bf16": bf16}
+    assert f"precision auto: {expected}" in said[-1] and "ms/step" in said[-1]
+
+    # Second time: from the cache, no timing at all, same answer and reason.
+    again = precision.decide("key", fake_timer({}, calls := []), path=path)
+    assert (again.precision, again.cached, calls) == (expected, True, [])
+    assert choice.reason in again.reason and str(path) in again.reason
+    assert json.loads(path.read_text())["key"]["precision"] == expected
+
+    # Another model, shape or machine is measured on its own.
+    other = precision.decide("other", fake_timer({"fp32": bf16, "bf16": fp32}, calls), path=path)
+    assert not other.cached and len(calls) == 2 * precision.TIMED_STEPS
+    assert set(json.loads(path.read_text())) == {"key", "other"}
+
+
+def test_a_disturbed_measurement_is_cached_with_a_warning(tmp_path):
+    # Cached all the same: two runs of one command (or a run and its resume) must use the same precision.
+    path, times = tmp_path / "precision.json", iter([1.0, 0.5, 3.0, 0.5, 1.0, 0.5])  # fp32, bf16 alternating
+    choice = precision.decide("k", lambda p: [next(times)], path=path)
+    assert choice.precision == "bf16" and "varied more than" in choice.reason and f"delete {path}" in choice.reason
+    assert precision.decide("k", fake_timer({}, []), path=path).cached
+
+
+def test_a_damaged_cache_is_measured_again(tmp_path):
+    path = tmp_path / "precision.json"
+    path.write_text("{not json")
+    assert precision.decide("k", fake_timer({"fp32": 1.0, "bf16": 2.0}, []), path=path).precision == "fp32"
+    assert "k" in json.loads(path.read_text())
+
+
+def test_explicit_or_nothing_to_time():
+    cpu = torch.device("cpu")
+    assert precision.choose(cpu, "bf16").precision == "bf16"
+    assert engine.pick_precision(cpu, "fp32") == "fp32"
+    assert engine.pick_precision(cpu) == "fp32"  # auto with no model: never a guess from flags
+
+
+def test_real_timing_leaves_the_model_and_random_streams_alone():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Dropout(0.5), nn.Flatten(), nn.Linear(8 * 14 * 14, 1),
+                          nn.Flatten(0))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = (torch.randn(16, 3, 16, 16), torch.ones(16))
+    torch.manual_seed(5)
+    rng = torch.get_rng_state()
+    said = []
+    choice = precision.choose(torch.device("cpu"), model=model, batch=batch, log=said.append)
+    assert choice.precision in precision.PRECISIONS and not choice.cached
+    assert all(s > 0 for s in choice.seconds_per_step.values())
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # Training and inference are separate decisions; the same shape again comes from the cache.
+    assert not precision.choose(torch.device("cpu"), model=model, batch=batch, train=False).cached
+    assert precision.choose(torch.device("cpu"), model=model, batch=lambda: batch).cached
+    assert len(json.loads(precision.cache_file().read_text())) == 2
+    assert "timing" in said[0]
+
+
+def test_fit_runs_in_the_cached_decision_and_records_why(tmp_path):
+    task = tiny_task()
+    inputs, _ = next(task.train_batches(0, 0, 1))
+    key = precision.cache_key(task.model, inputs, torch.device("cpu"), train=True)
+    precision.cache_file().parent.mkdir(parents=True)
+    precision.cache_file().write_text(json.dumps({key: {"precision": "bf16", "reason": "faked for the test",
+                                                       "seconds_per_step": {"fp32": 2.0, "bf16": 1.0}}}))
+    said = []
+    engine.fit(task, SETTINGS, tmp_path, kind="t", log=said.append)
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    assert settings["precision"] == "bf16" and "faked for the test" in settings["precision_reason"]
+    assert any("precision auto: bf16" in line for line in said)
