@@ -19,7 +19,8 @@ from ..histo.data import PackedSet
 from ..histo.preprocess import MEAN, STD
 from . import figures
 from .figures import CLASS_COLOURS, plt, png
-from .html import Page, write_report
+from .common import Report, confident_mistakes
+from .html import Page
 
 CLASS_NAMES = ("normal (0)", "tumour (1)")
 CHUNK = 1024
@@ -38,16 +39,6 @@ HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED)
 # An explainer for `errors`: uint8 patches (N, 96, 96, 3) -> heat maps (N, 96, 96) in [0, 1]. The serving
 # issue's Grad-CAM will plug in here; without one the grids show the plain patches.
 Explainer = Callable[[np.ndarray], np.ndarray]
-
-
-@dataclass
-class Report:
-    numbers: dict
-    pictures: dict[str, bytes]  # file name -> PNG bytes
-    page: Page
-
-    def write(self, out_dir: Path) -> Path:
-        return write_report(out_dir, self.page, self.pictures, self.numbers)
 
 
 # ---------------------------------------------------------------- one pass over the pack
@@ -265,5 +256,137 @@ def _tissue_figure(tissue: np.ndarray, brightness: np.ndarray, labels: np.ndarra
     a.axvline(BACKGROUND_CUT, color="k", ls="--", lw=1)
     a.text(BACKGROUND_CUT - 0.02, a.get_ylim()[1] * 0.5, "mostly\nbackground", ha="right", va="center", fontsize=9)
     a.legend(loc="upper left")
+    fig.tight_layout()
+    return png(fig)
+
+
+# ---------------------------------------------------------------- errors
+
+def auc_by_strata(labels: np.ndarray, probs: np.ndarray, tissue: np.ndarray, brightness: np.ndarray) -> pd.DataFrame:
+    """ROC AUC within simple strata: how much of the patch is tissue, and how bright it is (thirds)."""
+    cuts = np.quantile(brightness, [1 / 3, 2 / 3]) if len(brightness) else np.zeros(2)
+    strata = [
+        ("tissue", f"mostly background (< {BACKGROUND_CUT:.0%})", tissue < BACKGROUND_CUT),
+        ("tissue", f"{BACKGROUND_CUT:.0%} to 90%", (tissue >= BACKGROUND_CUT) & (tissue < 0.9)),
+        ("tissue", "90% or more", tissue >= 0.9),
+        ("brightness", f"dark third (< {cuts[0]:.0f})", brightness < cuts[0]),
+        ("brightness", f"middle third", (brightness >= cuts[0]) & (brightness < cuts[1])),
+        ("brightness", f"bright third (>= {cuts[1]:.0f})", brightness >= cuts[1]),
+    ]
+    rows = []
+    for by, name, inside in strata:
+        y, p = labels[inside], probs[inside]
+        auc = skm.roc_auc_score(y, p) if len(np.unique(y)) == 2 else float("nan")
+        rows.append({"by": by, "stratum": name, "patches": int(inside.sum()), "tumour": int(y.sum()),
+                     "AUC": float(auc)})
+    return pd.DataFrame(rows)
+
+
+def errors(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, threshold: float = 0.5,
+           top: int = 16, device: str = "auto", explain: Explainer | None = None, progress: bool = True) -> Report:
+    """The most confident mistakes of a run (or ensemble) as patch grids, its ROC with the operating point,
+    a reliability diagram and AUC by strata; on the run's validation split, or on labelled `data_dir`.
+
+    `explain`, when given, draws a heat map (e.g. Grad-CAM) over each mistake.
+    """
+    from ..histo import task as histo_task
+    from ..histo.data import pack_folder
+
+    run_dir = Path(run_dir)
+    settings = histo_task.run_settings(run_dir)
+    if data_dir is None:
+        data, rows = histo_task.validation_rows(run_dir, settings)
+        where = f"the run's validation split of {settings.data}"
+    else:
+        packed = pack_folder(Path(data_dir), pack_root=Path(settings.pack_root) if settings.pack_root else None)
+        if "train" not in packed or not packed["train"].labelled:
+            raise ValueError(f"{data_dir}: needs labelled patches (train/ and train_labels.csv)")
+        data = packed["train"]
+        rows, where = np.arange(len(data)), str(data_dir)
+    probs, _ = histo_task.run_probs(run_dir, data, rows, tta=tta, device=device)
+    s = scan(data, rows, hed=False, progress=progress)  # rows are sorted, as run_probs returns them
+    labels = s.labels
+    ids = s.ids
+    fp, fn = confident_mistakes(ids, labels, probs, threshold, top)
+    called = probs >= threshold
+    roc = skm.roc_curve(labels, probs)
+    calibration = figures.reliability(labels, probs)
+    strata = auc_by_strata(labels, probs, s.tissue, s.brightness)
+    numbers = {
+        "run": str(run_dir), "data": where, "patches": len(ids), "tta": tta, "threshold": threshold,
+        "auc": float(skm.roc_auc_score(labels, probs)), "accuracy": float((called == labels).mean()),
+        "false_positives": int((called & (labels == 0)).sum()), "false_negatives": int((~called & (labels == 1)).sum()),
+        "top_false_positives": [{"id": str(ids[i]), "prob": float(probs[i])} for i in fp],
+        "top_false_negatives": [{"id": str(ids[i]), "prob": float(probs[i])} for i in fn],
+        "ece": calibration["ece"], "calibration": calibration, "auc_by_stratum": strata.to_dict("records"),
+    }
+    pictures = {}
+    for kind, picked, file in (("false positives", fp, "false_positives.png"), ("false negatives", fn, "false_negatives.png")):
+        pixels = data.read(s.rows[picked]) if len(picked) else np.zeros((0, 96, 96, 3), np.uint8)
+        heat = explain(pixels) if explain is not None and len(picked) else None
+        pictures[file] = figures.patch_grid(pixels, [f"p={probs[i]:.3f}" for i in picked],
+                                            f"most confident {kind} (p = predicted probability of tumour)", heat=heat)
+    pictures["roc.png"] = _roc_figure(roc, labels, called, threshold, numbers["auc"])
+    pictures["calibration.png"] = figures.reliability_figure(calibration, f"{len(ids):,} patches")
+    pictures["strata.png"] = _strata_figure(strata)
+
+    page = Page(f"Histology errors: {run_dir.name}", f"{run_dir} on {where}{' with 8x TTA' if tta else ''}")
+    sec = page.section("Summary")
+    sec.facts({"patches": len(ids), "ROC AUC": f"{numbers['auc']:.4f}",
+               f"accuracy at {threshold:g}": f"{numbers['accuracy']:.4f}",
+               "false positives": numbers["false_positives"], "false negatives": numbers["false_negatives"],
+               "calibration error": f"{numbers['ece']:.3f}"})
+    sec = page.section("The most confident mistakes")
+    sec.text(f"False positives: normal patches the model calls tumour with the highest probability; false "
+             f"negatives: tumour patches it scores lowest. The box is the labelled centre 32x32.")
+    if explain is None:
+        sec.note("Explanation overlays (Grad-CAM) appear here once an explainer is passed to the report.")
+    sec.image(pictures["false_positives.png"], "most confident false positives")
+    sec.image(pictures["false_negatives.png"], "most confident false negatives")
+    sec.table(pd.DataFrame([{"kind": kind, "rank": r + 1, "id": d["id"], "probability": d["prob"]}
+                            for kind, key in (("false positive", "top_false_positives"),
+                                              ("false negative", "top_false_negatives"))
+                            for r, d in enumerate(numbers[key])]), empty="No mistakes at this threshold.")
+    sec = page.section("ROC and calibration")
+    sec.image(pictures["roc.png"], "ROC curve with the operating point")
+    sec.image(pictures["calibration.png"], "reliability diagram")
+    sec = page.section("Where the model is weak: AUC by stratum")
+    sec.image(pictures["strata.png"], "AUC by stratum")
+    sec.table(strata)
+    return Report(numbers, pictures, page)
+
+
+def _roc_figure(roc, labels: np.ndarray, called: np.ndarray, threshold: float, auc: float) -> bytes:
+    fpr, tpr, _ = roc
+    point_fpr = float((called & (labels == 0)).sum() / max((labels == 0).sum(), 1))
+    point_tpr = float((called & (labels == 1)).sum() / max((labels == 1).sum(), 1))
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    ax.plot(fpr, tpr, color="C0", label=f"ROC, AUC {auc:.4f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
+    ax.plot([point_fpr], [point_tpr], "o", color="C3", ms=8,
+            label=f"threshold {threshold:g}: TPR {point_tpr:.3f}, FPR {point_fpr:.3f}")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC with the operating point",
+           xlim=(-0.01, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return png(fig)
+
+
+def _strata_figure(strata: pd.DataFrame) -> bytes:
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    colours = ["#7a9cc6" if by == "tissue" else "#c6a27a" for by in strata["by"]]
+    y = np.arange(len(strata))[::-1]
+    lowest = max(0.0, float(np.nanmin(strata["AUC"])) - 0.1) if strata["AUC"].notna().any() else 0.0
+    auc = strata["AUC"].fillna(lowest).to_numpy()
+    ax.barh(y, auc - lowest, left=lowest, color=colours)
+    for yi, value, (_, row) in zip(y, auc, strata.iterrows()):
+        text = f"{row['AUC']:.3f}" if not np.isnan(row["AUC"]) else "n/a (one class only)"
+        ax.text(value + 0.005, yi, f"{text}   n={row['patches']:,}, tumour {row['tumour']:,}", va="center", fontsize=8)
+    ax.set_yticks(y, [f"{row['by']}: {row['stratum']}" for _, row in strata.iterrows()])
+    ticks = [t for t in np.arange(0, 1.01, 0.1) if t >= lowest - 1e-9]
+    ax.set_xticks(ticks, [f"{t:.1f}" for t in ticks])
+    ax.set(xlim=(lowest, 1 + (1 - lowest) * 0.45), xlabel="ROC AUC within the stratum", title="AUC by stratum")
+    ax.grid(alpha=0.3, axis="x")
     fig.tight_layout()
     return png(fig)
