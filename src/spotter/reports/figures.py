@@ -64,7 +64,7 @@ def patch_grid(pixels: np.ndarray, captions: list[str], title: str, *, columns: 
         ax.text(0.5, 0.5, f"{title}: none", ha="center", va="center")
         ax.axis("off")
         return png(fig)
-    columns = min(columns, n)
+    columns = max(min(columns, n), 4)  # at least 4 slots wide, so the title fits above a short row
     rows = -(-n // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(1.45 * columns, 1.62 * rows + 0.45), squeeze=False)
     size = pixels.shape[1]

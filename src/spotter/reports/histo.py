@@ -164,8 +164,7 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
         shown = (conflicting + [g for g in groups if len(set(s.labels[g])) == 1])[:8]
         firsts = np.array([g[0] for g in shown])
         pictures["duplicates.png"] = figures.patch_grid(
-            pack.read(s.rows[firsts]), [f"x{len(g)}, labels {'/'.join(map(str, sorted(set(s.labels[g]))))}"
-                                        for g in shown], "duplicated patches (one copy shown)")
+            pack.read(s.rows[firsts]), [_copies_caption(s.labels[g]) for g in shown], "duplicated patches (one copy shown)")
 
     page = Page(f"Histology data: {name or pack.path.name}",
                 f"{len(s.ids):,} labelled patches from the pack {pack.path}")
@@ -200,6 +199,11 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
                             "std": numbers["normalisation"]["std"], "training mean": list(MEAN),
                             "training std": list(STD)}))
     return Report(numbers, pictures, page)
+
+
+def _copies_caption(labels: np.ndarray) -> str:
+    found = sorted(set(labels.tolist()))
+    return f"{len(labels)} copies, " + ("labels 0 and 1" if len(found) == 2 else f"label {found[0]}")
 
 
 def _class_lines(ax, x, counts_by_class, **style):

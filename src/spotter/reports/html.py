@@ -109,17 +109,22 @@ def write_report(out_dir: Path, page: Page, pictures: dict[str, bytes], numbers:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, png in pictures.items():
         (out_dir / name).write_bytes(png)
-    (out_dir / "report.json").write_text(json.dumps(numbers, indent=2, default=_json_default))
+    (out_dir / "report.json").write_text(json.dumps(_plain(numbers), indent=2, allow_nan=False))
     path = out_dir / "report.html"
     path.write_text(page.render(), encoding="utf-8")
     return path
 
 
-def _json_default(v: object):
-    if isinstance(v, np.integer):
+def _plain(v: object):
+    """Numbers as JSON has them: numpy scalars and arrays to Python, NaN to null (strict JSON has no NaN)."""
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_plain(x) for x in v]
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
         return int(v)
-    if isinstance(v, np.floating):
+    if isinstance(v, (float, np.floating)):
         return None if np.isnan(v) else float(v)
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    raise TypeError(f"not JSON: {type(v)}")
+    return v
