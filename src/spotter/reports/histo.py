@@ -30,7 +30,8 @@ CHUNK = 1024
 # mostly background when under half of its pixels are tissue.
 TISSUE_SATURATION = 0.05
 BACKGROUND_CUT = 0.5
-HED_SAMPLE = 2000  # patches per class whose pixels go into the stain histograms
+SAMPLE = 2000  # patches per class whose pixels go into the colour and stain histograms
+PATCH_PIXELS = 96 * 96
 
 # Ruifrok & Johnston's stain vectors (as in scikit-image's rgb2hed): haematoxylin, eosin, DAB.
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
@@ -45,7 +46,7 @@ Explainer = Callable[[np.ndarray], np.ndarray]
 
 @dataclass
 class PackScan:
-    """Per-patch statistics of some rows of a pack, and pixel histograms per class."""
+    """Per-patch statistics of some rows of a pack, exact pixel sums, and pixel histograms per class on a sample."""
 
     rows: np.ndarray
     ids: np.ndarray
@@ -53,8 +54,9 @@ class PackScan:
     mean_rgb: np.ndarray  # (N, 3) mean of each channel, 0-255
     tissue: np.ndarray  # (N,) share of pixels with saturation >= TISSUE_SATURATION
     digests: list[bytes]  # hash of each patch's pixels
-    channel_hist: np.ndarray  # (2, 3, 256) pixel counts per class and channel
-    hed: dict = field(default_factory=dict)  # stain histograms on a sample: edges and (2, 3, bins) counts
+    pixel_sum: np.ndarray  # (3,) sum of every pixel value per channel, exact
+    pixel_square_sum: np.ndarray  # (3,) sum of squares, exact
+    sample: dict = field(default_factory=dict)  # histograms on up to SAMPLE patches per class
 
     @property
     def brightness(self) -> np.ndarray:
@@ -68,46 +70,66 @@ def optical_density_hed(pixels: np.ndarray) -> np.ndarray:
     return np.maximum(od @ HED_FROM_RGB.astype(np.float32), 0).reshape(pixels.shape)
 
 
-def scan(pack: PackedSet, rows: np.ndarray | None = None, *, hed: bool = True, seed: int = 0,
+def scan(pack: PackedSet, rows: np.ndarray | None = None, *, histograms: bool = True, seed: int = 0,
          progress: bool = True) -> PackScan:
-    """One pass over `rows` of the pack (all by default), in sorted order."""
+    """One pass over `rows` of the pack (all by default), in sorted order.
+
+    Per patch: mean colour, tissue share, a pixel hash. Over all patches: exact per-channel sums and sums of
+    squares. With `histograms`, RGB and stain histograms per class on up to SAMPLE random patches per class
+    (enough for a smooth curve; the whole pass stays about a minute for 220k patches).
+    """
     rows = np.arange(len(pack)) if rows is None else np.sort(np.asarray(rows))
     labels = pack.labels[rows].astype(int)
     n = len(rows)
     mean_rgb = np.empty((n, 3), np.float32)
     tissue = np.empty(n, np.float32)
     digests: list[bytes] = []
-    channel_hist = np.zeros((2, 3, 256), np.int64)
+    pixel_sum, square_sum = np.zeros(3), np.zeros(3)
+    picked = np.zeros(n, bool)
     rng = np.random.default_rng(seed)
-    hed_pick = np.zeros(n, bool)
     for k in (0, 1):
         members = np.flatnonzero(labels == k)
-        hed_pick[rng.choice(members, min(HED_SAMPLE, len(members)), replace=False)] = True
-    hed_pixels: list[list[np.ndarray]] = [[], []]
+        picked[rng.choice(members, min(SAMPLE, len(members)), replace=False)] = True
+    sampled: list[list[np.ndarray]] = [[], []]
+    channel_of = np.tile(np.eye(3, dtype=np.float32), (PATCH_PIXELS, 1))  # (96*96*3, 3): picks each channel
     for start in tqdm(range(0, n, CHUNK), desc="scan patches", unit="chunk", disable=None if progress else True):
         stop = min(start + CHUNK, n)
         chunk = pack.read(rows[start:stop])
-        m = stop - start
-        mean_rgb[start:stop] = chunk.reshape(m, -1, 3).sum(1, dtype=np.uint32) / (chunk[0].size // 3)
-        high, low = chunk.max(-1).astype(np.int32), chunk.min(-1).astype(np.int32)
-        # saturation = (max - min) / max, compared without dividing
-        tissue[start:stop] = ((high - low) >= TISSUE_SATURATION * high).reshape(m, -1).mean(1)
+        flat = chunk.reshape(len(chunk), -1).astype(np.float32)
+        # Exact in float32: every partial sum is an integer below 2^24 (96*96 values of at most 255 per patch;
+        # squares of at most 255^2 summed over blocks of 256 patches), then accumulated in float64.
+        sums = flat @ channel_of
+        mean_rgb[start:stop] = sums / PATCH_PIXELS
+        pixel_sum += sums.sum(0, dtype=np.float64)
+        squares = flat * flat
+        for block in range(0, len(squares), 256):
+            square_sum += squares[block:block + 256].sum(0).reshape(-1, 3).sum(0, dtype=np.float64)
+        r, g, b = chunk[..., 0], chunk[..., 1], chunk[..., 2]
+        high = np.maximum(np.maximum(r, g), b)
+        spread = high - np.minimum(np.minimum(r, g), b)
+        # HSV saturation (max - min) / max >= 1/20, in integers
+        is_tissue = spread.astype(np.uint16) * round(1 / TISSUE_SATURATION) >= high
+        tissue[start:stop] = is_tissue.reshape(len(chunk), -1).mean(1)
         digests += [hashlib.blake2b(p.tobytes(), digest_size=16).digest() for p in chunk]
-        for k in (0, 1):
-            of_class = chunk[labels[start:stop] == k]
-            for c in range(3):
-                channel_hist[k, c] += np.bincount(of_class[..., c].ravel(), minlength=256)
-            if hed:
-                hed_pixels[k].append(of_class[hed_pick[start:stop][labels[start:stop] == k]])
-    result = PackScan(rows, pack.ids[rows], labels, mean_rgb, tissue, digests, channel_hist)
-    if hed:
-        stains = [optical_density_hed(np.concatenate(p)) if p else np.zeros((0, 96, 96, 3)) for p in hed_pixels]
-        values = np.concatenate([s.reshape(-1, 3) for s in stains])
-        top = np.quantile(values, 0.995, axis=0) if len(values) else np.ones(3)
-        edges = [np.linspace(0, t, 61) for t in top]
-        counts = np.array([[np.histogram(s[..., c], edges[c])[0] for c in range(3)] for s in stains])
-        result.hed = {"edges": edges, "counts": counts, "patches": [int(hed_pick[labels == k].sum()) for k in (0, 1)]}
+        if histograms:
+            for k in (0, 1):
+                sampled[k].append(chunk[picked[start:stop] & (labels[start:stop] == k)])
+    result = PackScan(rows, pack.ids[rows], labels, mean_rgb, tissue, digests, pixel_sum, square_sum)
+    if histograms:
+        result.sample = _sample_histograms([np.concatenate(p) if p else np.zeros((0, 96, 96, 3), np.uint8)
+                                            for p in sampled])
     return result
+
+
+def _sample_histograms(patches: list[np.ndarray]) -> dict:
+    """RGB histograms (2, 3, 256) and stain histograms (every 3rd pixel each way) per class."""
+    rgb = np.array([[np.bincount(p[..., c].ravel(), minlength=256) for c in range(3)] for p in patches])
+    stains = [optical_density_hed(p[:, ::3, ::3]).reshape(-1, 3) for p in patches]
+    values = np.concatenate(stains)
+    top = np.quantile(values, 0.995, axis=0) if len(values) else np.ones(3)
+    edges = [np.linspace(0, t, 61) for t in top]
+    hed = np.array([[np.histogram(s[:, c], edges[c])[0] for c in range(3)] for s in stains])
+    return {"patches": [len(p) for p in patches], "rgb": rgb, "hed_edges": edges, "hed": hed}
 
 
 def duplicate_groups(s: PackScan) -> list[np.ndarray]:
@@ -127,12 +149,9 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
         raise ValueError(f"{pack.path}: explore needs labelled patches (train/ with train_labels.csv)")
     s = scan(pack, seed=seed, progress=progress)
     counts = [int((s.labels == k).sum()) for k in (0, 1)]
-    pixels_per_class = s.channel_hist.sum(2)[:, 0]
-    values = np.arange(256)
-    hist = s.channel_hist.sum(0)  # (3, 256) over both classes
-    total = hist.sum(1)
-    mean = (hist * values).sum(1) / total
-    std = np.sqrt((hist * values ** 2).sum(1) / total - mean ** 2)
+    total = len(s.ids) * PATCH_PIXELS
+    mean = s.pixel_sum / total
+    std = np.sqrt(s.pixel_square_sum / total - mean ** 2)
     tissue = s.tissue
     background = tissue < BACKGROUND_CUT
     groups = duplicate_groups(s)
@@ -141,7 +160,7 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
         "patches": len(s.ids), "count": {"0": counts[0], "1": counts[1]}, "positive_share": counts[1] / len(s.ids),
         "normalisation": {"mean": (mean / 255).tolist(), "std": (std / 255).tolist(),
                           "training_constants": {"mean": list(MEAN), "std": list(STD)}},
-        "mean_rgb": {str(k): (s.channel_hist[k] * values).sum(1).__truediv__(max(pixels_per_class[k], 1)).tolist()
+        "mean_rgb": {str(k): s.mean_rgb[s.labels == k].mean(0).tolist() if counts[k] else [np.nan] * 3
                      for k in (0, 1)},
         "tissue_saturation_threshold": TISSUE_SATURATION,
         "mostly_background": {str(k): int(background[s.labels == k].sum()) for k in (0, 1)},
@@ -149,7 +168,7 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
                                     for k in (0, 1)},
         "duplicate_groups": len(groups), "duplicate_patches": int(sum(len(g) for g in groups)),
         "conflicting_groups": [{"ids": s.ids[g].tolist(), "labels": s.labels[g].tolist()} for g in conflicting],
-        "stain_sample_patches": s.hed.get("patches"),
+        "histogram_sample_patches": s.sample["patches"],
     }
     rng = np.random.default_rng(seed)
     pictures = {}
@@ -157,8 +176,8 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
         pick = np.sort(rng.choice(np.flatnonzero(s.labels == k), min(16, counts[k]), replace=False))
         pictures[file] = figures.patch_grid(pack.read(s.rows[pick]), [str(i)[:10] for i in s.ids[pick]],
                                             f"random {CLASS_NAMES[k]} patches (box: the labelled centre 32x32)")
-    pictures["colour.png"] = _colour_figure(s, numbers["mean_rgb"])
-    pictures["stain.png"] = _stain_figure(s.hed)
+    pictures["colour.png"] = _colour_figure(s.sample["rgb"], numbers["mean_rgb"])
+    pictures["stain.png"] = _stain_figure(s.sample)
     pictures["tissue.png"] = _tissue_figure(tissue, s.brightness, s.labels)
     if groups:
         shown = (conflicting + [g for g in groups if len(set(s.labels[g])) == 1])[:8]
@@ -176,9 +195,12 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
     sec.image(pictures["samples_normal.png"], "random normal patches")
     sec.image(pictures["samples_tumour.png"], "random tumour patches")
     sec = page.section("Colour per class")
+    sample = " and ".join(f"{n:,}" for n in s.sample["patches"])
+    sec.text(f"Pixel values per channel on {sample} random patches of each class; the swatches are each class's "
+             "mean colour over all its patches.")
     sec.image(pictures["colour.png"], "RGB histograms per class")
-    sec.text(f"Stain (colour deconvolution into haematoxylin, eosin and DAB, Ruifrok & Johnston) on "
-             f"{HED_SAMPLE:,} random patches per class at most.")
+    sec.text(f"Stain: colour deconvolution into haematoxylin, eosin and DAB (Ruifrok & Johnston, as scikit-image's "
+             f"rgb2hed) of the same patches.")
     sec.image(pictures["stain.png"], "stain histograms per class")
     sec = page.section("Background")
     sec.text(f"A pixel is tissue when its HSV saturation is at least {TISSUE_SATURATION} (glass is bright and "
@@ -212,12 +234,12 @@ def _class_lines(ax, x, counts_by_class, **style):
         ax.plot(x, density, color=CLASS_COLOURS[k], label=CLASS_NAMES[k], **style)
 
 
-def _colour_figure(s: PackScan, mean_rgb: dict) -> bytes:
+def _colour_figure(rgb: np.ndarray, mean_rgb: dict) -> bytes:
     fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), width_ratios=[3, 3, 3, 1.3])
     for c, (ax, channel) in enumerate(zip(axes, ("red", "green", "blue"))):
-        _class_lines(ax, np.arange(256), s.channel_hist[:, c], lw=1.3)
+        _class_lines(ax, np.arange(256), rgb[:, c], lw=1.3)
         # Saturated white (255) can be a tall spike; the axis is scaled to the rest so the curves stay readable.
-        shares = s.channel_hist[:, c] / np.maximum(s.channel_hist[:, c].sum(1, keepdims=True), 1)
+        shares = rgb[:, c] / np.maximum(rgb[:, c].sum(1, keepdims=True), 1)
         ax.set(title=f"{channel} channel", xlabel="pixel value", xlim=(0, 255), ylim=(0, 1.1 * shares[:, :255].max()))
         ax.set_yticks([])
         ax.grid(alpha=0.3)
@@ -234,11 +256,11 @@ def _colour_figure(s: PackScan, mean_rgb: dict) -> bytes:
     return png(fig)
 
 
-def _stain_figure(hed: dict) -> bytes:
+def _stain_figure(sample: dict) -> bytes:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     for c, (ax, stain) in enumerate(zip(axes, ("haematoxylin (nuclei)", "eosin (cytoplasm, stroma)", "DAB"))):
-        edges = hed["edges"][c]
-        _class_lines(ax, (edges[:-1] + edges[1:]) / 2, hed["counts"][:, c], lw=1.3)
+        edges = sample["hed_edges"][c]
+        _class_lines(ax, (edges[:-1] + edges[1:]) / 2, sample["hed"][:, c], lw=1.3)
         ax.set(title=stain, xlabel="optical density", yscale="log")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("share of pixels (log scale)")
@@ -308,7 +330,7 @@ def errors(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, th
         data = packed["train"]
         rows, where = np.arange(len(data)), str(data_dir)
     probs, _ = histo_task.run_probs(run_dir, data, rows, tta=tta, device=device)
-    s = scan(data, rows, hed=False, progress=progress)  # rows are sorted, as run_probs returns them
+    s = scan(data, rows, histograms=False, progress=progress)  # rows are sorted, as run_probs returns them
     labels = s.labels
     ids = s.ids
     fp, fn = confident_mistakes(ids, labels, probs, threshold, top)
@@ -331,13 +353,13 @@ def errors(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, th
         pictures[file] = figures.patch_grid(pixels, [f"p={probs[i]:.3f}" for i in picked],
                                             f"most confident {kind} (p = predicted probability of tumour)", heat=heat)
     pictures["roc.png"] = _roc_figure(roc, labels, called, threshold, numbers["auc"])
-    pictures["calibration.png"] = figures.reliability_figure(calibration, f"{len(ids):,} patches")
+    pictures["calibration.png"] = figures.reliability_figure(calibration, f"calibration on {len(ids):,} patches")
     pictures["strata.png"] = _strata_figure(strata)
 
     page = Page(f"Histology errors: {run_dir.name}", f"{run_dir} on {where}{' with 8x TTA' if tta else ''}")
     sec = page.section("Summary")
     sec.facts({"patches": len(ids), "ROC AUC": f"{numbers['auc']:.4f}",
-               f"accuracy at {threshold:g}": f"{numbers['accuracy']:.4f}",
+               f"accuracy at {threshold:.3g}": f"{numbers['accuracy']:.4f}",
                "false positives": numbers["false_positives"], "false negatives": numbers["false_negatives"],
                "calibration error": f"{numbers['ece']:.3f}"})
     sec = page.section("The most confident mistakes")
@@ -352,8 +374,8 @@ def errors(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, th
                                               ("false negative", "top_false_negatives"))
                             for r, d in enumerate(numbers[key])]), empty="No mistakes at this threshold.")
     sec = page.section("ROC and calibration")
-    sec.image(pictures["roc.png"], "ROC curve with the operating point")
-    sec.image(pictures["calibration.png"], "reliability diagram")
+    sec.images((pictures["roc.png"], "ROC curve with the operating point"),
+               (pictures["calibration.png"], "reliability diagram"))
     sec = page.section("Where the model is weak: AUC by stratum")
     sec.image(pictures["strata.png"], "AUC by stratum")
     sec.table(strata)
@@ -368,7 +390,7 @@ def _roc_figure(roc, labels: np.ndarray, called: np.ndarray, threshold: float, a
     ax.plot(fpr, tpr, color="C0", label=f"ROC, AUC {auc:.4f}")
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
     ax.plot([point_fpr], [point_tpr], "o", color="C3", ms=8,
-            label=f"threshold {threshold:g}: TPR {point_tpr:.3f}, FPR {point_fpr:.3f}")
+            label=f"threshold {threshold:.3g}: TPR {point_tpr:.3f}, FPR {point_fpr:.3f}")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC with the operating point",
            xlim=(-0.01, 1), ylim=(0, 1.01))
     ax.legend(loc="lower right")
@@ -381,7 +403,8 @@ def _strata_figure(strata: pd.DataFrame) -> bytes:
     fig, ax = plt.subplots(figsize=(9, 3.6))
     colours = ["#7a9cc6" if by == "tissue" else "#c6a27a" for by in strata["by"]]
     y = np.arange(len(strata))[::-1]
-    lowest = max(0.0, float(np.nanmin(strata["AUC"])) - 0.1) if strata["AUC"].notna().any() else 0.0
+    # the axis starts a little below the weakest stratum, at a tenth
+    lowest = max(0.0, np.floor(float(np.nanmin(strata["AUC"])) * 10 - 0.5) / 10) if strata["AUC"].notna().any() else 0.0
     auc = strata["AUC"].fillna(lowest).to_numpy()
     ax.barh(y, auc - lowest, left=lowest, color=colours)
     for yi, value, (_, row) in zip(y, auc, strata.iterrows()):

@@ -20,6 +20,8 @@ h2 { font-size: 19px; margin: 0 0 10px; }
 section { background: #fff; border: 1px solid #dde1e6; border-radius: 8px; padding: 16px 20px; margin: 16px 0; }
 section p { margin: 6px 0 10px; }
 img { max-width: 100%; height: auto; display: block; margin: 8px 0; }
+.row { display: flex; gap: 16px; align-items: flex-start; }
+.row img { min-width: 0; max-width: calc(50% - 8px); }
 table { border-collapse: collapse; margin: 8px 0 12px; font-size: 14px; }
 th, td { border-bottom: 1px solid #e4e7eb; padding: 4px 10px; text-align: left; vertical-align: top; }
 th { background: #f0f2f5; font-weight: 600; }
@@ -54,6 +56,14 @@ class Section:
     def image(self, png: bytes, alt: str) -> "Section":
         data = base64.b64encode(png).decode("ascii")
         self.parts.append(f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">')
+        return self
+
+    def images(self, *items: tuple[bytes, str]) -> "Section":
+        """Pictures side by side: (png, alt) each."""
+        self.parts.append('<div class="row">')
+        for png, alt in items:
+            self.image(png, alt)
+        self.parts.append("</div>")
         return self
 
     def table(self, df: pd.DataFrame, empty: str = "none") -> "Section":

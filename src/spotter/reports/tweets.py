@@ -97,6 +97,7 @@ def explore(df: pd.DataFrame, *, name: str = "", options: NormaliseOptions = Nor
         "conflicting_duplicate_groups": int(exact["conflicting"].sum()),
         "conflicting_duplicates": exact[exact["conflicting"]][["key", "rows", "disaster", "ids"]].to_dict("records"),
         "near_duplicate_groups": len(near), "conflicting_near_duplicate_groups": int(near["conflicting"].sum()),
+        "conflicting_near_duplicates": near[near["conflicting"]][["key", "rows", "disaster", "ids"]].to_dict("records"),
         "feature_share": {f: {str(k): float(v[targets == k].mean()) for k in (0, 1) if counts[k]}
                           for f, v in features.items()},
         "glove_coverage": {"raw": raw_cover, "normalised": cover},
@@ -111,8 +112,11 @@ def explore(df: pd.DataFrame, *, name: str = "", options: NormaliseOptions = Nor
     sec.facts({"tweets": len(df), CLASS_NAMES[0]: counts[0], CLASS_NAMES[1]: counts[1],
                "disaster share": f"{numbers['positive_share']:.1%}",
                "no keyword": numbers["missing_keyword"], "no location": numbers["missing_location"]})
-    sec = page.section("Length in tokens (after normalisation)")
-    sec.image(pictures["lengths.png"], "token length per class")
+    sec = page.section("Length, links, mentions, hashtags, numbers")
+    sec.text("Tokens per tweet after normalisation, and the share of tweets with at least one link, @mention, "
+             "#hashtag or number, per class.")
+    sec.images((pictures["lengths.png"], "token length per class"),
+               (pictures["features.png"], "share of tweets with links, mentions, hashtags, numbers"))
     sec = page.section("Keywords")
     sec.text(f"{len(keywords)} distinct keywords; {numbers['missing_keyword']:,} tweets have none. Disaster rate "
              f"of the keywords with at least {MIN_KEYWORD_ROWS} tweets, highest and lowest:")
@@ -122,12 +126,10 @@ def explore(df: pd.DataFrame, *, name: str = "", options: NormaliseOptions = Nor
                "with both labels": numbers["conflicting_duplicate_groups"],
                "near-duplicate groups": len(near), "near-duplicates with both labels": numbers["conflicting_near_duplicate_groups"]})
     sec.text("Identical texts labelled both ways (training gives each group its majority label):")
-    sec.table(_group_table(exact[exact["conflicting"]]), empty="No identical texts carry both labels.")
+    _group_table(sec, exact[exact["conflicting"]], empty="No identical texts carry both labels.", limit=25)
     sec.text("Near-duplicates: different texts that become identical once links, mentions, numbers, hashtags and case "
              "are normalised, labelled both ways:")
-    sec.table(_group_table(near[near["conflicting"]]), empty="No near-duplicates carry both labels.")
-    sec = page.section("Links, mentions, hashtags, numbers")
-    sec.image(pictures["features.png"], "share of tweets with links, mentions, hashtags, numbers")
+    _group_table(sec, near[near["conflicting"]], empty="No near-duplicates carry both labels.")
     sec = page.section("GloVe coverage")
     sec.text("Share of distinct words (and of all running tokens) that have a GloVe 6B vector, before and after "
              "normalisation.")
@@ -141,10 +143,14 @@ def explore(df: pd.DataFrame, *, name: str = "", options: NormaliseOptions = Nor
     return Report(numbers, pictures, page)
 
 
-def _group_table(groups: pd.DataFrame, limit: int = 25) -> pd.DataFrame:
+def _group_table(sec, groups: pd.DataFrame, empty: str, limit: int = 15) -> None:
+    """The largest groups (one text shown), and how many more there are (report.json lists the exact ones)."""
     shown = groups.head(limit)
-    return pd.DataFrame({"text": shown["example"].str.slice(0, 140), "rows": shown["rows"],
-                         "disaster": shown["disaster"], "not": shown["rows"] - shown["disaster"], "ids": shown["ids"]})
+    sec.table(pd.DataFrame({"text (one of the group)": shown["example"].str.slice(0, 160), "rows": shown["rows"],
+                            "disaster": shown["disaster"], "not": shown["rows"] - shown["disaster"],
+                            "ids": shown["ids"]}), empty=empty)
+    if len(groups) > limit:
+        sec.note(f"... and {len(groups) - limit} more groups.")
 
 
 def _lengths_figure(lengths: np.ndarray, targets: np.ndarray) -> bytes:
@@ -272,7 +278,7 @@ def errors(run_dir: Path, csv: Path | None = None, *, top: int = 20, device: str
         "keyword_errors": keywords.to_dict("records"),
     }
     pictures = {"threshold.png": _threshold_figure(sweep, threshold, report),
-                "calibration.png": figures.reliability_figure(calibration, f"{len(df):,} tweets"),
+                "calibration.png": figures.reliability_figure(calibration, f"calibration on {len(df):,} tweets"),
                 "keyword_errors.png": _keyword_errors_figure(keywords, float((called != labels).mean()))}
 
     page = Page(f"Tweets errors: {run_dir.name}", f"{run_dir} on {where}")
@@ -287,10 +293,9 @@ def errors(run_dir: Path, csv: Path | None = None, *, top: int = 20, device: str
         sec.table(pd.DataFrame([{"prob": m["prob"], "keyword": m["keyword"], "text": m["text"],
                                  "normalised": m["normalised"], "id": m["id"]} for m in numbers[key]]),
                   empty="None at this threshold.")
-    sec = page.section("Threshold")
-    sec.image(pictures["threshold.png"], "F1, precision and recall against the threshold")
-    sec = page.section("Calibration")
-    sec.image(pictures["calibration.png"], "reliability diagram")
+    sec = page.section("Threshold and calibration")
+    sec.images((pictures["threshold.png"], "F1, precision and recall against the threshold"),
+               (pictures["calibration.png"], "reliability diagram"))
     sec = page.section("Error rate per keyword")
     sec.text(f"Keywords with at least {MIN_KEYWORD_ROWS} tweets here, the highest error rates first.")
     sec.image(pictures["keyword_errors.png"], "error rate per keyword")
