@@ -226,11 +226,15 @@ def test_tweets_explore_on_demo_data(tmp_path):
 
 @pytest.fixture(scope="module")
 def tweets_run(tmp_path_factory):
+    """A TF-IDF run on 600 real tweets (2 folds, seconds), and 400 other real tweets it never saw."""
     root = tmp_path_factory.mktemp("tweets")
     data = conftest.tweets_slice(root / "data", 600)
     run = root / "tfidf"
     assert main(["tweets", "train", "--data", data, "--out", run, "--model", "tfidf", "--folds", "2"]) == 0
-    return data, run
+    everything = pd.read_csv(conftest.TWEETS / "train.csv")
+    seen = set(pd.read_csv(data / "train.csv")["id"])
+    everything[~everything["id"].isin(seen)].sample(400, random_state=1).to_csv(root / "unseen.csv", index=False)
+    return data, run, root / "unseen.csv"
 
 
 def _top_mistakes(frame: pd.DataFrame, prob: str, threshold: float, k: int) -> tuple[list[str], list[str]]:
@@ -242,9 +246,9 @@ def _top_mistakes(frame: pd.DataFrame, prob: str, threshold: float, k: int) -> t
 
 
 def test_tweets_errors_on_out_of_fold_predictions(tweets_run, tmp_path):
-    data, run = tweets_run
+    data, run, _ = tweets_run
     out = tmp_path / "errors"
-    assert main(["tweets", "errors", run, "--out", out, "--top", "8"]) == 0
+    assert main(["tweets", "errors", run, "--out", out, "--top", "8", "--min-keyword-rows", "4"]) == 0
     numbers = check_report(out, {"threshold.png", "calibration.png", "keyword_errors.png"}, "tweets_errors_oof")
     threshold = json.loads((run / "summary.json").read_text())["threshold"]
     oof = pd.read_csv(run / "validation_predictions.csv")
@@ -259,19 +263,20 @@ def test_tweets_errors_on_out_of_fold_predictions(tweets_run, tmp_path):
 
 
 def test_tweets_errors_on_a_csv_match_predict(tweets_run, tmp_path):
-    data, run = tweets_run
-    labelled = data / "train.csv"
+    data, run, labelled = tweets_run
     assert main(["tweets", "predict", run, "--csv", labelled, "--out", tmp_path / "p.csv", "--proba"]) == 0
     predicted = pd.read_csv(tmp_path / "p.csv").merge(pd.read_csv(labelled)[["id", "target", "keyword"]], on="id",
                                                       suffixes=("_called", ""))
     out = tmp_path / "errors"
-    assert main(["tweets", "errors", run, "--csv", labelled, "--out", out, "--top", "6"]) == 0
+    assert main(["tweets", "errors", run, "--csv", labelled, "--out", out, "--top", "6", "--min-keyword-rows", "3"]) == 0
     numbers = check_report(out, {"threshold.png", "calibration.png", "keyword_errors.png"}, "tweets_errors_csv")
     fp, fn = _top_mistakes(predicted, "proba", numbers["threshold"], 6)
+    assert len(fp) == len(fn) == 6
     assert [m["id"] for m in numbers["top_false_positives"]] == fp
     assert [m["id"] for m in numbers["top_false_negatives"]] == fn
     wrong = predicted.target_called != predicted.target
     assert numbers["fp"] + numbers["fn"] == int(wrong.sum())
+    assert numbers["keyword_errors"], "some keyword has 3 rows among 400 tweets"
     for row in numbers["keyword_errors"]:
         of = predicted[predicted.keyword.fillna("").str.replace("%20", " ") == row["keyword"]]
         assert row["rows"] == len(of) and row["error_rate"] == pytest.approx(wrong[of.index].mean())

@@ -160,6 +160,7 @@ def _add_report_commands(histo_cmds, tweets_cmds) -> None:
     p.add_argument("--csv", type=Path, help="labelled CSV (default: the run's out-of-fold validation predictions)")
     p.add_argument("--out", type=Path, required=True, help="report folder (report.html and PNGs)")
     p.add_argument("--top", type=int, default=20, help="mistakes shown of each kind")
+    p.add_argument("--min-keyword-rows", type=int, default=10, help="keywords with fewer rows get no error rate")
     p.add_argument("--device", default="auto")
 
 
@@ -182,7 +183,8 @@ def _run_report(args: argparse.Namespace) -> None:
             csv = args.data / "train.csv" if args.data.is_dir() else args.data
             result = report.explore(read_tweets(csv, labelled=True), name=str(csv))
         else:
-            result = report.errors(args.run, args.csv, top=args.top, device=args.device)
+            result = report.errors(args.run, args.csv, top=args.top, device=args.device,
+                                   min_keyword_rows=args.min_keyword_rows)
     print(f"wrote {len(result.pictures)} pictures and the report {result.write(args.out)}")
 
 

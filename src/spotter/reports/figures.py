@@ -40,8 +40,8 @@ def reliability_figure(table: dict, title: str) -> bytes:
     fig, (ax, hist) = plt.subplots(2, 1, figsize=(5.2, 5.6), height_ratios=[3, 1], sharex=True)
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8, label="perfectly calibrated")
     ax.plot(np.array(table["predicted"])[used], np.array(table["observed"])[used], "o-", color="C0",
-            label="this model")
-    ax.set(ylabel="observed share positive", xlim=(0, 1), ylim=(0, 1),
+            label="this model", clip_on=False)
+    ax.set(ylabel="observed share positive", xlim=(0, 1), ylim=(-0.02, 1.02),
            title=f"{title}\nexpected calibration error {table['ece']:.3f}")
     ax.legend(loc="upper left")
     ax.grid(alpha=0.3)

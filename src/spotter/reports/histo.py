@@ -12,14 +12,15 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import NullFormatter
 from sklearn import metrics as skm
 from tqdm import tqdm
 
 from ..histo.data import PackedSet
 from ..histo.preprocess import MEAN, STD
 from . import figures
-from .figures import CLASS_COLOURS, plt, png
 from .common import Report, confident_mistakes
+from .figures import CLASS_COLOURS, plt, png
 from .html import Page
 
 CLASS_NAMES = ("normal (0)", "tumour (1)")
@@ -174,7 +175,7 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
     pictures = {}
     for k, file in ((0, "samples_normal.png"), (1, "samples_tumour.png")):
         pick = np.sort(rng.choice(np.flatnonzero(s.labels == k), min(16, counts[k]), replace=False))
-        pictures[file] = figures.patch_grid(pack.read(s.rows[pick]), [str(i)[:10] for i in s.ids[pick]],
+        pictures[file] = figures.patch_grid(pack.read(s.rows[pick]), [_short_id(i) for i in s.ids[pick]],
                                             f"random {CLASS_NAMES[k]} patches (box: the labelled centre 32x32)")
     pictures["colour.png"] = _colour_figure(s.sample["rgb"], numbers["mean_rgb"])
     pictures["stain.png"] = _stain_figure(s.sample)
@@ -223,6 +224,12 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
     return Report(numbers, pictures, page)
 
 
+def _short_id(patch_id: str) -> str:
+    """Kaggle ids are 40-character hashes: the start and end are enough to find one."""
+    patch_id = str(patch_id)
+    return patch_id if len(patch_id) <= 14 else f"{patch_id[:6]}…{patch_id[-6:]}"
+
+
 def _copies_caption(labels: np.ndarray) -> str:
     found = sorted(set(labels.tolist()))
     return f"{len(labels)} copies, " + ("labels 0 and 1" if len(found) == 2 else f"label {found[0]}")
@@ -262,6 +269,7 @@ def _stain_figure(sample: dict) -> bytes:
         edges = sample["hed_edges"][c]
         _class_lines(ax, (edges[:-1] + edges[1:]) / 2, sample["hed"][:, c], lw=1.3)
         ax.set(title=stain, xlabel="optical density", yscale="log")
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("share of pixels (log scale)")
     axes[0].legend()

@@ -242,7 +242,7 @@ def validation_frame(run_dir: Path) -> pd.DataFrame:
 
 
 def errors(run_dir: Path, csv: Path | None = None, *, top: int = 20, device: str = "auto",
-           options: NormaliseOptions | None = None) -> Report:
+           min_keyword_rows: int = MIN_KEYWORD_ROWS, options: NormaliseOptions | None = None) -> Report:
     """The most confident false positives and negatives of a run with their text, F1 / precision / recall
     against the threshold, a reliability diagram and per-keyword error rates; on the run's out-of-fold
     predictions, or on a labelled `csv` (predicted with the run's models, as `evaluate` does)."""
@@ -267,7 +267,7 @@ def errors(run_dir: Path, csv: Path | None = None, *, top: int = 20, device: str
     report = binary_report(labels, probs, threshold)
     calibration = figures.reliability(labels, probs)
     sweep = threshold_sweep(labels, probs)
-    keywords = keyword_errors(df, labels, called)
+    keywords = keyword_errors(df, labels, called, min_keyword_rows)
     mistake = lambda i: {"id": ids[i], "prob": float(probs[i]), "keyword": keyword_text(df["keyword"].iloc[i]),
                          "text": df["text"].iloc[i], "normalised": normalise(df["text"].iloc[i], options)}
     numbers = {
@@ -278,8 +278,9 @@ def errors(run_dir: Path, csv: Path | None = None, *, top: int = 20, device: str
         "keyword_errors": keywords.to_dict("records"),
     }
     pictures = {"threshold.png": _threshold_figure(sweep, threshold, report),
-                "calibration.png": figures.reliability_figure(calibration, f"calibration on {len(df):,} tweets"),
-                "keyword_errors.png": _keyword_errors_figure(keywords, float((called != labels).mean()))}
+                "calibration.png": figures.reliability_figure(calibration, f"calibration on {len(df):,} tweets")}
+    if not keywords.empty:
+        pictures["keyword_errors.png"] = _keyword_errors_figure(keywords, float((called != labels).mean()))
 
     page = Page(f"Tweets errors: {run_dir.name}", f"{run_dir} on {where}")
     sec = page.section("Summary")
@@ -297,9 +298,15 @@ def errors(run_dir: Path, csv: Path | None = None, *, top: int = 20, device: str
     sec.images((pictures["threshold.png"], "F1, precision and recall against the threshold"),
                (pictures["calibration.png"], "reliability diagram"))
     sec = page.section("Error rate per keyword")
-    sec.text(f"Keywords with at least {MIN_KEYWORD_ROWS} tweets here, the highest error rates first.")
-    sec.image(pictures["keyword_errors.png"], "error rate per keyword")
-    sec.table(keywords.head(25), empty=f"No keyword has {MIN_KEYWORD_ROWS} tweets here.")
+    sec.text(f"Keywords with at least {min_keyword_rows} tweets here, the highest error rates first.")
+    if "keyword_errors.png" in pictures:
+        sec.image(pictures["keyword_errors.png"], "error rate per keyword")
+    sec.table(pd.DataFrame({"keyword": keywords["keyword"], "tweets": keywords["rows"],
+                            "disaster rate": keywords["disaster_rate"].map("{:.0%}".format),
+                            "false positives": keywords["false_positives"],
+                            "false negatives": keywords["false_negatives"],
+                            "error rate": keywords["error_rate"].map("{:.0%}".format)}).head(25),
+              empty=f"No keyword has {min_keyword_rows} tweets here.")
     return Report(numbers, pictures, page)
 
 
@@ -321,16 +328,19 @@ def run_data_dir(run_dir: Path) -> Path:
 
 
 def threshold_sweep(labels: np.ndarray, probs: np.ndarray, steps: int = 99) -> pd.DataFrame:
-    """F1, precision and recall at thresholds 0.01 ... 0.99."""
+    """F1, precision and recall at thresholds 0.01 ... 0.99 (precision NaN where no tweet is called positive)."""
     rows = []
     for t in np.linspace(0.01, 0.99, steps):
         r = binary_report(labels, probs, float(t))
-        rows.append({"threshold": float(t), "f1": r["f1"], "precision": r["precision"], "recall": r["recall"]})
+        # precision is undefined (not 0) where nothing is called a disaster
+        precision = r["precision"] if r["tp"] + r["fp"] else float("nan")
+        rows.append({"threshold": float(t), "f1": r["f1"], "precision": precision, "recall": r["recall"]})
     return pd.DataFrame(rows)
 
 
-def keyword_errors(df: pd.DataFrame, labels: np.ndarray, called: np.ndarray) -> pd.DataFrame:
-    """Per keyword with at least MIN_KEYWORD_ROWS rows: rows, disaster rate, false positives and negatives and
+def keyword_errors(df: pd.DataFrame, labels: np.ndarray, called: np.ndarray,
+                   min_rows: int = MIN_KEYWORD_ROWS) -> pd.DataFrame:
+    """Per keyword with at least `min_rows` rows: rows, disaster rate, false positives and negatives and
     the error rate, highest error rate first."""
     table = pd.DataFrame({"keyword": df["keyword"].map(keyword_text).to_numpy(), "target": labels,
                           "fp": called & (labels == 0), "fn": ~called & (labels == 1)})
@@ -338,20 +348,20 @@ def keyword_errors(df: pd.DataFrame, labels: np.ndarray, called: np.ndarray) -> 
     out = table.groupby("keyword").agg(rows=("target", "size"), disaster_rate=("target", "mean"),
                                        false_positives=("fp", "sum"), false_negatives=("fn", "sum")).reset_index()
     out["error_rate"] = (out["false_positives"] + out["false_negatives"]) / out["rows"]
-    out = out[out["rows"] >= MIN_KEYWORD_ROWS]
+    out = out[out["rows"] >= min_rows]
     return out.sort_values(["error_rate", "rows", "keyword"], ascending=[False, False, True]).reset_index(drop=True)
 
 
 def _threshold_figure(sweep: pd.DataFrame, threshold: float, report: dict) -> bytes:
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    fig, ax = plt.subplots(figsize=(5.6, 5.2))
     for key, colour in (("f1", "k"), ("precision", "C0"), ("recall", "C2")):
         ax.plot(sweep["threshold"], sweep[key], color=colour, lw=1.6 if key == "f1" else 1.2, label=key.capitalize()
                 if key != "f1" else "F1")
     ax.axvline(threshold, color="C3", ls="--", lw=1)
     ax.text(threshold + 0.01, 0.05, f"run's threshold {threshold:.3f}\nF1 {report['f1']:.3f}, P {report['precision']:.3f}, "
             f"R {report['recall']:.3f}", color="C3", fontsize=8)
-    ax.set(xlabel="threshold (called a disaster when probability >= threshold)", ylabel="score", xlim=(0, 1),
-           ylim=(0, 1.02), title="F1, precision and recall against the threshold")
+    ax.set(xlabel="threshold (a disaster when probability >= threshold)", ylabel="score", xlim=(0, 1),
+           ylim=(0, 1.02), title="F1, precision and recall\nagainst the threshold")
     ax.legend(loc="lower left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -361,10 +371,6 @@ def _threshold_figure(sweep: pd.DataFrame, threshold: float, report: dict) -> by
 def _keyword_errors_figure(keywords: pd.DataFrame, overall: float, top: int = 20) -> bytes:
     part = keywords.head(top)
     fig, ax = plt.subplots(figsize=(8, 0.3 * max(len(part), 3) + 1.3))
-    if part.empty:
-        ax.text(0.5, 0.5, f"no keyword has {MIN_KEYWORD_ROWS} tweets here", ha="center", va="center")
-        ax.axis("off")
-        return png(fig)
     y = np.arange(len(part))[::-1]
     ax.barh(y, part["false_positives"] / part["rows"], color=CLASS_COLOURS[0], label="false positives")
     ax.barh(y, part["false_negatives"] / part["rows"], left=part["false_positives"] / part["rows"],
