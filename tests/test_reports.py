@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -280,3 +281,32 @@ def test_tweets_errors_on_a_csv_match_predict(tweets_run, tmp_path):
     for row in numbers["keyword_errors"]:
         of = predicted[predicted.keyword.fillna("").str.replace("%20", " ") == row["keyword"]]
         assert row["rows"] == len(of) and row["error_rate"] == pytest.approx(wrong[of.index].mean())
+
+
+def test_histo_errors_draws_an_explainers_heat_maps(histo_run):
+    """The hook for explanations (Grad-CAM when the serving issue adds it): the explainer gets exactly the
+    shown mistakes' pixels, and its maps change the pictures."""
+    from spotter.reports import histo
+
+    seen = []
+
+    def explain(pixels):
+        seen.append(pixels.copy())
+        return pixels.mean(-1) / 255  # any map in [0, 1] will do here
+
+    plain = histo.errors(histo_run, top=3, threshold=0.5, device="cpu", progress=False)
+    explained = histo.errors(histo_run, top=3, threshold=0.5, device="cpu", progress=False, explain=explain)
+    shown = [len(plain.numbers["top_false_positives"]), len(plain.numbers["top_false_negatives"])]
+    assert any(shown)
+    assert [len(p) for p in seen] == [n for n in shown if n] and all(p.shape[1:] == (96, 96, 3) for p in seen)
+    for name, n in zip(("false_positives.png", "false_negatives.png"), shown):
+        assert (plain.pictures[name] != explained.pictures[name]) == bool(n)
+
+
+def test_report_errors_are_one_clear_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "spotter", "tweets", "errors", tmp_path / "none", "--out", tmp_path / "r"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "train it first" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, "-m", "spotter", "histo", "explore", "--data", tmp_path, "--out", tmp_path / "r"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "not the Kaggle layout" in result.stderr
