@@ -6,6 +6,7 @@ patches take about a minute. Each returns a `Report` (numbers, PNG pictures, HTM
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -148,7 +149,9 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
     the normalisation statistics of a labelled pack."""
     if not pack.labelled:
         raise ValueError(f"{pack.path}: explore needs labelled patches (train/ with train_labels.csv)")
+    start = time.perf_counter()
     s = scan(pack, seed=seed, progress=progress)
+    scan_seconds = time.perf_counter() - start
     counts = [int((s.labels == k).sum()) for k in (0, 1)]
     total = len(s.ids) * PATCH_PIXELS
     mean = s.pixel_sum / total
@@ -157,6 +160,7 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
     background = tissue < BACKGROUND_CUT
     groups = duplicate_groups(s)
     conflicting = [g for g in groups if len(set(s.labels[g])) > 1]
+    agreeing = [g for g in groups if len(set(s.labels[g])) == 1]
     numbers = {
         "patches": len(s.ids), "count": {"0": counts[0], "1": counts[1]}, "positive_share": counts[1] / len(s.ids),
         "normalisation": {"mean": (mean / 255).tolist(), "std": (std / 255).tolist(),
@@ -170,6 +174,7 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
         "duplicate_groups": len(groups), "duplicate_patches": int(sum(len(g) for g in groups)),
         "conflicting_groups": [{"ids": s.ids[g].tolist(), "labels": s.labels[g].tolist()} for g in conflicting],
         "histogram_sample_patches": s.sample["patches"],
+        "seconds": {"scan": scan_seconds},
     }
     rng = np.random.default_rng(seed)
     pictures = {}
@@ -181,7 +186,7 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
     pictures["stain.png"] = _stain_figure(s.sample)
     pictures["tissue.png"] = _tissue_figure(tissue, s.brightness, s.labels)
     if groups:
-        shown = (conflicting + [g for g in groups if len(set(s.labels[g])) == 1])[:8]
+        shown = (conflicting + agreeing)[:8]
         firsts = np.array([g[0] for g in shown])
         pictures["duplicates.png"] = figures.patch_grid(
             pack.read(s.rows[firsts]), [_copies_caption(s.labels[g]) for g in shown], "duplicated patches (one copy shown)")
@@ -213,7 +218,9 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
     sec.facts({"duplicate groups": len(groups), "patches in them": numbers["duplicate_patches"],
                "groups with both labels": len(conflicting)})
     sec.table(pd.DataFrame([{"ids": ", ".join(s.ids[g]), "labels": ", ".join(map(str, s.labels[g]))}
-                            for g in (conflicting + groups)[:20]]), empty="No two patches have identical pixels.")
+                            for g in (conflicting + agreeing)[:20]]), empty="No two patches have identical pixels.")
+    if len(groups) > 20:
+        sec.note(f"... and {len(groups) - 20} more groups (all listed in report.json when they carry both labels).")
     if "duplicates.png" in pictures:
         sec.image(pictures["duplicates.png"], "duplicated patches")
     sec = page.section("Normalisation statistics")
@@ -221,6 +228,7 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
     sec.table(pd.DataFrame({"channel": ["red", "green", "blue"], "mean": numbers["normalisation"]["mean"],
                             "std": numbers["normalisation"]["std"], "training mean": list(MEAN),
                             "training std": list(STD)}))
+    numbers["seconds"]["total"] = time.perf_counter() - start
     return Report(numbers, pictures, page)
 
 

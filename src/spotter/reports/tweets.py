@@ -64,7 +64,7 @@ def explore(df: pd.DataFrame, *, name: str = "", options: NormaliseOptions = Nor
     """Balance, token lengths, keyword rates, duplicates and near-duplicates with conflicting labels, links,
     mentions, hashtags and numbers, GloVe coverage and the most indicative n-grams of a labelled tweets CSV.
 
-    `glove` (words, vectors) defaults to GloVe 6B 50-d from its package; pass False-y dict to skip coverage."""
+    `glove` (word -> row, vectors) for the coverage defaults to GloVe 6B 50-d from its package."""
     from ..tweets.embeddings import coverage, load_glove
 
     targets = df["target"].to_numpy().astype(int)
