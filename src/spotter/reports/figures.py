@@ -78,6 +78,6 @@ def patch_grid(pixels: np.ndarray, captions: list[str], title: str, *, columns: 
         c = (size - 32) / 2 - 0.5
         ax.add_patch(Rectangle((c, c), 32, 32, fill=False, edgecolor=box_colour, lw=1.2))
         ax.set_title(captions[i], fontsize=8, pad=2)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(title, fontsize=11, x=0.01, ha="left")
     fig.tight_layout(pad=0.3, h_pad=0.6, w_pad=0.3)
     return png(fig)

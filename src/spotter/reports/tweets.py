@@ -119,7 +119,7 @@ def explore(df: pd.DataFrame, *, name: str = "", options: NormaliseOptions = Nor
                (pictures["features.png"], "share of tweets with links, mentions, hashtags, numbers"))
     sec = page.section("Keywords")
     sec.text(f"{len(keywords)} distinct keywords; {numbers['missing_keyword']:,} tweets have none. Disaster rate "
-             f"of the keywords with at least {MIN_KEYWORD_ROWS} tweets, highest and lowest:")
+             f"of the keywords with at least {MIN_KEYWORD_ROWS} tweets ({len(frequent)} of them):")
     sec.image(pictures["keywords.png"], "keywords with the highest and lowest disaster rates")
     sec = page.section("Duplicates with conflicting labels")
     sec.facts({"duplicated texts": len(exact), "rows in them": numbers["duplicate_rows"],
@@ -172,9 +172,14 @@ def _lengths_figure(lengths: np.ndarray, targets: np.ndarray) -> bytes:
 
 
 def _keywords_figure(frequent: pd.DataFrame, top: int = 15) -> bytes:
-    high, low = frequent.head(top), frequent.tail(top).iloc[::-1]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.3 * max(len(high), 3) + 1.3))
-    for ax, part, title in ((axes[0], high, "highest disaster rate"), (axes[1], low, "lowest disaster rate")):
+    """Two panels (highest, lowest) when there are more than 2 * top keywords; else one with them all."""
+    if len(frequent) > 2 * top:
+        panels = [(frequent.head(top), "highest disaster rate"), (frequent.tail(top).iloc[::-1], "lowest disaster rate")]
+    else:
+        panels = [(frequent, "disaster rate")]
+    rows = max(len(panels[0][0]), 3)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 0.3 * rows + 1.3), squeeze=False)
+    for ax, (part, title) in zip(axes[0], panels):
         y = np.arange(len(part))[::-1]
         ax.barh(y, part["disaster_rate"], color=CLASS_COLOURS[1], alpha=0.8)
         ax.set_yticks(y, [f"{k} ({n})" for k, n in zip(part["keyword"], part["rows"])], fontsize=8)
