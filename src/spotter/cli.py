@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="calibrate on 8x TTA validation predictions")
     p.add_argument("--device", default="auto")
 
+    histo_cmds = cmds
     tweets = tasks.add_parser("tweets", help="disaster tweets (Kaggle NLP with Disaster Tweets)")
     cmds = tweets.add_subparsers(dest="command", required=True)
     p = cmds.add_parser("train", help="train a tweet classifier; writes folds, summary.json and plots to --out")
@@ -123,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", type=Path, nargs="+", help="finished runs sharing train.csv, seed and folds")
     p.add_argument("--out", type=Path, required=True, help="ensemble run folder")
 
+    _add_report_commands(histo_cmds, cmds)
+
     p = tasks.add_parser("bench", help="measure every stage's throughput; prints a table, writes JSON")
     p.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
     p.add_argument("--device", default="auto")
@@ -139,7 +142,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# ---------------------------------------------------------------- reports: explore the data, look at the mistakes
+
+def _add_report_commands(histo_cmds, tweets_cmds) -> None:
+    """`explore` and `errors` for both tasks; each writes PNGs, report.json and a self-contained report.html."""
+    p = histo_cmds.add_parser("explore", help="report on the patches: balance, samples, colour, background, duplicates")
+    p.add_argument("--data", type=Path, required=True, help="Kaggle layout folder or PCam HDF5 folder")
+    p.add_argument("--out", type=Path, required=True, help="report folder (report.html and PNGs)")
+    p.add_argument("--pack-dir", type=Path, help="where packs are kept (default ~/.cache/spotter/packs)")
+    p = histo_cmds.add_parser("errors", help="report on a run's most confident mistakes, ROC, calibration, strata")
+    p.add_argument("run", type=Path)
+    p.add_argument("--data", type=Path, help="labelled folder (default: the run's own validation split)")
+    p.add_argument("--out", type=Path, required=True, help="report folder (report.html and PNGs)")
+    p.add_argument("--tta", action="store_true", help="average the 8 rotations and reflections")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--top", type=int, default=16, help="mistakes shown of each kind")
+    p.add_argument("--device", default="auto")
+    p = tweets_cmds.add_parser("explore", help="report on the tweets: balance, lengths, keywords, duplicates, words")
+    p.add_argument("--data", type=Path, required=True, help="folder with Kaggle's train.csv, or a labelled CSV")
+    p.add_argument("--out", type=Path, required=True, help="report folder (report.html and PNGs)")
+    p = tweets_cmds.add_parser("errors", help="report on a run's most confident mistakes, threshold, calibration")
+    p.add_argument("run", type=Path)
+    p.add_argument("--csv", type=Path, help="labelled CSV (default: the run's out-of-fold validation predictions)")
+    p.add_argument("--out", type=Path, required=True, help="report folder (report.html and PNGs)")
+    p.add_argument("--top", type=int, default=20, help="mistakes shown of each kind")
+    p.add_argument("--min-keyword-rows", type=int, default=10, help="keywords with fewer rows get no error rate")
+    p.add_argument("--device", default="auto")
+
+
+def _run_report(args: argparse.Namespace) -> None:
+    if args.task == "histo":
+        from .reports import histo as report
+        if args.command == "explore":
+            from .histo.data import pack_folder
+            packed = pack_folder(args.data, pack_root=args.pack_dir)
+            if "train" not in packed:
+                raise ValueError(f"{args.data}: no labelled patches to explore (train/ with train_labels.csv)")
+            result = report.explore(packed["train"], name=str(args.data))
+        else:
+            result = report.errors(args.run, args.data, tta=args.tta, threshold=args.threshold, top=args.top,
+                                   device=args.device)
+    else:
+        from .reports import tweets as report
+        from .tweets.text import read_tweets
+        if args.command == "explore":
+            csv = args.data / "train.csv" if args.data.is_dir() else args.data
+            result = report.explore(read_tweets(csv, labelled=True), name=str(csv))
+        else:
+            result = report.errors(args.run, args.csv, top=args.top, device=args.device,
+                                   min_keyword_rows=args.min_keyword_rows)
+    print(f"wrote {len(result.pictures)} pictures and the report {result.write(args.out)}")
+
+
 def run(args: argparse.Namespace) -> None:
+    if getattr(args, "command", None) in ("explore", "errors"):
+        return _run_report(args)
     if args.task == "histo":
         from .histo import data as histo_data, task as histo
         if args.command == "pack":
