@@ -21,8 +21,8 @@ MAX_HOLE_UM2 = 10_000.0  # holes smaller than this (about 100 µm across) are fi
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation scaled to 0..255 (uint8)."""
-    rgb = rgb.astype(np.int16)
-    top, bottom = rgb.max(axis=2), rgb.min(axis=2)
+    rgb = rgb.astype(np.int32)  # (max - min) * 255 overflows int16
+    top, bottom = rgb.max(axis=-1), rgb.min(axis=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         sat = np.where(top > 0, (top - bottom) * 255 // np.maximum(top, 1), 0)
     return sat.astype(np.uint8)
