@@ -109,8 +109,7 @@ def pictures(out: Path, heat: np.ndarray, xs: np.ndarray, ys: np.ndarray, thumb:
     heat_extent = (0, xs[-1] * mm, ys[-1] * mm, 0)
     title = (f"{Path(summary['file']).name}: max probability {summary['max_prob']:.2f}, "
              f"tumour {summary['tumour_area_mm2']:.2f} mm² (p ≥ {threshold:g})")
-    cmap = plt.get_cmap("inferno").copy()
-    cmap.set_bad("#d9d9d9")
+    cmap = plt.get_cmap("inferno").with_extremes(bad="#d9d9d9")
 
     fig, ax = _figure(plt, heat_extent)
     shown = ax.imshow(heat.astype(np.float32), cmap=cmap, vmin=0, vmax=1, extent=heat_extent,
@@ -118,7 +117,7 @@ def pictures(out: Path, heat: np.ndarray, xs: np.ndarray, ys: np.ndarray, thumb:
     _finish(fig, ax, shown, "tumour probability (grey: not tissue, not scored)", title, heat_extent, out / "heatmap.png")
 
     fig, ax = _figure(plt, thumb_extent)
-    ax.imshow(thumb, extent=thumb_extent, interpolation="lanczos")
+    ax.imshow(thumb, extent=thumb_extent, interpolation="antialiased")
     hot = np.ma.masked_where(~(np.nan_to_num(heat.astype(np.float32), nan=0) >= threshold), heat.astype(np.float32))
     shown = ax.imshow(hot, cmap="YlOrRd", vmin=threshold, vmax=1, alpha=0.5, extent=heat_extent,
                       interpolation="nearest")
@@ -126,7 +125,7 @@ def pictures(out: Path, heat: np.ndarray, xs: np.ndarray, ys: np.ndarray, thumb:
             out / "overlay.png")
 
     fig, ax = _figure(plt, thumb_extent)
-    ax.imshow(thumb, extent=thumb_extent, interpolation="lanczos")
+    ax.imshow(thumb, extent=thumb_extent, interpolation="antialiased")
     ax.imshow(np.ma.masked_where(mask, np.ones(mask.shape)), cmap=ListedColormap(["#1f3b73"]), alpha=0.45,
               extent=thumb_extent, interpolation="nearest")
     ax.contour(mask.astype(np.float32), levels=[0.5], colors="#00a651", linewidths=1.0,
