@@ -248,7 +248,7 @@ class RegionReader(torch.utils.data.Dataset):
         pixels = self._slide.read(self.level, left, top, right - left, bottom - top)
         image = Image.fromarray(pixels).resize((b.width, b.height), Image.BOX if q >= 1 else Image.BILINEAR,
                                                box=(x0 - left, y0 - top, x1 - left, y1 - top))
-        return np.asarray(image)
+        return np.array(image)  # writable, as torch wants it
 
 
 # ---------------------------------------------------------------- one slide
@@ -304,8 +304,10 @@ def _score_slide(predictor: Predictor, source: wsi.Slide, out: Path, *, stride: 
     log(f"{source.path.name}: {source.dimensions[0][0]}x{source.dimensions[0][1]} px at {source.mpp:g} µm/px, "
         f"level {level} ({source.level_mpp(level):.3g} µm/px), {total:,} tiles on tissue, stride {stride}")
 
+    t = time.perf_counter()
     heat_sum, heat_count = _infer(predictor, source, grid, level, scored, tta=tta, batch_size=batch_size,
                                   workers=workers, on_progress=on_progress)
+    infer_seconds = time.perf_counter() - t
     with np.errstate(invalid="ignore"):
         heat = (heat_sum / heat_count).astype(np.float16)  # NaN where no patch was scored
     seconds = time.perf_counter() - start
@@ -319,7 +321,7 @@ def _score_slide(predictor: Predictor, source: wsi.Slide, out: Path, *, stride: 
         "tissue_area_mm2": float(mask.sum() * (source.mpp * thumb_scale / 1000) ** 2),
         "tumour_area_mm2": float(np.sum(heat >= threshold) * cell_mm2), "threshold": threshold,
         "max_prob": float(np.nanmax(heat)), "seconds": seconds, "tiles_per_s": total / max(seconds, 1e-9),
-        "tissue_seconds": tissue_seconds, **peak_rss_mb(),
+        "tissue_seconds": tissue_seconds, "read_and_infer_seconds": infer_seconds, **peak_rss_mb(),
     }
     slide_outputs.write_all(out, heat, grid, thumb, thumb_scale, mask, source.mpp, summary, threshold)
     engine.write_text_atomic(out / "slide.json", json.dumps(summary, indent=2))

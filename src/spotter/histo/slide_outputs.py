@@ -102,9 +102,18 @@ def pictures(out: Path, heat: np.ndarray, xs: np.ndarray, ys: np.ndarray, thumb:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    from matplotlib.colors import ListedColormap
 
     mm = mpp / 1000  # mm per level-0 pixel
+    shown_side = 1200  # about the axes' width in pixels: matplotlib resamples what it shows in floats
+    if max(thumb.shape[:2]) > shown_side:
+        from PIL import Image
+
+        k = max(thumb.shape[:2]) / shown_side
+        size = (max(1, round(thumb.shape[1] / k)), max(1, round(thumb.shape[0] / k)))
+        thumb_extent_px = (thumb.shape[1] * thumb_scale, thumb.shape[0] * thumb_scale)
+        thumb = np.asarray(Image.fromarray(thumb).resize(size, Image.BOX))
+        mask = np.asarray(Image.fromarray(mask).resize(size, Image.NEAREST))
+        thumb_scale = thumb_extent_px[0] / thumb.shape[1]
     thumb_extent = (0, thumb.shape[1] * thumb_scale * mm, thumb.shape[0] * thumb_scale * mm, 0)
     heat_extent = (0, xs[-1] * mm, ys[-1] * mm, 0)
     title = (f"{Path(summary['file']).name}: max probability {summary['max_prob']:.2f}, "
@@ -117,7 +126,7 @@ def pictures(out: Path, heat: np.ndarray, xs: np.ndarray, ys: np.ndarray, thumb:
     _finish(fig, ax, shown, "tumour probability (grey: not tissue, not scored)", title, heat_extent, out / "heatmap.png")
 
     fig, ax = _figure(plt, thumb_extent)
-    ax.imshow(thumb, extent=thumb_extent, interpolation="antialiased")
+    ax.imshow(thumb, extent=thumb_extent, interpolation="nearest")
     hot = np.ma.masked_where(~(np.nan_to_num(heat.astype(np.float32), nan=0) >= threshold), heat.astype(np.float32))
     shown = ax.imshow(hot, cmap="YlOrRd", vmin=threshold, vmax=1, alpha=0.5, extent=heat_extent,
                       interpolation="nearest")
@@ -125,9 +134,8 @@ def pictures(out: Path, heat: np.ndarray, xs: np.ndarray, ys: np.ndarray, thumb:
             out / "overlay.png")
 
     fig, ax = _figure(plt, thumb_extent)
-    ax.imshow(thumb, extent=thumb_extent, interpolation="antialiased")
-    ax.imshow(np.ma.masked_where(mask, np.ones(mask.shape)), cmap=ListedColormap(["#1f3b73"]), alpha=0.45,
-              extent=thumb_extent, interpolation="nearest")
+    shaded = np.where(mask[..., None], thumb, (thumb * 0.55 + np.array([31, 59, 115]) * 0.45).astype(np.uint8))
+    ax.imshow(shaded, extent=thumb_extent, interpolation="nearest")  # background shaded blue, in one image
     ax.contour(mask.astype(np.float32), levels=[0.5], colors="#00a651", linewidths=1.0,
                extent=(thumb_extent[0], thumb_extent[1], thumb_extent[3], thumb_extent[2]), origin="upper")
     _finish(fig, ax, None, "", f"{Path(summary['file']).name}: tissue {summary['tissue_area_mm2']:.2f} mm² "

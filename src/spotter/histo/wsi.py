@@ -80,12 +80,12 @@ class Slide:
         width, height = self.dimensions[level]
         factor = max(1, math.ceil(max(width, height) / max_side))
         out_w, out_h = max(1, width // factor), max(1, height // factor)
-        rows_per_strip = max(1, (64 << 20) // (width * 3 * factor)) * factor  # about 64 MB a strip
+        rows_per_strip = max(1, (16 << 20) // (width * 3 * factor)) * factor  # about 16 MB a strip
         thumb = np.empty((out_h, out_w, 3), np.uint8)
         for top in range(0, out_h * factor, rows_per_strip):
             rows = min(rows_per_strip, out_h * factor - top)
-            strip = self.read(level, 0, top, out_w * factor, rows).astype(np.float32)
-            blocks = strip.reshape(rows // factor, factor, out_w, factor, 3).mean(axis=(1, 3))
+            strip = self.read(level, 0, top, out_w * factor, rows)
+            blocks = strip.reshape(rows // factor, factor, out_w, factor, 3).mean(axis=(1, 3), dtype=np.float32)
             thumb[top // factor:top // factor + rows // factor] = np.round(blocks).astype(np.uint8)
         return thumb, self.downsamples[level] * factor
 
