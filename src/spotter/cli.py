@@ -84,6 +84,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="calibrate on 8x TTA validation predictions")
     p.add_argument("--device", default="auto")
 
+    # whole slides and exports (histo/slide.py, histo/export.py)
+    p = cmds.add_parser("slide", help="tumour heatmap, tissue mask, QuPath GeoJSON and WSInfer CSV of whole slides")
+    p.add_argument("run", type=Path, help="histo run or ensemble folder")
+    p.add_argument("--image", required=True,
+                   help="slide (pyramidal TIFF, SVS, OME-TIFF, PNG, JPEG), or a folder or glob of slides")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder (many slides: one subfolder each, ranked in slides.csv)")
+    p.add_argument("--mpp", type=float, help="µm per level-0 pixel; overrides the file's, needed when it has none")
+    p.add_argument("--stride", type=int, default=32,
+                   help="model pixels between patch centres: 32 (default) scores every labelled 32x32 centre, "
+                        "96 is a 9x faster coarse pass, 16 or 8 average overlapping centres")
+    p.add_argument("--tta", action="store_true", help="average the 8 rotations and reflections (8x slower)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--threshold", type=float, default=0.5, help="probability that makes a cell tumour")
+    p.add_argument("--level", type=int, help="pyramid level to read (default: the coarsest not coarser than "
+                                             "the model's µm/px)")
+    p.add_argument("--workers", type=int, help="slide-reading processes (default: half the cores)")
+    p.add_argument("--device", default="auto")
+
+    p = cmds.add_parser("export", help="a run as a WSInfer/QuPath model folder, TorchScript or ONNX")
+    p.add_argument("run", type=Path, help="histo run or ensemble folder")
+    p.add_argument("--format", choices=["wsinfer", "torchscript", "onnx"], default="wsinfer")
+    p.add_argument("--out", type=Path, required=True, help="folder (wsinfer) or file (torchscript, onnx)")
+
     histo_cmds = cmds
     tweets = tasks.add_parser("tweets", help="disaster tweets (Kaggle NLP with Disaster Tweets)")
     cmds = tweets.add_subparsers(dest="command", required=True)
@@ -219,6 +243,17 @@ def run(args: argparse.Namespace) -> None:
             histo.predict(args.run, args.images, args.out, tta=args.tta, device=args.device, skip_bad=args.skip_bad)
         elif args.command == "ensemble":
             histo.build_ensemble(args.runs, args.out, tta=args.tta, device=args.device)
+        elif args.command == "slide":
+            from .histo import slide
+            options = dict(mpp=args.mpp, stride=args.stride, tta=args.tta, batch_size=args.batch_size,
+                           threshold=args.threshold, level=args.level, workers=args.workers)
+            if Path(args.image).is_file():
+                slide.slide(args.run, args.image, args.out, device=args.device, **options)
+            else:
+                slide.slides(args.run, args.image, args.out, device=args.device, **options)
+        elif args.command == "export":
+            from .histo import export
+            export.export(args.run, args.format, args.out)
     elif args.task == "tweets":
         from .tweets import task as tweets
         if args.command == "train":

@@ -1,0 +1,97 @@
+"""Export a histo run (or ensemble) as a standalone model: TorchScript, ONNX, or a WSInfer / QuPath model folder.
+
+The exported model takes what WSInfer's `ToTensor` gives: float RGB in [0, 1], shape (N, 3, 96, 96), at
+the run's µm per pixel, and returns one logit per patch, shape (N, 1) (probability = sigmoid(logit)).
+The run's centre crop and normalisation are inside the model, so they cannot drift from training; an
+ensemble's members are calibrated and averaged inside too (the output is then the logit of the mean
+probability). Weights are exported in fp32.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .. import engine
+from .slide import PATCH, Predictor, load_predictor
+
+FORMATS = ("wsinfer", "torchscript", "onnx")
+LOGIT_LIMIT = 13.815510557964274  # logit(1 - 1e-6): ensemble.combine clips probabilities there
+
+
+class ExportedModel(nn.Module):
+    """uint8-free, self-contained inference: [0, 1] RGB (N, 3, 96, 96) -> logits (N, 1)."""
+
+    def __init__(self, predictor: Predictor):
+        super().__init__()
+        self.models = nn.ModuleList(m.model.float().eval() for m in predictor.members)
+        self.crops = [m.crop for m in predictor.members]
+        for k, m in enumerate(predictor.members):
+            self.register_buffer(f"mean{k}", torch.tensor(m.norm[0]).view(1, 3, 1, 1))
+            self.register_buffer(f"std{k}", torch.tensor(m.norm[1]).view(1, 3, 1, 1))
+        self.calibration = predictor.calibration
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = []
+        for k, model in enumerate(self.models):
+            start = (PATCH - self.crops[k]) // 2
+            crop = x[:, :, start:start + self.crops[k], start:start + self.crops[k]]
+            logits.append(model((crop - getattr(self, f"mean{k}")) / getattr(self, f"std{k}")))
+        if self.calibration is None:
+            return logits[0].unsqueeze(1)
+        probs = [torch.sigmoid(a * z.clamp(-LOGIT_LIMIT, LOGIT_LIMIT) + b)
+                 for z, (a, b) in zip(logits, self.calibration)]
+        p = torch.stack(probs).mean(0).clamp(1e-7, 1 - 1e-7)
+        return torch.log(p / (1 - p)).unsqueeze(1)
+
+
+def export(run: Path, fmt: str, out: Path, *, log=print) -> Path:
+    """Write the run as `fmt` to `out` (a folder for wsinfer, a file otherwise); returns the model file."""
+    if fmt not in FORMATS:
+        raise ValueError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    predictor = load_predictor(Path(run), "cpu", precision="fp32")
+    module = ExportedModel(predictor).eval()
+    example = torch.rand(2, 3, PATCH, PATCH)
+    out = Path(out)
+    if fmt == "wsinfer":
+        out.mkdir(parents=True, exist_ok=True)
+        model_file = out / "model.pt"
+        _torchscript(module, example, model_file)
+        engine.write_text_atomic(out / "config.json", json.dumps(wsinfer_config(predictor), indent=2))
+        log(f"WSInfer model folder written to {out} (model.pt + config.json); run it with "
+            f"`wsinfer run --model-path {model_file} --config {out / 'config.json'} ...` or QuPath's WSInfer extension")
+        return model_file
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "torchscript":
+        _torchscript(module, example, out)
+    else:
+        _onnx(module, example, out)
+    log(f"{fmt} model written to {out}: input float RGB in [0, 1] (N, 3, {PATCH}, {PATCH}) at "
+        f"{predictor.mpp:g} µm/px, output logits (N, 1)")
+    return out
+
+
+def wsinfer_config(predictor: Predictor) -> dict:
+    """WSInfer's model configuration (spec 1.0): one output, sigmoid, class `tumor`."""
+    names = "+".join(m.name for m in predictor.members)
+    return {"spec_version": "1.0", "architecture": f"spotter-{names}", "num_classes": 1, "class_names": ["tumor"],
+            "patch_size_pixels": PATCH, "spacing_um_px": predictor.mpp,
+            "transform": [{"name": "Resize", "arguments": {"size": PATCH}}, {"name": "ToTensor"}]}
+
+
+def _torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with torch.no_grad():
+        traced = torch.jit.trace(module, example)
+    tmp = path.with_name(path.name + ".tmp")
+    traced.save(str(tmp))
+    tmp.replace(path)
+
+
+def _onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp.onnx")
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    torch.onnx.export(module, (example,), str(tmp), input_names=["image"], output_names=["logit"],
+                      dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False)
+    tmp.replace(path)

@@ -1,0 +1,434 @@
+"""Whole-slide inference: a run's tumour probability over a slide, in bounded memory.
+
+Stages: open the slide (`wsi`) -> tissue mask on a thumbnail (`tissue`) -> the grid of cells -> blocks of
+about 2048x2048 model pixels read and resampled by background workers (each opens the slide itself) ->
+patches cut from each block in memory and scored in batches of 256 by the run's own inference path ->
+probabilities averaged into a preallocated grid -> outputs (`slide_outputs`).
+
+The grid. The model sees 96x96 patches at its training resolution ("model pixels", 0.972 µm for
+Kaggle/PCam) and its label is the patch's centre 32x32. With stride s (model pixels), cell (i, j) is the
+model-pixel square [j*s, (j+1)*s) x [i*s, (i+1)*s) of the slide, and its level-0 rectangle is that square
+scaled by f = model µm/px / slide µm/px, each edge rounded from its own index, so no error accumulates
+across the slide. At s >= 32 one patch is centred on each cell and gives it its probability (s = 32: the
+cells are exactly the labelled centres). At s < 32 (a divisor of 32) each patch's labelled centre covers
+(32/s)^2 cells, and every cell is the mean of the patches that cover it (a sum grid over a count grid).
+A patch is scored only when at least half of its labelled centre lies on tissue.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import engine, ensemble
+from . import slide_outputs, wsi
+from .models import normalisation
+from .preprocess import dihedral_views, preprocess
+from .tissue import tissue_mask
+
+PATCH = 96  # model input, in model pixels
+CENTRE = 32  # the labelled centre
+KAGGLE_MPP = 0.972  # µm per pixel of Kaggle / PatchCamelyon patches (Camelyon16 at 10x)
+BLOCK = 2048  # model pixels a side read at once
+THUMBNAIL = 2048
+
+ProgressCallback = Callable[[int, int], None]
+
+
+# ---------------------------------------------------------------- the model
+# The one place that knows how a run is loaded; at merge it becomes histo.task.load_run(run, device).
+
+@dataclass
+class _Member:
+    model: torch.nn.Module
+    crop: int
+    norm: tuple
+    name: str
+    precision: str
+    mpp: float
+
+
+class Predictor:
+    """Tumour probabilities of uint8 (N, 96, 96, 3) patches: one run, or an ensemble's calibrated mean,
+    through the same preprocessing, channels_last model and precision as `histo predict`."""
+
+    def __init__(self, run: Path, members: list[_Member], calibration: list | None, device: torch.device):
+        self.run, self.members, self.calibration, self.device = Path(run), members, calibration, device
+        self.mpp = members[0].mpp
+
+    def predict_proba(self, pixels: np.ndarray, tta: bool = False) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(pixels))
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        x = x.to(self.device, non_blocking=True)
+        probs = []
+        for m in self.members:
+            inputs = preprocess(x, m.crop, norm=m.norm)
+            views = dihedral_views(inputs) if tta else [inputs]
+            with torch.inference_mode(), engine.autocast(self.device, m.precision):
+                p = torch.stack([torch.sigmoid(m.model(v).float()) for v in views]).mean(0)
+            probs.append(p.float().cpu().numpy())
+        if self.calibration is None:
+            return probs[0]
+        return ensemble.combine(probs, self.calibration).astype(np.float32)
+
+    def describe(self) -> dict:
+        return {"run": str(self.run.resolve()), "models": [m.name for m in self.members],
+                "crop": [m.crop for m in self.members], "precision": self.members[0].precision,
+                "ensemble": self.calibration is not None, "model_mpp": self.mpp, "device": str(self.device)}
+
+
+def load_predictor(run: Path, device: str = "auto", precision: str | None = None) -> Predictor:
+    """A histo run or ensemble folder as a Predictor; `precision` overrides the run's (e.g. "fp32")."""
+    from . import task
+
+    run = Path(run)
+    if ensemble.is_ensemble(run):
+        spec = ensemble.load(run, task.KIND)
+        paths, calibration = [Path(p) for p in spec["members"]], spec["calibration"]
+    else:
+        paths, calibration = [run], None
+    members = []
+    for path in paths:
+        model, histo, dev, run_precision = task.load_run(path, device)
+        mpp = getattr(histo, "mpp", None) or KAGGLE_MPP  # runs record their resolution; older ones are Kaggle's
+        members.append(_Member(model, histo.crop, normalisation(histo.model), histo.model,
+                               precision or run_precision, float(mpp)))
+    if len({m.mpp for m in members}) > 1:
+        raise ValueError(f"{run}: the ensemble's members were trained at different resolutions")
+    return Predictor(run, members, calibration, dev)
+
+
+# ---------------------------------------------------------------- the grid
+
+@dataclass(frozen=True)
+class Grid:
+    """Cells of `stride` model pixels over the slide; `scale` = level-0 pixels per model pixel."""
+
+    stride: int
+    rows: int
+    cols: int
+    scale: float
+
+    @property
+    def span(self) -> int:
+        """Cells per side covered by a patch's labelled centre (1 when the stride is 32 or more)."""
+        return max(1, CENTRE // self.stride)
+
+    @property
+    def offset(self) -> int:
+        """Model-pixel offset of patch (i, j)'s top-left corner from cell (i, j)'s."""
+        return (self.span * self.stride - PATCH) // 2
+
+    @property
+    def patch_rows(self) -> int:
+        return self.rows - self.span + 1
+
+    @property
+    def patch_cols(self) -> int:
+        return self.cols - self.span + 1
+
+    def edges(self, count: int) -> np.ndarray:
+        """Level-0 pixel edges of cells 0..count (count + 1 values), each rounded on its own."""
+        return np.round(np.arange(count + 1) * self.stride * self.scale).astype(np.int64)
+
+
+def make_grid(slide: wsi.Slide, model_mpp: float, stride: int) -> Grid:
+    if stride < 1 or (stride < CENTRE and CENTRE % stride):
+        raise ValueError(f"--stride {stride}: use 32 or more, or a divisor of 32 (16, 8)")
+    scale = model_mpp / slide.mpp
+    width, height = (d / scale for d in slide.dimensions[0])  # the slide in model pixels
+    if width < PATCH or height < PATCH:
+        raise wsi.SlideError(f"{slide.path}: {slide.dimensions[0][0]}x{slide.dimensions[0][1]} pixels at "
+                             f"{slide.mpp:g} µm/px is smaller than one {PATCH}-pixel patch at {model_mpp:g} µm/px")
+    return Grid(stride, int(np.ceil(height / stride)), int(np.ceil(width / stride)), scale)
+
+
+def cell_tissue(mask: np.ndarray, thumb_scale: float, grid: Grid) -> np.ndarray:
+    """Fraction of each cell on tissue: the mean of the thumbnail pixels whose centres fall in it, or, for
+    cells smaller than a thumbnail pixel, the mask at the cell's centre."""
+    def cell_index(n_px: int, n_cells: int) -> np.ndarray:
+        centres = (np.arange(n_px) + 0.5) * thumb_scale / grid.scale / grid.stride
+        return np.minimum(centres.astype(np.int64), n_cells - 1)
+
+    rows, cols = cell_index(mask.shape[0], grid.rows), cell_index(mask.shape[1], grid.cols)
+    flat = (rows[:, None] * grid.cols + cols[None, :]).ravel()
+    size = grid.rows * grid.cols
+    count = np.bincount(flat, minlength=size)
+    on = np.bincount(flat, weights=mask.ravel().astype(np.float64), minlength=size)
+    fraction = np.divide(on, count, out=np.zeros(size), where=count > 0).reshape(grid.rows, grid.cols)
+    empty = count.reshape(grid.rows, grid.cols) == 0
+    if empty.any():
+        ci, cj = np.nonzero(empty)
+        ty = np.minimum(((ci + 0.5) * grid.stride * grid.scale / thumb_scale).astype(np.int64), mask.shape[0] - 1)
+        tx = np.minimum(((cj + 0.5) * grid.stride * grid.scale / thumb_scale).astype(np.int64), mask.shape[1] - 1)
+        fraction[ci, cj] = mask[ty, tx]
+    return fraction
+
+
+def patches_on_tissue(fraction: np.ndarray, grid: Grid) -> np.ndarray:
+    """Boolean (patch_rows, patch_cols): at least half of the patch's labelled centre is on tissue."""
+    k = grid.span
+    windows = np.lib.stride_tricks.sliding_window_view(fraction, (k, k))
+    return windows.mean(axis=(2, 3)) >= 0.5
+
+
+# ---------------------------------------------------------------- reading, in background workers
+
+@dataclass(frozen=True)
+class Block:
+    """Patches [i0, i1) x [j0, j1) and the model-pixel region (y, x, height, width) that holds them."""
+
+    i0: int
+    i1: int
+    j0: int
+    j1: int
+    y: int
+    x: int
+    height: int
+    width: int
+
+
+def make_blocks(grid: Grid, scored: np.ndarray) -> list[Block]:
+    """Blocks of about BLOCK model pixels a side that hold at least one patch to score."""
+    n = max(1, BLOCK // grid.stride)
+    blocks = []
+    for i0 in range(0, grid.patch_rows, n):
+        for j0 in range(0, grid.patch_cols, n):
+            i1, j1 = min(i0 + n, grid.patch_rows), min(j0 + n, grid.patch_cols)
+            if scored[i0:i1, j0:j1].any():
+                s, o = grid.stride, grid.offset
+                blocks.append(Block(i0, i1, j0, j1, i0 * s + o, j0 * s + o, (i1 - i0 - 1) * s + PATCH,
+                                    (j1 - j0 - 1) * s + PATCH))
+    return blocks
+
+
+class RegionReader(torch.utils.data.Dataset):
+    """Block k -> (k, its region as uint8 (H, W, 3) at the model's resolution, error or "").
+
+    Each worker process opens the slide itself on first use. A region is read from `level` over the
+    exact span of level pixels it covers and resampled with Pillow (box filter when shrinking, which
+    averages every source pixel once; bilinear when enlarging), with fractional source edges, so
+    every block lands exactly where the grid says.
+    """
+
+    def __init__(self, path: Path, mpp: float, level: int, level_per_model: float, blocks: list[Block]):
+        self.path, self.mpp, self.level, self.q, self.blocks = path, mpp, level, level_per_model, blocks
+        self._slide: wsi.Slide | None = None
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, k: int):
+        try:
+            return k, self.read(self.blocks[k]), ""
+        except wsi.SlideError as err:
+            return k, np.zeros((0, 0, 3), np.uint8), str(err)
+
+    def read(self, b: Block) -> np.ndarray:
+        if self._slide is None:
+            self._slide = wsi.open_slide(self.path, self.mpp)
+        q = self.q
+        if abs(q - 1) < 1e-9:
+            return self._slide.read(self.level, b.x, b.y, b.width, b.height)
+        from PIL import Image
+
+        x0, y0, x1, y1 = b.x * q, b.y * q, (b.x + b.width) * q, (b.y + b.height) * q
+        left, top = int(np.floor(x0)), int(np.floor(y0))
+        right, bottom = int(np.ceil(x1)), int(np.ceil(y1))
+        pixels = self._slide.read(self.level, left, top, right - left, bottom - top)
+        image = Image.fromarray(pixels).resize((b.width, b.height), Image.BOX if q >= 1 else Image.BILINEAR,
+                                               box=(x0 - left, y0 - top, x1 - left, y1 - top))
+        return np.array(image)  # writable, as torch wants it
+
+
+# ---------------------------------------------------------------- one slide
+
+def slide(run: Path | str, image: Path | str, out: Path | str, *, mpp: float | None = None, stride: int = 32,
+          tta: bool = False, batch_size: int = 256, device: str = "auto", threshold: float = 0.5,
+          level: int | None = None, workers: int | None = None, predictor: Predictor | None = None,
+          on_progress: ProgressCallback | None = None, log=print) -> dict:
+    """Score one slide with a histo run (or ensemble) and write heatmaps, QuPath GeoJSON, WSInfer CSV and
+    `slide.json` (written last: its presence means the outputs are complete) to `out`; returns the summary.
+
+    Args:
+        mpp: µm per level-0 pixel, overriding the file's (required when the file has none).
+        stride: model pixels between patch centres (32: one cell per labelled centre; 96: 9x faster).
+        level: pyramid level to read (default: the coarsest not coarser than the model's resolution).
+        workers: reading processes (default: half the cores, at least 1; 0 reads in this process).
+        predictor: a model already loaded with `load_predictor` (a server keeps one), else `run` is loaded.
+        on_progress: called as on_progress(tiles_done, tiles_total) after each batch.
+    """
+    start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "slide.json").unlink(missing_ok=True)  # an earlier run's marker must not vouch for new files
+    predictor = predictor or load_predictor(Path(run), device)
+    source = wsi.open_slide(image, mpp)
+    try:
+        return _score_slide(predictor, source, out, stride=stride, tta=tta, batch_size=batch_size,
+                            threshold=threshold, level=level, workers=workers, on_progress=on_progress,
+                            start=start, log=log)
+    finally:
+        source.close()
+
+
+def _score_slide(predictor: Predictor, source: wsi.Slide, out: Path, *, stride: int, tta: bool,
+                 batch_size: int, threshold: float, level: int | None, workers: int | None,
+                 on_progress: ProgressCallback | None, start: float, log) -> dict:
+    model_mpp = predictor.mpp
+    grid = make_grid(source, model_mpp, stride)
+    if level is None:
+        level = wsi.pick_level(source, model_mpp)
+    elif not 0 <= level < len(source.dimensions):
+        raise ValueError(f"--level {level}: {source.path} has levels 0 to {len(source.dimensions) - 1}")
+
+    t = time.perf_counter()
+    thumb, thumb_scale = source.thumbnail(THUMBNAIL)
+    mask = tissue_mask(thumb, source.mpp * thumb_scale)
+    scored = patches_on_tissue(cell_tissue(mask, thumb_scale, grid), grid)
+    tissue_seconds = time.perf_counter() - t
+    total = int(scored.sum())
+    if total == 0:
+        raise wsi.SlideError(f"{source.path}: no tissue found (nothing stained on the thumbnail); "
+                             "is this a brightfield H&E slide?")
+    log(f"{source.path.name}: {source.dimensions[0][0]}x{source.dimensions[0][1]} px at {source.mpp:g} µm/px, "
+        f"level {level} ({source.level_mpp(level):.3g} µm/px), {total:,} tiles on tissue, stride {stride}")
+
+    t = time.perf_counter()
+    heat_sum, heat_count = _infer(predictor, source, grid, level, scored, tta=tta, batch_size=batch_size,
+                                  workers=workers, on_progress=on_progress)
+    infer_seconds = time.perf_counter() - t
+    with np.errstate(invalid="ignore"):
+        heat = (heat_sum / heat_count).astype(np.float16)  # NaN where no patch was scored
+    seconds = time.perf_counter() - start
+
+    cell_mm2 = (stride * model_mpp / 1000) ** 2
+    summary = {
+        **predictor.describe(), "file": str(Path(source.path).resolve()), "mpp": source.mpp,
+        "mpp_source": source.mpp_source, "level": level, "level_mpp": source.level_mpp(level),
+        "level0_size": list(source.dimensions[0]), "stride": stride, "tta": tta, "grid": [grid.rows, grid.cols],
+        "cell_level0_px": grid.stride * grid.scale, "tiles_scored": total,
+        "tissue_area_mm2": float(mask.sum() * (source.mpp * thumb_scale / 1000) ** 2),
+        "tumour_area_mm2": float(np.sum(heat >= threshold) * cell_mm2), "threshold": threshold,
+        "max_prob": float(np.nanmax(heat)), "seconds": seconds, "tiles_per_s": total / max(seconds, 1e-9),
+        "tissue_seconds": tissue_seconds, "read_and_infer_seconds": infer_seconds, **peak_rss_mb(),
+    }
+    slide_outputs.write_all(out, heat, grid, thumb, thumb_scale, mask, source.mpp, summary, threshold)
+    engine.write_text_atomic(out / "slide.json", json.dumps(summary, indent=2))
+    log(f"  max probability {summary['max_prob']:.3f}, tumour {summary['tumour_area_mm2']:.3f} mm² of "
+        f"{summary['tissue_area_mm2']:.2f} mm² tissue; {seconds:.1f} s ({summary['tiles_per_s']:.0f} tiles/s); "
+        f"written to {out}")
+    return summary
+
+
+def _infer(predictor: Predictor, source: wsi.Slide, grid: Grid, level: int, scored: np.ndarray, *, tta: bool,
+           batch_size: int, workers: int | None, on_progress: ProgressCallback | None) -> tuple[np.ndarray, np.ndarray]:
+    """Sum and count grids of the probabilities of every scored patch."""
+    blocks = make_blocks(grid, scored)
+    level_per_model = grid.scale / source.downsamples[level]
+    reader = RegionReader(source.path, source.mpp if source.mpp_source == "--mpp" else None, level,
+                          level_per_model, blocks)
+    if workers is None:
+        workers = max(1, (os.cpu_count() or 2) // 2)
+    if source._image is not None:  # a PNG/JPEG is held in memory already: workers would each decode it
+        workers, reader._slide = 0, source
+    loader = torch.utils.data.DataLoader(reader, batch_size=None, shuffle=False, num_workers=workers,
+                                         prefetch_factor=2 if workers else None)
+    heat_sum = np.zeros((grid.rows, grid.cols), np.float32)
+    heat_count = np.zeros((grid.rows, grid.cols), np.float32)
+    batch = np.empty((batch_size, PATCH, PATCH, 3), np.uint8)
+    where = np.empty((batch_size, 2), np.int64)
+    filled, done, total = 0, 0, int(scored.sum())
+    bar = tqdm(total=total, unit="tile", desc=source.path.name, leave=False, disable=not sys.stderr.isatty())
+
+    def flush() -> None:
+        nonlocal filled, done
+        probs = predictor.predict_proba(batch[:filled], tta=tta)
+        rows, cols = where[:filled, 0], where[:filled, 1]
+        for di in range(grid.span):
+            for dj in range(grid.span):
+                np.add.at(heat_sum, (rows + di, cols + dj), probs)
+                np.add.at(heat_count, (rows + di, cols + dj), 1)
+        done += filled
+        bar.update(filled)
+        if on_progress:
+            on_progress(done, total)
+        filled = 0
+
+    for k, region, error in loader:
+        if error:
+            raise wsi.SlideError(error)
+        region = region.numpy() if isinstance(region, torch.Tensor) else region
+        b = blocks[int(k)]
+        ii, jj = np.nonzero(scored[b.i0:b.i1, b.j0:b.j1])
+        for i, j in zip(ii.tolist(), jj.tolist()):
+            y, x = i * grid.stride, j * grid.stride
+            batch[filled] = region[y:y + PATCH, x:x + PATCH]
+            where[filled] = (b.i0 + i, b.j0 + j)
+            filled += 1
+            if filled == batch_size:
+                flush()
+    if filled:
+        flush()
+    bar.close()
+    return heat_sum, heat_count
+
+
+def peak_rss_mb() -> dict:
+    """Peak resident memory of this process and of its largest finished child (the reading workers)."""
+    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_rss_workers_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+
+# ---------------------------------------------------------------- many slides
+
+def slides(run: Path | str, images: Path | str, out: Path | str, *, device: str = "auto", log=print,
+           **options) -> list[dict]:
+    """Score every slide of a folder or glob into `out/<slide name>/`, and rank them in `out/slides.csv`.
+
+    A slide that fails is listed with its error and the others go on. Under torchrun the ranks share the
+    list (rank r takes slides r, r + world, ...) and rank 0 writes slides.csv.
+    """
+    import pandas as pd
+
+    paths = wsi.list_slides(images)
+    world = engine.join_world(device)
+    dev = engine.pick_device(device, world)
+    predictor = load_predictor(Path(run), str(dev))
+    out = Path(out)
+    rows = []
+    for path in paths[world.rank::world.size]:
+        name = path.name.split(".")[0]
+        try:
+            summary = slide(run, path, out / name, device=str(dev), predictor=predictor, log=log, **options)
+            rows.append({"slide": path.name, "status": "ok", "max_prob": summary["max_prob"],
+                         "tumour_area_mm2": summary["tumour_area_mm2"],
+                         "tissue_area_mm2": summary["tissue_area_mm2"], "tiles": summary["tiles_scored"],
+                         "seconds": summary["seconds"], "error": ""})
+        except (wsi.SlideError, OSError, ValueError) as err:
+            log(f"{path.name}: skipped: {err}")
+            rows.append({"slide": path.name, "status": "error", "error": str(err)})
+    if world.size > 1:
+        import torch.distributed as dist
+
+        gathered: list = [None] * world.size
+        dist.all_gather_object(gathered, rows)
+        rows = [row for part in gathered for row in part]
+    table = pd.DataFrame(rows, columns=["slide", "status", "max_prob", "tumour_area_mm2", "tissue_area_mm2",
+                                        "tiles", "seconds", "error"])
+    table = table.sort_values(["status", "max_prob"], ascending=[False, False], kind="stable")
+    if world.main:
+        engine.write_csv_atomic(table, out / "slides.csv")
+        failed = int((table["status"] == "error").sum())
+        log(f"{len(table) - failed} slides scored, {failed} failed; ranking in {out / 'slides.csv'}")
+    return table.to_dict("records")

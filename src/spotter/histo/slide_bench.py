@@ -1,0 +1,92 @@
+"""Benchmark stages of whole-slide inference, for `spotter bench` and bench/slide_bench.py.
+
+`stage_slide`: end-to-end tiles/s of `histo slide` on a mosaic of real patches against the same model's
+inference on in-memory uint8 batches (the ceiling: no reading, no cutting), and the tissue-mask time.
+`stage_big_slide`: peak resident memory and speed on a large synthetic slide (50k x 50k pixels at
+0.25 µm/px by default), written tile by tile and scored in a fresh process so its peak is its own.
+Without a run, an untrained ResNet is used: its speed is the trained one's.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .. import engine
+from . import mosaic, slide
+from .models import create_model, normalisation
+
+
+def bench_predictor(run: str | None, device: str) -> slide.Predictor:
+    if run:
+        return slide.load_predictor(Path(run), device)
+    dev = engine.pick_device(device)
+    model = create_model("resnet", pretrained=False).to(dev, memory_format=torch.channels_last).eval()
+    member = slide._Member(model, 80, normalisation("resnet"), "resnet (untrained)", engine.pick_precision(dev),
+                           slide.KAGGLE_MPP)
+    return slide.Predictor(Path("untrained-resnet"), [member], None, dev)
+
+
+def _patches(data: Path, n: int, seed: int = 0) -> np.ndarray:
+    ids = pd.read_csv(Path(data) / "train_labels.csv")["id"].sample(n, random_state=seed)
+    return mosaic.read_patches(Path(data) / "train", list(ids))
+
+
+def stage_slide(data: str, quick: bool, device: str, run: str | None = None, stride: int = 32) -> dict:
+    """Mosaic of 40x40 real patches (16x16 with `quick`) at 0.486 µm/px, read at level 1."""
+    side = 16 if quick else 40
+    predictor = bench_predictor(run, device)
+    patches = _patches(Path(data), side * side)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "mosaic.tif"
+        mosaic.write_mosaic(path, mosaic.mosaic_image(patches, side, side, 192))
+        summary = slide.slide(None, path, Path(tmp) / "out", stride=stride, device=device, predictor=predictor,
+                              log=lambda message: None)
+    batch = np.resize(patches, (256, *patches.shape[1:]))  # the same pixels, already in memory
+
+    def infer() -> float:
+        start = time.perf_counter()
+        predictor.predict_proba(batch)
+        return len(batch) / (time.perf_counter() - start)
+
+    infer()  # warm-up
+    ceiling = statistics.median(infer() for _ in range(3 if quick else 8))
+    read_and_infer = summary["tiles_scored"] / summary["read_and_infer_seconds"]
+    return {"slide_tiles": summary["tiles_scored"], "slide_stride": stride,
+            "slide_tiles_per_s_end_to_end": summary["tiles_per_s"],
+            "slide_tiles_per_s_read_and_infer": read_and_infer,
+            "slide_in_memory_tiles_per_s": ceiling, "slide_fraction_of_in_memory": read_and_infer / ceiling,
+            "slide_tissue_mask_s": summary["tissue_seconds"], "slide_seconds": summary["seconds"],
+            "slide_peak_rss_mb": summary["peak_rss_mb"]}
+
+
+def _score_big(path: str, out: str, run: str | None, device: str, stride: int, queue) -> None:
+    summary = slide.slide(None, path, out, stride=stride, device=device, predictor=bench_predictor(run, device))
+    queue.put(summary)
+
+
+def stage_big_slide(data: str, side: int = 50_000, device: str = "auto", run: str | None = None, stride: int = 32,
+                    folder: str | None = None) -> dict:
+    """Write a `side` x `side` synthetic slide (JPEG tiles, 30 % tissue) and score it in a fresh process."""
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        path = Path(tmp) / f"synthetic_{side}.tif"
+        start = time.perf_counter()
+        mosaic.synthetic_slide(path, _patches(Path(data), 64, seed=1), side)
+        write_seconds = time.perf_counter() - start
+        context = multiprocessing.get_context("spawn")
+        queue = context.Queue()
+        child = context.Process(target=_score_big, args=(str(path), str(Path(tmp) / "out"), run, device, stride, queue))
+        child.start()
+        summary = queue.get()
+        child.join()
+        size_mb = path.stat().st_size / 2**20
+    return {"big_side": side, "big_file_mb": size_mb, "big_write_s": write_seconds, "big_stride": stride,
+            "big_tiles": summary["tiles_scored"], "big_seconds": summary["seconds"],
+            "big_tiles_per_s": summary["tiles_per_s"], "big_tissue_mask_s": summary["tissue_seconds"],
+            "big_peak_rss_mb": summary["peak_rss_mb"], "big_peak_rss_workers_mb": summary["peak_rss_workers_mb"]}
