@@ -1,0 +1,92 @@
+"""Checking uploads before anything decodes them: type from the bytes, pixel count from the header.
+
+Patches are 96x96 RGB; a larger image is centre-cropped to its middle 96x96 (the label concerns the centre
+32x32; whole slides go to the slides endpoint), a smaller one is refused.
+"""
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+
+PATCH = 96
+
+# Magic bytes of the formats taken; anything else is refused whatever its name or declared type says.
+SIGNATURES = {b"II*\x00": "tiff", b"MM\x00*": "tiff", b"II+\x00": "tiff", b"MM\x00+": "tiff",
+              b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg"}
+
+
+class UploadError(ValueError):
+    """A refused upload: `status` is the HTTP code (413 too big, 415 wrong type, 422 unusable)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def sniff(data: bytes) -> str | None:
+    """'tiff', 'png', 'jpeg' or None, from the first bytes."""
+    for magic, kind in SIGNATURES.items():
+        if data.startswith(magic):
+            return kind
+    return None
+
+
+def open_checked(data: bytes, name: str, max_pixels: int):
+    """A Pillow image whose header has been read and checked, not yet decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise UploadError(422, f"{name}: empty file")
+    if sniff(data) is None:
+        raise UploadError(415, f"{name}: not a TIFF, PNG or JPEG image (judged by its bytes, not its name)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data))  # reads the header only
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise UploadError(422, f"{name}: damaged image header ({err})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise UploadError(413, f"{name}: {width}x{height} is {width * height:,} pixels, over this server's cap "
+                               f"of {max_pixels:,}")
+    return image
+
+
+def decode_patch(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, str | None]:
+    """(96 x 96 x 3 uint8 pixels, a note saying what was done to the image, or None)."""
+    from PIL import Image
+
+    image = open_checked(data, name, max_pixels)
+    width, height = image.size
+    if width < PATCH or height < PATCH:
+        raise UploadError(422, f"{name}: {width}x{height} is smaller than a 96x96 patch")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image.load()
+            if image.mode not in ("RGB", "RGBA", "P"):
+                raise UploadError(422, f"{name}: image mode {image.mode}; expected 8-bit RGB colour")
+            rgb = image.convert("RGB")
+    except UploadError:
+        raise
+    except Exception as err:  # Pillow's decoders raise many types on damaged data
+        raise UploadError(422, f"{name}: not a readable image ({err})") from None
+    pixels = np.asarray(rgb, dtype=np.uint8)
+    note = None
+    if (width, height) != (PATCH, PATCH):
+        top, left = (height - PATCH) // 2, (width - PATCH) // 2
+        pixels = pixels[top:top + PATCH, left:left + PATCH]
+        note = f"centre 96x96 of a {width}x{height} image"
+    if image.mode == "RGBA" or image.info.get("transparency") is not None:
+        note = (note + "; " if note else "") + "transparency ignored"
+    return np.ascontiguousarray(pixels), note
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
