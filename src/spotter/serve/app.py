@@ -292,10 +292,6 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
     async def start_slide(model: str, request: Request) -> dict:
         """Start whole-slide inference on an uploaded slide or large image; poll /api/jobs/{id}."""
         m = served(model, "histo")
-        try:
-            from ..histo.slide import slide as run_slide
-        except ImportError:
-            raise HTTPException(501, "whole-slide inference is not in this Spotter yet (spotter.histo.slide)") from None
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(415, "send the slide as multipart/form-data, field 'file'")
         form = await request.form(max_files=2, max_fields=4)
@@ -309,6 +305,10 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
             uploads.open_checked(data, upload.filename or "slide", limits.max_slide_pixels)
         except uploads.UploadError as err:
             raise HTTPException(err.status, str(err)) from None
+        try:  # the whole-slide stage is its own module (and issue); bad uploads are refused before this
+            from ..histo.slide import slide as run_slide
+        except ImportError:
+            raise HTTPException(501, "whole-slide inference is not in this Spotter yet (spotter.histo.slide)") from None
         job = Job(uuid.uuid4().hex[:16], model, jobs_root / uuid.uuid4().hex)
         job.folder.mkdir()
         image = job.folder / f"slide.{ {'jpeg': 'jpg'}.get(kind, kind) }"  # our name, never the caller's
