@@ -142,7 +142,8 @@ def model_info(name: str, task: str, run_dir: Path, predictor) -> dict:
                             **run.get("train", {})}
         info["explanation"] = {"tfidf": "exact contributions", "minilm-frozen": None, "ensemble": None}.get(
             predictor.name, "integrated gradients")
-    info["settings"].pop("data", None)  # a path on the server: not for callers
+    for private in ("data", "pack_root", "embeddings"):  # paths on the server: not for callers
+        info["settings"].pop(private, None)
     return info
 
 

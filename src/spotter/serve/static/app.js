@@ -14,7 +14,11 @@ async function api(path, options = {}) {
   if (response.status === 401) { $("token-box").hidden = false; throw new Error("an access token is needed"); }
   if (!response.ok) {
     let detail = response.statusText;
-    try { const body = await response.json(); detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail); } catch (e) { /* not JSON */ }
+    try {
+      const body = await response.json();
+      detail = Array.isArray(body.detail)  // FastAPI's validation errors: where and what
+        ? body.detail.map((d) => (d.loc || []).slice(1).join(".") + ": " + d.msg).join("; ") : String(body.detail);
+    } catch (e) { /* not JSON */ }
     throw new Error(detail + " (HTTP " + response.status + ")");
   }
   return response;
