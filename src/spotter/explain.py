@@ -80,12 +80,12 @@ def cam_intensity(cam: np.ndarray, scale: float = CAM_SCALE) -> np.ndarray:
 def overlay_png(pixels: np.ndarray, cam: np.ndarray, prob: float, *, scale: float = CAM_SCALE, size: int = 288) -> bytes:
     """The patch with its map blended in (more opaque where stronger, faded when `prob` is low) and the
     labelled centre 32x32 outlined; a PNG of `size` pixels a side."""
-    from matplotlib import colormaps
     from PIL import Image, ImageDraw
 
     intensity = cam_intensity(cam, scale)
-    colour = colormaps["inferno"](0.35 + 0.65 * intensity)[..., :3] * 255
-    alpha = (0.85 * intensity * (0.2 + 0.8 * float(prob)))[..., None]
+    colour = _colours(intensity)
+    # at most 60 % opaque, so the tissue under the strongest evidence stays visible
+    alpha = (0.6 * intensity * (0.2 + 0.8 * float(prob)))[..., None]
     blended = (pixels.astype(np.float32) * (1 - alpha) + colour * alpha).clip(0, 255).astype(np.uint8)
     image = Image.fromarray(blended).resize((size, size), Image.NEAREST)
     k = size / PATCH
@@ -96,12 +96,18 @@ def overlay_png(pixels: np.ndarray, cam: np.ndarray, prob: float, *, scale: floa
     return buffer.getvalue()
 
 
+def _colours(intensity: np.ndarray) -> np.ndarray:
+    """Yellow-green through orange to dark red: the upper half of 'turbo', apart from H&E's pinks and purples."""
+    from matplotlib import colormaps
+
+    return colormaps["turbo"](0.55 + 0.45 * intensity)[..., :3] * 255
+
+
 def colour_scale_png(width: int = 256, height: int = 14) -> bytes:
     """The legend: 0 to CAM_SCALE logits in the overlay's colours."""
-    from matplotlib import colormaps
     from PIL import Image
 
-    ramp = colormaps["inferno"](0.35 + 0.65 * np.linspace(0, 1, width))[:, :3] * 255
+    ramp = _colours(np.linspace(0, 1, width))
     image = Image.fromarray(np.repeat(ramp[None].astype(np.uint8), height, 0))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

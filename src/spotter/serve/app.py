@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
+import importlib.util
 import json
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
-from .. import engine, explain
+from .. import explain
 from . import runs, uploads
 from .batcher import Batcher
 
@@ -173,17 +174,18 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
     jobs: dict[str, Job] = {}
     jobs_root = Path(tempfile.mkdtemp(prefix="spotter-serve-"))
 
-    app = FastAPI(title="Spotter", version="0.1.0",
-                  description="Tumour in histopathology patches and disaster tweets: predictions with explanations.")
-    app.state.models, app.state.jobs, app.state.limits = models, jobs, limits
-
-    @app.on_event("shutdown")
-    def _close() -> None:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
         for served in models.values():
             served.batcher.close()
         for pool in (inference, explaining, slides):
             pool.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(jobs_root, ignore_errors=True)
+
+    app = FastAPI(title="Spotter", version="0.1.0", lifespan=lifespan,
+                  description="Tumour in histopathology patches and disaster tweets: predictions with explanations.")
+    app.state.models, app.state.jobs, app.state.limits = models, jobs, limits
 
     def authorised(request: Request) -> None:
         if token is None:
@@ -209,6 +211,7 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
     @api.get("/api/models")
     async def list_models() -> dict:
         return {"models": [m.info for m in models.values()], "cam_scale_logits": explain.CAM_SCALE,
+                "slides": importlib.util.find_spec("spotter.histo.slide") is not None,
                 "limits": {k: getattr(limits, k) for k in ("max_upload_mb", "max_files", "max_texts",
                                                            "max_text_chars")}}
 
@@ -262,6 +265,7 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
             for r, px, cam, p in zip(results, pixels, cams, probs):
                 r["explanation"] = {
                     "method": "Grad-CAM, last convolutional stage, logit units",
+                    "crop": getattr(getattr(m.predictor, "settings", None), "crop", None),
                     "overlay_png": base64.b64encode(explain.overlay_png(px, cam, float(p))).decode(),
                     "max_logit": float(cam.max()),
                     "centre_share": float(cam[32:64, 32:64].sum() / max(cam.sum(), 1e-12))}

@@ -38,7 +38,8 @@ function score(m) {
 async function loadModels() {
   try {
     const body = await (await api("/api/models")).json();
-    state.models = body.models; state.camScale = body.cam_scale_logits;
+    state.models = body.models; state.camScale = body.cam_scale_logits; state.slides = body.slides;
+    $("slide-missing").hidden = body.slides; $("slide-run").disabled = !body.slides;
     $("legend-top").textContent = state.camScale + " logits";
     $("token-box").hidden = true; showError(null); fillPicker();
   } catch (err) { showError(err); }
@@ -70,7 +71,7 @@ function describeModel() {
 }
 
 function selectTab(name) {
-  state.tab = name;
+  state.tab = name; showError(null);
   for (const t of ["patches", "slide", "tweets"]) {
     const tab = $("tab-" + t), on = t === name;
     tab.setAttribute("aria-selected", on); tab.tabIndex = on ? 0 : -1; $("panel-" + t).hidden = !on;
@@ -174,7 +175,8 @@ async function showDetail(e) {
   if (state.selected !== e) return;
   $("detail-img").src = "data:image/png;base64," + e.overlay.overlay_png;
   $("detail-img").alt = "Grad-CAM overlay of " + e.name;
-  $("detail-text").textContent = `${pct(e.probability)} tumour (threshold ${e.threshold}) · strongest location ${e.overlay.max_logit.toFixed(2)} logits · ${pct(e.overlay.centre_share)} of the map in the centre square` + (e.note ? " · " + e.note : "");
+  $("detail-text").textContent = `${pct(e.probability)} tumour (threshold ${e.threshold}) · strongest location ${e.overlay.max_logit.toFixed(2)} logits · ${pct(e.overlay.centre_share)} of the map in the centre square`
+    + (e.overlay.crop && e.overlay.crop < 96 ? ` · the model sees the centre ${e.overlay.crop}x${e.overlay.crop}` : "") + (e.note ? " · " + e.note : "");
 }
 
 const drop = $("drop");
