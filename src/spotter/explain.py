@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import re
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -152,7 +153,9 @@ def mean_explanations(parts: list[dict]) -> dict:
 def _ig(forward, layers, inputs: tuple, baselines: tuple, extra: tuple, steps: int):
     from captum.attr import LayerIntegratedGradients
 
-    ig = LayerIntegratedGradients(forward, layers if len(layers) > 1 else layers[0])
+    with warnings.catch_warnings():  # "several layers": the word and keyword embeddings are independent
+        warnings.simplefilter("ignore", UserWarning)
+        ig = LayerIntegratedGradients(forward, layers if len(layers) > 1 else layers[0])
     # cuDNN's RNN has no backward pass in eval mode; the plain kernels give the same numbers.
     with torch.backends.cudnn.flags(enabled=False):
         attributions = ig.attribute(inputs, baselines=baselines, additional_forward_args=extra, n_steps=steps,

@@ -179,9 +179,7 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
         yield
         for served in models.values():
             served.batcher.close()
-        for pool in (inference, explaining, slides):
-            pool.shutdown(wait=False, cancel_futures=True)
-        shutil.rmtree(jobs_root, ignore_errors=True)
+        shutil.rmtree(jobs_root, ignore_errors=True)  # the slides' uploads and outputs
 
     app = FastAPI(title="Spotter", version="0.1.0", lifespan=lifespan,
                   description="Tumour in histopathology patches and disaster tweets: predictions with explanations.")
@@ -242,9 +240,12 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
             "thumbnail": {"type": "boolean"}}}}}}})
     async def predict_patches(model: str, request: Request) -> dict:
         """Probability of tumour in the centre 32x32 of each patch (96x96; larger images: their centre 96x96)."""
+        return await patches(model, request)
+
+    async def patches(model: str, request: Request, always_explain: bool = False) -> dict:
         m = served(model, "histo")
         files, fields = await read_patches(request)
-        tta, want_cam = flag("tta", request, fields), flag("explain", request, fields)
+        tta, want_cam = flag("tta", request, fields), always_explain or flag("explain", request, fields)
         thumbnails = flag("thumbnail", request, fields)
         decoded = []
         for name, data in files:
@@ -315,7 +316,7 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
         except ImportError:
             raise HTTPException(501, "whole-slide inference is not in this Spotter yet (spotter.histo.slide)") from None
         job = Job(uuid.uuid4().hex[:16], model, jobs_root / uuid.uuid4().hex)
-        job.folder.mkdir()
+        job.folder.mkdir(parents=True)
         image = job.folder / f"slide.{ {'jpeg': 'jpg'}.get(kind, kind) }"  # our name, never the caller's
         image.write_bytes(data)
         jobs[job.id] = job
@@ -372,9 +373,7 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
             except (ValueError, TypeError) as err:
                 raise HTTPException(422, f"expected {{\"texts\": [...]}}: {str(err)[:300]}") from None
             return await predict_tweets(model, body)
-        if explain_it:
-            request.scope["query_string"] = b"explain=true"
-        return await predict_patches(model, request)
+        return await patches(model, request, explain_it)
 
     @api.post("/predictions/{model}")
     async def predictions(model: str, request: Request) -> dict:

@@ -31,15 +31,18 @@ class Batcher:
     def __init__(self, run: Callable[[Any, Hashable], np.ndarray], executor: Executor, *, max_batch: int = 256,
                  max_wait: float = 0.002):
         self.run, self.executor, self.max_batch, self.max_wait = run, executor, max_batch, max_wait
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.queue: asyncio.Queue[_Request] | None = None
         self.worker: asyncio.Task | None = None
         self.batches = 0  # how many forward passes served how many requests: the test of batching
         self.requests = 0
 
     async def submit(self, items: Any, key: Hashable = None) -> np.ndarray:
-        if self.queue is None:  # created on the serving loop, not at import
-            self.queue = asyncio.Queue()
-            self.worker = asyncio.get_running_loop().create_task(self._work())
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # created on the serving loop (a new one after a restart or in tests)
+            self.close()
+            self.loop, self.queue = loop, asyncio.Queue()
+            self.worker = loop.create_task(self._work())
         request = _Request(items, key, asyncio.get_running_loop().create_future())
         await self.queue.put(request)
         return await request.future
@@ -88,8 +91,9 @@ class Batcher:
                     start += len(r)
 
     def close(self) -> None:
-        if self.worker is not None:
+        if self.worker is not None and not self.worker.done() and not self.loop.is_closed():
             self.worker.cancel()
+        self.loop = self.queue = self.worker = None
 
 
 def _concat(parts: list[Any]) -> Any:

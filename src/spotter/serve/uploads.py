@@ -45,6 +45,8 @@ def open_checked(data: bytes, name: str, max_pixels: int):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as err:  # Pillow's own, looser cap, also from the header
+        raise UploadError(413, f"{name}: {err} Over this server's cap of {max_pixels:,} pixels.") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise UploadError(422, f"{name}: damaged image header ({err})") from None
     width, height = image.size
