@@ -31,7 +31,7 @@ def test_grad_cam_finds_pasted_tumour_and_stays_quiet_on_normal_tissue(histo):
 
     # Confident normal patches: near zero on the absolute scale.
     normal_maps = predictor.grad_cam(pixels[normals])
-    assert explain.cam_intensity(normal_maps).mean() < 0.05, explain.cam_intensity(normal_maps).mean(axis=(1, 2))
+    assert normal_maps.mean() < 0.2, normal_maps.mean(axis=(1, 2))  # logits: 2.5 % of the colour scale
 
     # The centre 48x48 of a confident tumour patch pasted into a confident normal one.
     a, b = 24, 72
