@@ -44,7 +44,7 @@ def histo_data(factory) -> Path:
 
 
 def histo_run(factory) -> Path:
-    """A ResNet trained on `histo_data` long enough to tell tumour from normal (validation AUC about 0.9)."""
+    """A ResNet trained on `histo_data` long enough to tell tumour from normal (validation AUC about 0.87)."""
     root = _root(factory)
     data = histo_data(factory)
     _cached(root)
@@ -79,3 +79,9 @@ def tweets_run(factory, model: str) -> Path:
 def need_shared_data() -> None:
     if not conftest.HISTO.exists() or not conftest.TWEETS.exists():
         pytest.skip(f"shared data not found at {conftest.SHARED}")
+
+
+def tweets_ensemble(factory) -> Path:
+    """The calibrated average of the bigru and tfidf runs."""
+    members = [tweets_run(factory, "bigru"), tweets_run(factory, "tfidf")]
+    return _once(_root(factory) / "both", lambda out: main(["tweets", "ensemble", *members, "--out", out]))

@@ -21,7 +21,7 @@ from spotter.serve import app as serve_app
 def served_runs(tmp_path_factory):
     serve_runs.need_shared_data()
     return {"cnn": serve_runs.histo_run(tmp_path_factory), "rnn": serve_runs.tweets_run(tmp_path_factory, "bigru"),
-            "tfidf": serve_runs.tweets_run(tmp_path_factory, "tfidf")}
+            "tfidf": serve_runs.tweets_run(tmp_path_factory, "tfidf"), "both": serve_runs.tweets_ensemble(tmp_path_factory)}
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +47,7 @@ def png_bytes(pixels):
 
 
 def test_health_and_models(client):
-    assert client.get("/api/health").json() == {"status": "ok", "models": ["cnn", "rnn", "tfidf"]}
+    assert client.get("/api/health").json() == {"status": "ok", "models": ["cnn", "rnn", "tfidf", "both"]}
     assert client.get("/ping").json() == {"status": "Healthy"}
     models = {m["name"]: m for m in client.get("/api/models").json()["models"]}
     assert models["cnn"]["task"] == "histo" and models["cnn"]["kind"] == "resnet"
@@ -57,6 +57,7 @@ def test_health_and_models(client):
         assert models[name]["task"] == "tweets" and models[name]["kind"] == kind
         assert 0 < models[name]["threshold"] < 1 and 0 < models[name]["validation"]["f1"] <= 1
     assert models["tfidf"]["explanation"] == "exact contributions"
+    assert models["both"]["ensemble"] and models["both"]["members"] == ["rnn", "tfidf"] and models["both"]["explanation"] is None
 
 
 @pytest.mark.parametrize("tta", [False, True])
@@ -75,7 +76,7 @@ def test_histo_probabilities_equal_the_cli(client, served_runs, tmp_path_factory
     assert all(r["label"] == int(r["probability"] >= 0.5) for r in body["results"])
 
 
-@pytest.mark.parametrize("model", ["rnn", "tfidf"])
+@pytest.mark.parametrize("model", ["rnn", "tfidf", "both"])
 def test_tweets_probabilities_equal_the_cli(client, served_runs, tmp_path_factory, tmp_path, model):
     csv = serve_runs.tweets_data(tmp_path_factory) / "test.csv"
     out = tmp_path / "sub.csv"
@@ -115,6 +116,8 @@ def test_tweets_explanations_follow_the_original_words(client):
             # TF-IDF is exact; integrated gradients with 32 steps is close
             assert abs(total - gap) < (1e-6 if model == "tfidf" else 0.05 * abs(gap) + 0.02), (model, total, gap)
         assert body["results"][1]["explanation"]["keyword"] is None
+    refused = client.post("/api/tweets/both/predict", json={"texts": texts, "explain": True})
+    assert refused.status_code == 422 and "explain one of its members" in refused.json()["detail"]
 
 
 def test_concurrent_requests_share_batches_and_get_their_own_answers(application, tmp_path_factory):
