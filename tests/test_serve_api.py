@@ -255,3 +255,29 @@ def test_slides_endpoint(client, tmp_path_factory):
     assert "overlay.png" in status["files"]
     overlay = client.get(status["files"]["overlay.png"])
     assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
+
+
+def tiff_header(width, height):
+    """The start of a TIFF whose first directory says width x height (LONG values), as a slide's would."""
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (262, 3, 1, 2)]
+    return (b"II*\x00" + struct.pack("<IH", 8, len(entries))
+            + b"".join(struct.pack("<HHII", *e) for e in entries) + struct.pack("<I", 0))
+
+
+def test_slide_size_is_read_from_the_header(client):
+    """A slide bigger than Pillow's own bomb limit is taken (its size comes from the header); one over the
+    server's cap is refused before anything is decoded."""
+    from spotter.serve import uploads
+    data = tiff_header(12000, 20000)  # 240 M pixels: over Pillow's limit, under the server's
+    assert uploads.header_size(data) == (12000, 20000)
+    assert uploads.check_slide(data, "big.tif", 2_000_000_000) == "tiff"
+    with pytest.raises(uploads.UploadError, match="240,000,000 pixels"):
+        uploads.check_slide(data, "big.tif", 100_000_000)
+    assert uploads.header_size(huge_png_header(70000, 50000)) == (70000, 50000)
+    response = client.post("/api/histo/cnn/slides", files={"file": ("bomb.png", huge_png_header(70000, 50000))})
+    assert response.status_code == 413 and "3,500,000,000 pixels" in response.json()["detail"]
+    # a real slide-sized TIFF written by tifffile has the same header fields
+    import tifffile
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((300, 500, 3), np.uint8), photometric="rgb", tile=(256, 256))
+    assert uploads.header_size(buffer.getvalue()) == (500, 300)

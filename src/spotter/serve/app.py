@@ -306,9 +306,8 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
             raise HTTPException(422, "no file: send the slide in the multipart field 'file'")
         data = await upload.read()
         await form.close()
-        kind = uploads.sniff(data)
         try:
-            uploads.open_checked(data, upload.filename or "slide", limits.max_slide_pixels)
+            kind = uploads.check_slide(data, upload.filename or "slide", limits.max_slide_pixels)
         except uploads.UploadError as err:
             raise HTTPException(err.status, str(err)) from None
         try:  # the whole-slide stage is its own module (and issue); bad uploads are refused before this

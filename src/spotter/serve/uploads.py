@@ -6,6 +6,7 @@ Patches are 96x96 RGB; a larger image is centre-cropped to its middle 96x96 (the
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -31,6 +32,41 @@ def sniff(data: bytes) -> str | None:
         if data.startswith(magic):
             return kind
     return None
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read straight from a TIFF's first directory or a PNG's IHDR; None if not found there.
+    Used for slides, which are far larger than Pillow's own decompression-bomb limit allows it to open."""
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        order = "<" if data[:2] == b"II" else ">"
+        try:
+            (ifd,) = struct.unpack_from(order + "I", data, 4)
+            (count,) = struct.unpack_from(order + "H", data, ifd)
+            size = {}
+            for i in range(count):
+                tag, typ, _, raw = struct.unpack_from(order + "HHI4s", data, ifd + 2 + 12 * i)
+                if tag in (256, 257) and typ in (3, 4):
+                    size[tag] = struct.unpack_from(order + ("H" if typ == 3 else "I"), raw)[0]
+            return (size[256], size[257]) if len(size) == 2 else None
+        except struct.error:
+            return None
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+        return struct.unpack(">II", data[16:24])
+    return None
+
+
+def check_slide(data: bytes, name: str, max_pixels: int) -> str:
+    """The slide's type, after checking its bytes and its size (from the header, nothing decoded)."""
+    kind = sniff(data)
+    if kind is None:
+        raise UploadError(415, f"{name}: not a TIFF, PNG or JPEG image (judged by its bytes, not its name)")
+    size = header_size(data)
+    if size is None:
+        open_checked(data, name, max_pixels)  # JPEG, BigTIFF: Pillow reads the header
+    elif size[0] * size[1] > max_pixels:
+        raise UploadError(413, f"{name}: {size[0]}x{size[1]} is {size[0] * size[1]:,} pixels, over this server's "
+                               f"cap of {max_pixels:,}")
+    return kind
 
 
 def open_checked(data: bytes, name: str, max_pixels: int):
