@@ -238,7 +238,8 @@ def test_slides_endpoint(client, tmp_path_factory):
     mosaic = np.concatenate([np.concatenate(pixels[r * 4:(r + 1) * 4], 1) for r in range(4)], 0)
     buffer = io.BytesIO()
     Image.fromarray(mosaic).save(buffer, format="TIFF")
-    response = client.post("/api/histo/cnn/slides", files={"file": ("slide.tif", buffer.getvalue())})
+    response = client.post("/api/histo/cnn/slides", files={"file": ("slide.tif", buffer.getvalue())},
+                           data={"mpp": "0.972", "stride": "96"})  # Kaggle's patches: 0.972 µm per pixel
     try:
         import spotter.histo.slide  # noqa: F401
     except ImportError:

@@ -121,6 +121,8 @@ def test_slide_tab(server, page, artefacts, tmp_path_factory, tmp_path):
     except ImportError:  # the tab says so and does not offer to run
         assert page.locator("#slide-missing").is_visible() and page.locator("#slide-run").is_disabled()
     else:
+        page.fill("#slide-mpp", "0.972")  # Kaggle's patches: 0.972 µm per pixel
+        page.select_option("#slide-stride", "96")
         page.locator("#slide-run").click()
         page.wait_for_function("document.getElementById('slide-img').complete && "
                                "document.getElementById('slide-img').naturalWidth > 0", timeout=WAIT)

@@ -38,7 +38,8 @@ from . import runs, uploads
 from .batcher import Batcher
 
 STATIC = Path(__file__).parent / "static"
-SLIDE_OUTPUTS = ("overlay.png", "tiles.geojson", "regions.geojson", "tiles.csv", "slide.json")
+SLIDE_OUTPUTS = ("overlay.png", "heatmap.png", "tissue.png", "tiles.geojson", "regions.geojson", "tiles.csv",
+                 "slide.json")
 
 
 @dataclass
@@ -294,7 +295,9 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
 
     @api.post("/api/histo/{model}/slides", status_code=202, openapi_extra={"requestBody": {"content": {
         "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "file": {"type": "string", "format": "binary"}}}}}}})
+            "file": {"type": "string", "format": "binary"},
+            "mpp": {"type": "number", "description": "µm per pixel, when the file does not say"},
+            "stride": {"type": "integer", "description": "model pixels between patch centres (32 or 96)"}}}}}}})
     async def start_slide(model: str, request: Request) -> dict:
         """Start whole-slide inference on an uploaded slide or large image; poll /api/jobs/{id}."""
         m = served(model, "histo")
@@ -304,6 +307,14 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
             raise HTTPException(422, "no file: send the slide in the multipart field 'file'")
+        options = {}  # passed on only when given: the slide stage has its own defaults
+        for key, kind_of in (("mpp", float), ("stride", int)):
+            value = form.get(key)
+            if isinstance(value, str) and value.strip():
+                try:
+                    options[key] = kind_of(value)
+                except ValueError:
+                    raise HTTPException(422, f"{key} must be a number, got {value[:20]!r}") from None
         data = await upload.read()
         await form.close()
         try:
@@ -330,7 +341,7 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
         def work() -> None:
             job.status = "running"
             try:
-                job.summary = run_slide(m.run_dir, image, job.folder / "out", on_progress=progress)
+                job.summary = run_slide(m.run_dir, image, job.folder / "out", on_progress=progress, **options)
                 job.status, job.progress = "done", 1.0
             except Exception as err:  # noqa: BLE001 - reported through the job
                 job.status, job.message = "failed", str(err)[:500]

@@ -189,9 +189,7 @@ $("patch-clear").addEventListener("click", () => { state.patches = []; state.sel
 
 // ------------------------------------------------------------------ slide
 let zoom = 1;
-function applyZoom() { $("slide-img").style.transform = `scale(${zoom})`; const img = $("slide-img");
-  img.parentElement.style.setProperty("--w", img.naturalWidth * zoom + "px"); img.style.marginRight = (zoom - 1) * img.naturalWidth + "px";
-  img.style.marginBottom = (zoom - 1) * img.naturalHeight + "px"; }
+function applyZoom() { const img = $("slide-img"); img.style.width = Math.round(img.naturalWidth * zoom) + "px"; }
 $("zoom-in").addEventListener("click", () => { zoom = Math.min(zoom * 1.5, 16); applyZoom(); });
 $("zoom-out").addEventListener("click", () => { zoom = Math.max(zoom / 1.5, 0.05); applyZoom(); });
 $("zoom-fit").addEventListener("click", () => { const img = $("slide-img"); zoom = Math.min(1, $("slide-view").clientWidth / img.naturalWidth); applyZoom(); });
@@ -203,6 +201,8 @@ $("slide-form").addEventListener("submit", async (e) => {
   if (!file || !m) { showError(!file ? "choose a slide file first" : "load a histology model first"); return; }
   showError(null); $("slide-result").hidden = true;
   const form = new FormData(); form.append("file", file, file.name);
+  if ($("slide-mpp").value) form.append("mpp", $("slide-mpp").value);
+  if ($("slide-stride").value) form.append("stride", $("slide-stride").value);
   try {
     const job = await (await api("/api/histo/" + encodeURIComponent(m.name) + "/slides", { method: "POST", body: form })).json();
     $("slide-progress").hidden = false;
