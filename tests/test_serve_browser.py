@@ -53,11 +53,17 @@ def page():
         assert not errors, errors
 
 
+def open_page(page, server):
+    """The page with its models loaded (each test can run alone)."""
+    if not page.url.startswith(server.url):
+        page.goto(server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0", timeout=WAIT)
+
+
 def test_patches_tab(server, page, artefacts, tmp_path_factory):
     data = serve_runs.histo_data(tmp_path_factory)
     files = sorted((data / "train").glob("*.tif"))[:10] + sorted((data / "test").glob("*.tif"))[:4]
-    page.goto(server.url + "/")
-    page.wait_for_function("document.querySelectorAll('#model option').length > 0", timeout=WAIT)
+    open_page(page, server)
     assert "cnn" in page.locator("#model").input_value()
     assert "AUC" in page.locator("#model option").first.inner_text()
     page.set_input_files("#patch-files", [str(f) for f in files])
@@ -92,6 +98,7 @@ def test_tweets_tab(server, page, artefacts):
               "I love fruits",
               "Summer is lovely http://t.co/abc",
               "Earthquake hits the coast, buildings collapsed and people are trapped"]
+    open_page(page, server)
     page.locator("#tab-tweets").click()
     page.wait_for_function("document.getElementById('model').value === 'rnn'", timeout=WAIT)
     page.fill("#tweet-text", "\n".join(tweets))
@@ -114,6 +121,7 @@ def test_slide_tab(server, page, artefacts, tmp_path_factory, tmp_path):
     pixels = [np.asarray(Image.open(p)) for p in sorted((data / "train").glob("*.tif"))[:16]]
     mosaic = tmp_path / "mosaic.tif"
     Image.fromarray(np.concatenate([np.concatenate(pixels[r * 4:(r + 1) * 4], 1) for r in range(4)], 0)).save(mosaic)
+    open_page(page, server)
     page.locator("#tab-slide").click()
     page.set_input_files("#slide-file", str(mosaic))
     try:
@@ -131,6 +139,7 @@ def test_slide_tab(server, page, artefacts, tmp_path_factory, tmp_path):
 
 
 def test_keyboard_and_narrow_window(server, page, artefacts):
+    open_page(page, server)
     page.locator("#tab-slide").focus()
     page.keyboard.press("ArrowLeft")
     assert page.locator("#tab-patches").get_attribute("aria-selected") == "true"

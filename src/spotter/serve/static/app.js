@@ -192,7 +192,10 @@ let zoom = 1;
 function applyZoom() { const img = $("slide-img"); img.style.width = Math.round(img.naturalWidth * zoom) + "px"; }
 $("zoom-in").addEventListener("click", () => { zoom = Math.min(zoom * 1.5, 16); applyZoom(); });
 $("zoom-out").addEventListener("click", () => { zoom = Math.max(zoom / 1.5, 0.05); applyZoom(); });
-$("zoom-fit").addEventListener("click", () => { const img = $("slide-img"); zoom = Math.min(1, $("slide-view").clientWidth / img.naturalWidth); applyZoom(); });
+$("zoom-fit").addEventListener("click", () => {
+  const img = $("slide-img"), view = $("slide-view");
+  zoom = Math.min(1, view.clientWidth / img.naturalWidth, (window.innerHeight * 0.7) / img.naturalHeight); applyZoom();
+});
 $("slide-view").addEventListener("keydown", (e) => { if (e.key === "+") $("zoom-in").click(); if (e.key === "-") $("zoom-out").click(); });
 
 $("slide-form").addEventListener("submit", async (e) => {
@@ -234,8 +237,11 @@ async function showSlide(s) {
     img.onload = () => { $("slide-result").hidden = false; $("zoom-fit").click(); };
     img.src = URL.createObjectURL(blob);
   }
-  const t = s.summary || {};
-  $("slide-status").textContent = "done in " + s.seconds + " s" + (t.tiles ? " · " + t.tiles + " tiles" : "");
+  const t = s.summary || {}, parts = ["done in " + s.seconds + " s"];
+  if (t.tiles_scored !== undefined) parts.push(t.tiles_scored + " patches scored");
+  if (t.max_prob !== undefined) parts.push("highest probability " + pct(t.max_prob));
+  if (t.tumour_area_mm2 !== undefined) parts.push(t.tumour_area_mm2.toFixed(2) + " mm² above the threshold");
+  $("slide-status").textContent = parts.join(" · ");
 }
 
 // ------------------------------------------------------------------ tweets
