@@ -57,6 +57,10 @@ def test_health_and_models(client):
         assert models[name]["task"] == "tweets" and models[name]["kind"] == kind
         assert 0 < models[name]["threshold"] < 1 and 0 < models[name]["validation"]["f1"] <= 1
     assert models["tfidf"]["explanation"] == "exact contributions"
+    docs = client.get("/docs").text  # Swagger UI from the package, not a CDN
+    assert "/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert "/api/histo/{model}/predict" in client.get("/openapi.json").json()["paths"]
     assert models["both"]["ensemble"] and models["both"]["members"] == ["rnn", "tfidf"] and models["both"]["explanation"] is None
 
 
@@ -116,6 +120,9 @@ def test_tweets_explanations_follow_the_original_words(client):
             # TF-IDF is exact; integrated gradients with 32 steps is close
             assert abs(total - gap) < (1e-6 if model == "tfidf" else 0.05 * abs(gap) + 0.02), (model, total, gap)
         assert body["results"][1]["explanation"]["keyword"] is None
+    plain = client.post("/api/tweets/tfidf/predict", json={"texts": texts}).json()["results"]
+    same = client.post("/predictions/tfidf", json={"texts": texts}).json()["results"]  # TorchServe's name
+    assert [r["probability"] for r in same] == [r["probability"] for r in plain]
     refused = client.post("/api/tweets/both/predict", json={"texts": texts, "explain": True})
     assert refused.status_code == 422 and "explain one of its members" in refused.json()["detail"]
 

@@ -182,7 +182,7 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
             served.batcher.close()
         shutil.rmtree(jobs_root, ignore_errors=True)  # the slides' uploads and outputs
 
-    app = FastAPI(title="Spotter", version="0.1.0", lifespan=lifespan,
+    app = FastAPI(title="Spotter", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Tumour in histopathology patches and disaster tweets: predictions with explanations.")
     app.state.models, app.state.jobs, app.state.limits = models, jobs, limits
 
@@ -406,6 +406,19 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
         return Response(explain.colour_scale_png(), media_type="image/png")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    # The API docs with Swagger UI from a package, not a CDN: they work offline too.
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Spotter API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception) -> JSONResponse:
