@@ -1,9 +1,15 @@
 """Loading runs for serving: `load_run(run_dir, device)` for each task, and `load_model` that tells them apart.
 
 STAND-IN until load_run lands: the `reshape` branch adds `spotter.tweets.task.load_run` and
-`spotter.histo.task.load_run` (same names and methods as here); at merge these two functions are replaced by
-those, and `load_model` below stays. Built on today's task functions so that probabilities equal
-`spotter histo predict` / `spotter tweets predict` on the same inputs.
+`spotter.histo.task.load_run`; at merge `load_histo_run` / `load_tweets_run` here are replaced by those, and
+`load_model` below stays. What the server uses of a predictor:
+  both:    .threshold, .name (the model kind shown, e.g. "resnet", "bigru", "ensemble")
+  histo:   .predict_proba(uint8 N x 96 x 96 x 3, tta=False) and .grad_cam(pixels) -> (N, 96, 96) logit-unit maps
+           (explain.patch_cam(model, inputs, crop)); .settings.crop is shown when present
+  tweets:  .predict_proba(texts, keywords=None) and .explain(texts, keywords) -> one dict per text
+           (explain.rnn_attributions / minilm_attributions / tfidf_contributions, averaged by
+           explain.mean_explanations; raises explain.NotExplainable where there are none)
+Built on today's task functions so that probabilities equal `spotter histo predict` / `spotter tweets predict`.
 """
 from __future__ import annotations
 
