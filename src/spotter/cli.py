@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spotter", description="Train, evaluate and serve two binary detectors: "
                                      "tumour in histopathology patches (CNN) and disaster tweets (RNN).",
                                      epilog=EPILOG)
-    tasks = parser.add_subparsers(dest="task", required=True, metavar="{histo,tweets,demo,bench}")
+    tasks = parser.add_subparsers(dest="task", required=True, metavar="{histo,tweets,serve,demo,bench}")
 
     histo = tasks.add_parser("histo", help="histopathologic cancer detection (Kaggle / PatchCamelyon patches)")
     cmds = histo.add_subparsers(dest="command", required=True)
@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="folder (wsinfer) or file (torchscript, onnx)")
 
     histo_cmds = cmds
+    p = cmds.add_parser("explain", help="Grad-CAM overlays (PNG) and a CSV for a folder of patches")
+    p.add_argument("run", type=Path)
+    p.add_argument("--images", type=Path, required=True, help="folder of patches (.tif, .png, .jpg)")
+    p.add_argument("--out", type=Path, required=True, help="folder for <id>.png overlays and explanations.csv")
+    p.add_argument("--device", default="auto")
+
     tweets = tasks.add_parser("tweets", help="disaster tweets (Kaggle NLP with Disaster Tweets)")
     cmds = tweets.add_subparsers(dest="command", required=True)
     p = cmds.add_parser("train", help="train a tweet classifier; writes folds, summary.json and plots to --out")
@@ -149,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="ensemble run folder")
 
     _add_report_commands(histo_cmds, cmds)
+    p = tasks.add_parser("serve", help="serve runs through a JSON API and a web page, with explanations")
+    p.add_argument("runs", type=Path, nargs="+", help="run or ensemble folders (each is named by its folder)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (non-loopback needs --token)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every /api call")
+    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest request body accepted")
+    p.add_argument("--device", default="auto")
 
     p = tasks.add_parser("bench", help="measure every stage's throughput; prints a table, writes JSON")
     p.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
@@ -254,6 +267,9 @@ def run(args: argparse.Namespace) -> None:
         elif args.command == "export":
             from .histo import export
             export.export(args.run, args.format, args.out)
+        elif args.command == "explain":
+            from . import explain
+            explain.explain_folder(args.run, args.images, args.out, device=args.device)
     elif args.task == "tweets":
         from .tweets import task as tweets
         if args.command == "train":
@@ -272,6 +288,10 @@ def run(args: argparse.Namespace) -> None:
             tweets.predict(args.run, args.csv, args.out, proba=args.proba, device=args.device, skip_bad=args.skip_bad)
         elif args.command == "ensemble":
             tweets.build_ensemble(args.runs, args.out)
+    elif args.task == "serve":
+        from .serve import app
+        app.serve(args.runs, host=args.host, port=args.port, token=args.token, device=args.device,
+                  limits=app.Limits(max_upload_mb=args.max_upload_mb))
     elif args.task == "bench":
         from . import bench
         bench.run(args.histo_data, args.tweets_data, quick=args.quick, device=args.device, out=args.out,

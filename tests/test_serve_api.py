@@ -1,0 +1,291 @@
+"""`spotter serve`'s JSON API, in process (httpx through the ASGI app), on real runs and real Kaggle data."""
+import asyncio
+import io
+import json
+import struct
+import zlib
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+import serve_runs
+from spotter.cli import main
+from spotter.serve import app as serve_app
+
+
+@pytest.fixture(scope="session")
+def served_runs(tmp_path_factory):
+    serve_runs.need_shared_data()
+    return {"cnn": serve_runs.histo_run(tmp_path_factory), "rnn": serve_runs.tweets_run(tmp_path_factory, "bigru"),
+            "tfidf": serve_runs.tweets_run(tmp_path_factory, "tfidf"), "both": serve_runs.tweets_ensemble(tmp_path_factory)}
+
+
+@pytest.fixture(scope="session")
+def application(served_runs):
+    return serve_app.create_app(list(served_runs.values()), device="cpu", log=lambda message: None)
+
+
+@pytest.fixture
+def client(application):
+    with TestClient(application) as c:
+        yield c
+
+
+def patch_files(folder, n=None):
+    paths = sorted(folder.glob("*.tif"))[:n]
+    return [("files", (p.name, p.read_bytes(), "image/tiff")) for p in paths]
+
+
+def png_bytes(pixels):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_health_and_models(client):
+    assert client.get("/api/health").json() == {"status": "ok", "models": ["cnn", "rnn", "tfidf", "both"]}
+    assert client.get("/ping").json() == {"status": "Healthy"}
+    models = {m["name"]: m for m in client.get("/api/models").json()["models"]}
+    assert models["cnn"]["task"] == "histo" and models["cnn"]["kind"] == "resnet"
+    assert 0.5 < models["cnn"]["validation"]["auc"] <= 1 and models["cnn"]["settings"]["epochs"] == 6
+    assert "data" not in models["cnn"]["settings"]  # no server paths
+    for name, kind in (("rnn", "bigru"), ("tfidf", "tfidf")):
+        assert models[name]["task"] == "tweets" and models[name]["kind"] == kind
+        assert 0 < models[name]["threshold"] < 1 and 0 < models[name]["validation"]["f1"] <= 1
+    assert models["tfidf"]["explanation"] == "exact contributions"
+    docs = client.get("/docs").text  # Swagger UI from the package, not a CDN
+    assert "/docs-assets/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert "/api/histo/{model}/predict" in client.get("/openapi.json").json()["paths"]
+    assert models["both"]["ensemble"] and models["both"]["members"] == ["rnn", "tfidf"] and models["both"]["explanation"] is None
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_histo_probabilities_equal_the_cli(client, served_runs, tmp_path_factory, tmp_path, tta):
+    test_dir = serve_runs.histo_data(tmp_path_factory) / "test"
+    out = tmp_path / "sub.csv"
+    assert main(["histo", "predict", served_runs["cnn"], "--images", test_dir, "--out", out, "--device", "cpu",
+                 *(["--tta"] if tta else [])]) == 0
+    offline = pd.read_csv(out, dtype={"id": str}).set_index("id")["label"]
+    response = client.post("/api/histo/cnn/predict", files=patch_files(test_dir), data={"tta": str(tta).lower()})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["tta"] is tta and body["threshold"] == 0.5 and len(body["results"]) == 29
+    served = pd.Series({r["name"][:-4]: r["probability"] for r in body["results"]})
+    np.testing.assert_allclose(served[offline.index], offline, atol=2e-5)
+    assert all(r["label"] == int(r["probability"] >= 0.5) for r in body["results"])
+
+
+@pytest.mark.parametrize("model", ["rnn", "tfidf", "both"])
+def test_tweets_probabilities_equal_the_cli(client, served_runs, tmp_path_factory, tmp_path, model):
+    csv = serve_runs.tweets_data(tmp_path_factory) / "test.csv"
+    out = tmp_path / "sub.csv"
+    assert main(["tweets", "predict", served_runs[model], "--csv", csv, "--out", out, "--proba", "--device", "cpu"]) == 0
+    offline = pd.read_csv(out)
+    test = pd.read_csv(csv, keep_default_na=False)
+    body = client.post(f"/api/tweets/{model}/predict",
+                       json={"texts": test["text"].tolist(), "keywords": test["keyword"].tolist()}).json()
+    probs = np.array([r["probability"] for r in body["results"]])
+    np.testing.assert_allclose(probs, offline["proba"], atol=1e-5)
+    assert [r["label"] for r in body["results"]] == offline["target"].tolist()
+
+
+def test_histo_explanation_is_an_overlay(client, tmp_path_factory):
+    test_dir = serve_runs.histo_data(tmp_path_factory) / "test"
+    body = client.post("/api/histo/cnn/predict?explain=true", files=patch_files(test_dir, 3)).json()
+    for r in body["results"]:
+        e = r["explanation"]
+        import base64
+        image = Image.open(io.BytesIO(base64.b64decode(e["overlay_png"])))
+        assert image.size == (288, 288) and image.mode == "RGB"
+        assert e["max_logit"] >= 0 and 0 <= e["centre_share"] <= 1
+    # TorchServe's name for the same
+    assert client.post("/explanations/cnn", files=patch_files(test_dir, 1)).json()["results"][0]["explanation"]
+
+
+def test_tweets_explanations_follow_the_original_words(client):
+    texts = ["Forest fire near La Ronge Sask. Canada #wildfire http://t.co/abc", "I love fruits &amp; summer"]
+    for model in ("rnn", "tfidf"):
+        body = client.post(f"/api/tweets/{model}/predict",
+                           json={"texts": texts, "keywords": ["wildfire", ""], "explain": True}).json()
+        for text, r in zip(texts, body["results"]):
+            e = r["explanation"]
+            assert [w["text"] for w in e["words"]] == text.split()
+            total = sum(w["attribution"] for w in e["words"]) + (e["keyword"] or 0)
+            gap = e["logit"] - e["baseline_logit"]
+            # TF-IDF is exact; integrated gradients with 32 steps is close
+            assert abs(total - gap) < (1e-6 if model == "tfidf" else 0.05 * abs(gap) + 0.02), (model, total, gap)
+        assert body["results"][1]["explanation"]["keyword"] is None
+    plain = client.post("/api/tweets/tfidf/predict", json={"texts": texts}).json()["results"]
+    same = client.post("/predictions/tfidf", json={"texts": texts}).json()["results"]  # TorchServe's name
+    assert [r["probability"] for r in same] == [r["probability"] for r in plain]
+    refused = client.post("/api/tweets/both/predict", json={"texts": texts, "explain": True})
+    assert refused.status_code == 422 and "explain one of its members" in refused.json()["detail"]
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_answers(application, tmp_path_factory):
+    paths = sorted((serve_runs.histo_data(tmp_path_factory) / "test").glob("*.tif"))[:24]
+
+    async def run():
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            async def one(path):
+                r = await c.post("/api/histo/cnn/predict", files=[("files", (path.name, path.read_bytes()))])
+                return r.json()["results"][0]["probability"]
+
+            async def bad(i):  # bad requests in between change nothing for the good ones
+                r = await c.post("/api/histo/cnn/predict", files=[("files", (f"x{i}.tif", b"II*\x00" + b"\x00" * 50))])
+                return r.status_code
+            before = (application.state.models["cnn"].batcher.batches, application.state.models["cnn"].batcher.requests)
+            results = await asyncio.gather(*[one(p) for p in paths], *[bad(i) for i in range(8)])
+            together = await c.post("/api/histo/cnn/predict", files=[("files", (p.name, p.read_bytes())) for p in paths])
+            return before, results, together.json()
+    before, results, together = asyncio.run(run())
+    batcher = application.state.models["cnn"].batcher
+    batches, requests = batcher.batches - before[0], batcher.requests - before[1]
+    assert requests == 25 and batches < 24  # 24 single-patch requests and one of 24, in fewer forward passes
+    np.testing.assert_allclose(results[:24], [r["probability"] for r in together["results"]], atol=2e-5)
+    assert results[24:] == [422] * 8
+
+
+def test_grad_cam_hooks_are_removed(application, tmp_path_factory):
+    from spotter.explain import cam_layer
+    predictor = application.state.models["cnn"].predictor
+    pixels = np.stack([np.asarray(Image.open(p)) for p in sorted((serve_runs.histo_data(tmp_path_factory) / "test").glob("*.tif"))[:2]])
+    for _ in range(3):
+        predictor.grad_cam(pixels)
+    assert not cam_layer(predictor.model)._forward_hooks
+
+
+# ---------------------------------------------------------------- errors
+
+
+def huge_png_header(width, height):
+    """A PNG whose header claims width x height: a decompression bomb is refused before any decoding."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+
+
+def test_bad_requests_get_clear_4xx(client, tmp_path_factory):
+    test_dir = serve_runs.histo_data(tmp_path_factory) / "test"
+    real = sorted(test_dir.glob("*.tif"))[0].read_bytes()
+    post = lambda files, **kw: client.post("/api/histo/cnn/predict", files=files, **kw)  # noqa: E731
+
+    cases = {
+        "unknown model": (client.post("/api/histo/nope/predict", files=[("files", ("a.tif", real))]), 404, "no model named"),
+        "wrong task": (client.post("/api/tweets/cnn/predict", json={"texts": ["x"]}), 404, "histo model"),
+        "text named .tif": (post([("files", ("a.tif", b"hello, this is text"))]), 415, "judged by its bytes"),
+        "not multipart": (client.post("/api/histo/cnn/predict", content=real, headers={"content-type": "image/tiff"}), 415, "multipart"),
+        "no files": (post([("tta", (None, "true"))]), 422, "no files"),
+        "truncated TIFF": (post([("files", ("t.tif", real[:5000]))]), 422, "t.tif"),
+        "too small": (post([("files", ("s.png", png_bytes(np.zeros((50, 60, 3), np.uint8))))]), 422, "60x50"),
+        "grey": (post([("files", ("g.png", png_bytes(np.zeros((96, 96), np.uint8))))]), 422, "mode L"),
+        "pixel bomb": (post([("files", ("bomb.png", huge_png_header(60000, 60000)))]), 413, "cap of 16,777,216 pixels"),
+        "pixels over the cap": (post([("files", ("b.png", huge_png_header(5000, 5000)))]), 413, "25,000,000 pixels"),
+        "too many files": (post([("files", (f"{i}.tif", real)) for i in range(65)]), 422, "at most 64"),
+        "bad flag": (post([("files", ("a.tif", real))], data={"tta": "maybe"}), 422, "tta"),
+        "no texts": (client.post("/api/tweets/rnn/predict", json={"texts": []}), 422, "at least 1"),
+        "too many texts": (client.post("/api/tweets/rnn/predict", json={"texts": ["a"] * 257}), 422, "at most 256"),
+        "text too long": (client.post("/api/tweets/rnn/predict", json={"texts": ["a" * 2001]}), 422, "at most 2000"),
+        "keywords mismatch": (client.post("/api/tweets/rnn/predict", json={"texts": ["a", "b"], "keywords": ["x"]}), 422, "keywords has 1"),
+        "not JSON": (client.post("/api/tweets/rnn/predict", content=b"{nope", headers={"content-type": "application/json"}), 422, "json"),
+        "unknown job": (client.get("/api/jobs/123"), 404, "no job"),
+        "path in file route": (client.get("/api/jobs/123/files/..%2f..%2fetc%2fpasswd"), 404, ""),
+    }
+    for name, (response, status, words) in cases.items():
+        assert response.status_code == status, (name, response.status_code, response.text[:300])
+        assert words.lower() in json.dumps(response.json()).lower(), (name, response.text[:300])
+    # a larger image is cut to its centre, and says so
+    big = np.asarray(Image.open(io.BytesIO(real)).resize((200, 150)))
+    r = post([("files", ("big.png", png_bytes(big)))]).json()["results"][0]
+    assert r["note"] == "centre 96x96 of a 200x150 image"
+
+
+def test_upload_cap_and_token(served_runs, tmp_path_factory):
+    real = sorted((serve_runs.histo_data(tmp_path_factory) / "test").glob("*.tif"))[0].read_bytes()
+    app = serve_app.create_app([served_runs["cnn"]], device="cpu", token="s3cret", log=lambda message: None,
+                               limits=serve_app.Limits(max_upload_mb=0.1))
+    with TestClient(app) as c:
+        assert c.get("/api/health").status_code == 401
+        assert c.get("/api/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        auth = {"Authorization": "Bearer s3cret"}
+        assert c.get("/api/health", headers=auth).status_code == 200
+        assert c.get("/").status_code == 200  # the page itself is public; it asks for the token
+        ok = c.post("/api/histo/cnn/predict", files=[("files", ("a.tif", real))], headers=auth)
+        assert ok.status_code == 200
+        big = c.post("/api/histo/cnn/predict", files=[("files", (f"{i}.tif", real)) for i in range(5)], headers=auth)
+        assert big.status_code == 413 and "cap" in big.json()["detail"]
+
+        def chunked():  # no Content-Length: counted while reading
+            for _ in range(5):
+                yield real
+        streamed = c.post("/api/tweets/cnn/predict", content=chunked(), headers={**auth, "content-type": "application/json"})
+        assert streamed.status_code == 413
+
+
+def test_loopback_only_without_token(served_runs, capsys):
+    serve_app.check_host("127.0.0.1", None)
+    serve_app.check_host("::1", None)
+    serve_app.check_host("0.0.0.0", "token")
+    with pytest.raises(ValueError, match="without --token"):
+        serve_app.check_host("0.0.0.0", None)
+    assert main(["serve", served_runs["cnn"], "--host", "192.168.1.10"]) == 2
+    assert "refusing to listen on 192.168.1.10 without --token" in capsys.readouterr().err
+
+
+def test_slides_endpoint(client, tmp_path_factory):
+    """Whole slides run as jobs through spotter.histo.slide; without that module the endpoint says so (501)."""
+    pixels = [np.asarray(Image.open(p)) for p in sorted((serve_runs.histo_data(tmp_path_factory) / "train").glob("*.tif"))[:16]]
+    mosaic = np.concatenate([np.concatenate(pixels[r * 4:(r + 1) * 4], 1) for r in range(4)], 0)
+    buffer = io.BytesIO()
+    Image.fromarray(mosaic).save(buffer, format="TIFF")
+    response = client.post("/api/histo/cnn/slides", files={"file": ("slide.tif", buffer.getvalue())},
+                           data={"mpp": "0.972", "stride": "96"})  # Kaggle's patches: 0.972 µm per pixel
+    try:
+        import spotter.histo.slide  # noqa: F401
+    except ImportError:
+        assert response.status_code == 501 and "not in this Spotter yet" in response.json()["detail"]
+        return
+    assert response.status_code == 202, response.text
+    job = response.json()
+    for _ in range(600):
+        status = client.get(job["status_url"]).json()
+        if status["status"] in ("done", "failed"):
+            break
+        asyncio.run(asyncio.sleep(0.2))
+    assert status["status"] == "done", status
+    assert "overlay.png" in status["files"]
+    overlay = client.get(status["files"]["overlay.png"])
+    assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
+
+
+def tiff_header(width, height):
+    """The start of a TIFF whose first directory says width x height (LONG values), as a slide's would."""
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (262, 3, 1, 2)]
+    return (b"II*\x00" + struct.pack("<IH", 8, len(entries))
+            + b"".join(struct.pack("<HHII", *e) for e in entries) + struct.pack("<I", 0))
+
+
+def test_slide_size_is_read_from_the_header(client):
+    """A slide bigger than Pillow's own bomb limit is taken (its size comes from the header); one over the
+    server's cap is refused before anything is decoded."""
+    from spotter.serve import uploads
+    data = tiff_header(12000, 20000)  # 240 M pixels: over Pillow's limit, under the server's
+    assert uploads.header_size(data) == (12000, 20000)
+    assert uploads.check_slide(data, "big.tif", 2_000_000_000) == "tiff"
+    with pytest.raises(uploads.UploadError, match="240,000,000 pixels"):
+        uploads.check_slide(data, "big.tif", 100_000_000)
+    assert uploads.header_size(huge_png_header(70000, 50000)) == (70000, 50000)
+    response = client.post("/api/histo/cnn/slides", files={"file": ("bomb.png", huge_png_header(70000, 50000))})
+    assert response.status_code == 413 and "3,500,000,000 pixels" in response.json()["detail"]
+    # a real slide-sized TIFF written by tifffile has the same header fields
+    import tifffile
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((300, 500, 3), np.uint8), photometric="rgb", tile=(256, 256))
+    assert uploads.header_size(buffer.getvalue()) == (500, 300)
