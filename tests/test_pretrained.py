@@ -160,7 +160,7 @@ def test_minilm_predictions_do_not_depend_on_batch_order(tweets_slice, tmp_path)
     a probability."""
     from spotter.tweets import minilm
 
-    model = minilm.MiniLMClassifier(minilm.load_encoder()).eval()
+    model = minilm.TransformerClassifier(minilm.load_encoder()).eval()
     df = pd.read_csv(tweets_slice / "train.csv").head(40)
     data = minilm.tokenize_pairs(minilm.load_tokenizer(), df["text"].tolist(), df["keyword"].fillna("").tolist())
     one_by_one, _ = engine.predict_probs(model, minilm.iterate_batches(data, 1, torch.device("cpu")),

