@@ -5,14 +5,12 @@ from PIL import Image
 
 from spotter.histo.tiff import BadImage, read_patch
 
-from conftest import HISTO
+from conftest import HISTO, require
 
 
 def real_paths(n=50):
-    paths = sorted((HISTO / "train").glob("*.tif"))[:n]
-    if not paths:
-        pytest.skip("shared data missing")
-    return paths
+    require(HISTO)
+    return sorted((HISTO / "train").glob("*.tif"))[:n]
 
 
 def test_fast_path_matches_tifffile_and_pillow_on_real_patches():
