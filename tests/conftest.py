@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,17 @@ HISTO = SHARED / "histopathology"
 TWEETS = SHARED / "disaster-tweets"
 
 
+def require(path: Path) -> None:
+    """Skip a test that needs the shared Kaggle data when it is not there, except in CI (CI=true), which
+    has it: there a missing folder fails loudly instead of silently skipping most end-to-end tests."""
+    if path.exists():
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but the shared data is missing at {path}; CI must provide ../shared/data",
+                    pytrace=False)
+    pytest.skip(f"shared data not found at {path}")
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path, monkeypatch):
     """Packs go to a per-test cache, never the user's."""
@@ -19,8 +31,7 @@ def _private_cache(tmp_path, monkeypatch):
 
 def histo_slice(folder: Path, n: int, seed: int = 0, n_test: int = 5) -> Path:
     """A Kaggle-layout folder holding `n` real labelled patches (stratified sample) and `n_test` test ones."""
-    if not HISTO.exists():
-        pytest.skip(f"shared data not found at {HISTO}")
+    require(HISTO)
     labels = pd.read_csv(HISTO / "train_labels.csv")
     rng = np.random.default_rng(seed)
     picked = pd.concat([g.sample(n // 2, random_state=int(rng.integers(1 << 30))) for _, g in labels.groupby("label")])
@@ -36,8 +47,7 @@ def histo_slice(folder: Path, n: int, seed: int = 0, n_test: int = 5) -> Path:
 
 def tweets_slice(folder: Path, n: int, seed: int = 0, n_test: int = 60) -> Path:
     """A folder with `n` real rows of Kaggle's train.csv (random sample) and the first `n_test` of test.csv."""
-    if not TWEETS.exists():
-        pytest.skip(f"shared data not found at {TWEETS}")
+    require(TWEETS)
     folder.mkdir(parents=True)
     pd.read_csv(TWEETS / "train.csv").sample(n, random_state=seed).to_csv(folder / "train.csv", index=False)
     pd.read_csv(TWEETS / "test.csv").head(n_test).to_csv(folder / "test.csv", index=False)

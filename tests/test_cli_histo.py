@@ -78,11 +78,15 @@ def test_resume_after_kill_ends_with_the_same_weights(real_histo, tmp_path):
 
 
 def test_time_budget_plans_epochs(real_histo, tmp_path):
+    """A 6-second budget: the plan cuts the default 1000 epochs to what fits, and training time stays
+    inside the budget (plus the one step that crosses the deadline)."""
     run = tmp_path / "budget"
     assert main(["histo", "train", "--data", real_histo, "--out", run, "--time-budget", "0.1",
                  "--batch-size", "32", "--crop", "64"]) == 0
     state = torch.load(run / "last.pt", weights_only=True)["state"]
-    assert 1 <= state["epochs"] < 1000 and state["epoch"] <= state["epochs"]
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert state["epochs"] < 100 and len(metrics) == state["epoch"] <= state["epochs"]
+    assert metrics["seconds"].sum() < 6 + metrics["seconds"].max() / 3
 
 
 def test_cli_errors_are_one_clear_line(tmp_path):

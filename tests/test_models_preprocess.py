@@ -40,14 +40,19 @@ def test_preprocess_scales_and_normalises_the_centre_crop():
     torch.testing.assert_close(x, expected)
 
 
-def test_training_path_without_augmentation_is_the_prediction_path():
-    """The original write-up scored badly because test preprocessing differed from training's."""
+@pytest.mark.parametrize("model,crop", [("resnet", 72), ("effnet-lite0", 96)])
+def test_training_path_without_augmentation_is_the_prediction_path(model, crop):
+    """The original write-up scored badly because test preprocessing differed from training's: the
+    training batches (packed rows, shuffled, no augmentation) and the prediction API (HistoPredictor on
+    raw uint8 images) must feed the network the same tensors."""
     from spotter.histo.data import PackedSet
-    from spotter.histo.task import iterate_batches
-    u8 = pixels(10)
-    data = PackedSet(np.arange(10).astype(str), np.zeros(10, np.int8), u8.numpy(), None)
-    train_batch = next(iterate_batches(data, np.arange(10), 10, torch.device("cpu"), 72, seed=3, augment=None))[0]
-    predict_batch = next(iterate_batches(data, np.arange(10), 10, torch.device("cpu"), 72))[0]
+    from spotter.histo.task import HistoPredictor, HistoSettings, iterate_batches
+    u8 = pixels(10).numpy()
+    data = PackedSet(np.arange(10).astype(str), np.zeros(10, np.int8), u8, None)
+    train_batch = next(iterate_batches(data, np.arange(10), 10, torch.device("cpu"), crop, seed=3, augment=None,
+                                       model=model))[0]
+    predictor = HistoPredictor(HistoSettings(model=model, crop=crop), device=torch.device("cpu"))
+    predict_batch = next(predictor._batches(u8))[0]
     torch.testing.assert_close(train_batch, predict_batch, rtol=0, atol=0)
 
 

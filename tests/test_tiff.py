@@ -5,14 +5,12 @@ from PIL import Image
 
 from spotter.histo.tiff import BadImage, read_patch
 
-from conftest import HISTO
+from conftest import HISTO, require
 
 
 def real_paths(n=50):
-    paths = sorted((HISTO / "train").glob("*.tif"))[:n]
-    if not paths:
-        pytest.skip("shared data missing")
-    return paths
+    require(HISTO)
+    return sorted((HISTO / "train").glob("*.tif"))[:n]
 
 
 def test_fast_path_matches_tifffile_and_pillow_on_real_patches():
@@ -93,3 +91,24 @@ def test_damaged_real_files_give_a_patch_or_a_clear_error(tmp_path, cut, flips):
         assert "damaged.tif" in str(err)
     else:
         assert pixels.shape == (96, 96, 3) and pixels.dtype == np.uint8
+
+
+def test_decompression_bomb_is_refused_from_its_header(tmp_path, monkeypatch):
+    """A small compressed file that would decode to 4000x4000 pixels is refused before any decoding."""
+    tifffile.imwrite(tmp_path / "bomb.tif", np.zeros((4000, 4000, 3), np.uint8), photometric="rgb",
+                     compression="zlib")
+    assert (tmp_path / "bomb.tif").stat().st_size < 200_000
+
+    def no_decoding(self):
+        raise AssertionError("decoded a 4000x4000 image")
+
+    monkeypatch.setattr(Image.Image, "load", no_decoding)
+    with pytest.raises(BadImage, match="4000x4000 with 3 channels, expected 96x96 RGB; not decoded"):
+        read_patch(tmp_path / "bomb.tif")
+
+
+def test_oversized_files_are_not_read(tmp_path):
+    from spotter.histo.tiff import MAX_FILE_BYTES
+    (tmp_path / "huge.tif").write_bytes(b"II*\x00" + bytes(MAX_FILE_BYTES))
+    with pytest.raises(BadImage, match="huge.tif: file is over 1 MB"):
+        read_patch(tmp_path / "huge.tif")

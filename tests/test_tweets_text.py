@@ -10,7 +10,7 @@ from spotter.tweets.models import create_rnn
 from spotter.tweets.text import (NormaliseOptions, TweetDataError, Vocabulary, encode_texts, keyword_text,
                                  normalise, read_tweets, resolve_conflicting_duplicates, tokenize)
 
-from conftest import TWEETS
+from conftest import TWEETS, require
 
 OFF = {k: False for k in NormaliseOptions.__dataclass_fields__}
 
@@ -38,8 +38,7 @@ def test_each_step_can_be_switched_off():
 
 
 def test_odd_bytes_of_the_real_file_are_repaired():
-    if not TWEETS.exists():
-        pytest.skip("shared data missing")
+    require(TWEETS)
     df = read_tweets(TWEETS / "train.csv", labelled=True)
     cleaned = [normalise(t) for t in df["text"]]
     assert not any("\x89" in t or "Û" in t for t in cleaned)

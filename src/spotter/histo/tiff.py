@@ -15,6 +15,9 @@ import numpy as np
 
 PATCH_SIZE = 96
 PATCH_SHAPE = (PATCH_SIZE, PATCH_SIZE, 3)
+# A 96x96 RGB patch is 27 KB uncompressed (55 KB at 16 bits); anything this large is not a patch, and a
+# cap keeps a huge or hostile file from being read into memory.
+MAX_FILE_BYTES = 1 << 20
 
 _TYPE_SIZES = {1: 1, 3: 2, 4: 4, 16: 8}  # BYTE, SHORT, LONG, LONG8
 _TYPE_CODES = {1: "B", 3: "H", 4: "I", 16: "Q"}
@@ -28,9 +31,12 @@ def read_patch(path: str | Path) -> np.ndarray:
     """Return the patch at `path` as a (96, 96, 3) uint8 array, or raise BadImage."""
     try:
         with open(path, "rb", buffering=0) as f:  # unbuffered: one read call, no copy through a buffer
-            data = f.read()
+            data = f.read(MAX_FILE_BYTES + 1)
     except OSError as err:
         raise BadImage(f"{path}: cannot read ({err.strerror})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise BadImage(f"{path}: file is over {MAX_FILE_BYTES >> 20} MB, far larger than a 96x96 patch; "
+                       "not read")
     if not data:
         raise BadImage(f"{path}: empty file (0 bytes); re-download it")
     pixels = _read_plain_tiff(data)
@@ -115,11 +121,17 @@ def _read_with_pillow(path: str | Path, data: bytes) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a damaged header gets one clear BadImage, not a page of warnings
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data))  # reads the header only
+            if image.size != (PATCH_SIZE, PATCH_SIZE):  # refused before decoding: no decompression bombs
+                bands = len(image.getbands())
+                raise BadImage(f"{path}: image is {_describe((image.size[1], image.size[0], bands))}, "
+                               "expected 96x96 RGB; not decoded")
             image.load()
             mode, size = image.mode, image.size
             bits = set(getattr(image, "tag_v2", {}).get(258, (8,)))
             pixels = np.asarray(image)
+    except BadImage:
+        raise
     except Exception as err:  # Pillow's decoders raise many types (OSError, DecompressionBombError, ...)
         raise BadImage(f"{path}: not a readable image ({err}); the file may be truncated or corrupt, "
                        "re-download it") from None
