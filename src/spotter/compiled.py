@@ -9,9 +9,14 @@ compiles from it in a fraction of the time.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
+import time
 from pathlib import Path
+from typing import Callable
 
+import torch
 from torch import nn
 
 # Models compiled by default for runs with a time budget of at least MIN_BUDGET_MIN minutes, where
@@ -52,3 +57,39 @@ def _use_spotter_cache() -> None:
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if current is None or os.path.abspath(current) == default:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir())
+
+
+def warm_up(task, settings, device: torch.device, log: Callable[[str], None] = print):
+    """Compile every graph a run needs (the training step in the precision the run will use, validation's
+    full and last batch) before `engine.fit` starts, so that the epoch planner and the replanning after the
+    first epoch time compiled steps, not compiling. The time this takes comes off the time budget, which
+    stays the whole run's. Returns the settings to train with. Model weights, BatchNorm statistics and
+    random streams are left as they were."""
+    from . import engine
+    from .precision import _rng_untouched
+
+    start = time.monotonic()
+    requested = task.precision if settings.precision == "auto" and task.precision else settings.precision
+    model = task.model.to(device)
+    batch = next(task.train_batches(0, 0, 1))
+    # Decided here and cached, so engine.fit finds the same decision (and records why).
+    precision = engine.pick_precision(device, requested, model=model, batch=batch, log=log)
+    saved = copy.deepcopy(model.state_dict())
+    with _rng_untouched(device):
+        model.train()
+        inputs, targets = batch
+        with engine.autocast(device, precision):
+            logits = engine.call_model(model, inputs)
+        nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float()).backward()
+        model.zero_grad(set_to_none=True)
+        sizes = list(dict.fromkeys(len(y) for _, y in task.val_batches(0, 1)))  # distinct, in order
+        model.eval()
+        with torch.no_grad(), engine.autocast(device, precision):
+            for n in sizes:
+                engine.call_model(model, torch.cat([inputs] * -(-n // len(targets)))[:n])
+    model.load_state_dict(saved)
+    spent = time.monotonic() - start
+    log(f"compiled the model in {spent:.0f} s{' (taken from the time budget)' if settings.time_budget_min else ''}")
+    if settings.time_budget_min:
+        settings = dataclasses.replace(settings, time_budget_min=max(settings.time_budget_min - spent / 60, 0.05))
+    return settings

@@ -148,6 +148,9 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         steps_per_epoch=lambda world: max(1, len(train_rows) // (bs * world)),
         settings={"histo": asdict(histo), "val_size": len(val_rows), "train_size": len(train_rows)},
     )
+    if histo.compile:
+        from ..compiled import warm_up
+        settings = warm_up(task, settings, device, log)
     result = engine.fit(task, settings, run_dir, kind=KIND, resume=resume, log=log)
     if world.main:
         plots.training_curves(run_dir / "metrics.csv", run_dir / "history.png",
