@@ -67,10 +67,12 @@ def _shapes(inputs: Any) -> list[list[int]]:
 
 
 def cache_key(model: nn.Module, inputs: Any, device: torch.device, train: bool) -> str:
-    """What the decision depends on: the model (class and size), the input shape (crop and batch), the device
+    """What the decision depends on: the model (class, size, compiled or not), the input shape (crop and batch), the device
     and thread count, the torch version and whether it trains or only predicts."""
     params = sum(p.numel() for p in model.parameters())
-    return json.dumps({"model": f"{type(model).__name__}/{params}", "inputs": _shapes(inputs),
+    compiled = getattr(model, "_compiled_call_impl", None) is not None  # nn.Module.compile()
+    return json.dumps({"model": f"{type(model).__name__}/{params}{' compiled' if compiled else ''}",
+                       "inputs": _shapes(inputs),
                        "device": device_name(device), "torch": torch.__version__,
                        "mode": "train" if train else "infer"}, sort_keys=True)
 

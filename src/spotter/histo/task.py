@@ -41,9 +41,6 @@ class HistoSettings:
     compile: bool | None = None  # torch.compile the model for training (None: where measured to pay, compiled.py)
 
     def __post_init__(self):
-        if self.compile is None:
-            from ..compiled import default_for
-            self.compile = default_for(self.model)
         if self.crop is None:
             # The label depends only on the centre 32x32; an 80-pixel crop keeps context around it and,
             # shifted by up to 8 pixels, adds translations to the augmentation (measured: see README).
@@ -123,8 +120,10 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
     train_rows, val_rows = split_train_val(data.labels, histo.val_fraction, settings.seed)
     device = engine.pick_device(settings.device, world)
     model = create_model(histo.model).to(memory_format=torch.channels_last)
+    from ..compiled import compile_in_place, default_for
+    if histo.compile is None:
+        histo.compile = default_for(histo.model, settings.time_budget_min, device.type, world.size)
     if histo.compile:
-        from ..compiled import compile_in_place
         compile_in_place(model)
     augment = Augment(histo.crop_jitter, histo.colour_jitter) if histo.augment else None
     bs = settings.batch_size
@@ -146,6 +145,9 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         steps_per_epoch=lambda world: engine.shard_steps(len(train_rows), bs, world, drop_last=True),
         settings={"histo": asdict(histo), "val_size": len(val_rows), "train_size": len(train_rows)},
     )
+    if histo.compile:
+        from ..compiled import warm_up
+        settings = warm_up(task, settings, device, log)
     result = engine.fit(task, settings, run_dir, kind=KIND, resume=resume, log=log)
     if world.main:
         plots.training_curves(run_dir / "metrics.csv", run_dir / "history.png",

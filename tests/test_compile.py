@@ -1,0 +1,38 @@
+"""`histo train --compile`: torch.compile (inductor, gcc on the CPU) trains the same model as eager PyTorch,
+and its checkpoints load into an uncompiled model."""
+import json
+
+import pandas as pd
+import torch
+
+from spotter import compiled
+from spotter.cli import main
+
+# The seed CNN compiles fastest; fp32 so both runs take the same path apart from compiling.
+TRAIN = ["--model", "seed", "--epochs", "1", "--batch-size", "32", "--device", "cpu", "--val-fraction", "0.25",
+         "--precision", "fp32", "--no-augment"]
+
+
+def test_compiled_training_matches_eager_and_loads_uncompiled(real_histo, tmp_path):
+    eager, fast = tmp_path / "eager", tmp_path / "compiled"
+    assert main(["histo", "train", "--data", real_histo, "--out", eager, "--no-compile", *TRAIN]) == 0
+    assert main(["histo", "train", "--data", real_histo, "--out", fast, "--compile", *TRAIN]) == 0
+    assert json.loads((fast / "settings.json").read_text())["task"]["histo"]["compile"] is True
+    assert json.loads((eager / "settings.json").read_text())["task"]["histo"]["compile"] is False
+    a, b = pd.read_csv(eager / "metrics.csv"), pd.read_csv(fast / "metrics.csv")
+    for column in ("train_loss", "val_loss"):  # same batches and initial weights; kernels differ in rounding only
+        assert abs(a[column][0] - b[column][0]) < 1e-3 * a[column][0], column
+    weights = torch.load(fast / "best.pt", weights_only=True)["model"]
+    assert not any(k.startswith("_orig_mod") for k in weights)  # compiled in place: plain parameter names
+    assert (compiled.cache_dir()).exists()  # the inductor cache is Spotter's, so later runs reuse it
+    out = tmp_path / "sub.csv"
+    assert main(["histo", "predict", fast, "--images", real_histo / "test", "--out", out]) == 0
+    assert len(pd.read_csv(out)) == 5
+
+
+def test_compiled_by_default_only_where_measured_to_pay():
+    assert compiled.default_for("resnet", 15, "cpu", 1)
+    assert not compiled.default_for("resnet", None, "cpu", 1)  # --epochs N: no budget to weigh it against
+    assert not compiled.default_for("resnet", 1, "cpu", 1)  # too short to win the compile time back
+    assert not compiled.default_for("resnet", 15, "cuda", 1)  # not measured there
+    assert not compiled.default_for("effnet-lite0", 15, "cpu", 1)
