@@ -269,6 +269,8 @@ def slide(run: Path | str, image: Path | str, out: Path | str, *, mpp: float | N
         on_progress: called as on_progress(tiles_done, tiles_total) after each batch.
     """
     start = time.perf_counter()
+    if not 0 < threshold < 1:
+        raise ValueError(f"--threshold {threshold}: use a probability between 0 and 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "slide.json").unlink(missing_ok=True)  # an earlier run's marker must not vouch for new files
@@ -406,9 +408,11 @@ def slides(run: Path | str, images: Path | str, out: Path | str, *, device: str 
     dev = engine.pick_device(device, world)
     predictor = load_predictor(Path(run), str(dev))
     out = Path(out)
+    stems = [p.name.split(".")[0] for p in paths]
+    names = {p: stem if stems.count(stem) == 1 else p.name for p, stem in zip(paths, stems)}  # a.svs, a.tif
     rows = []
     for path in paths[world.rank::world.size]:
-        name = path.name.split(".")[0]
+        name = names[path]
         try:
             summary = slide(run, path, out / name, device=str(dev), predictor=predictor, log=log, **options)
             rows.append({"slide": path.name, "status": "ok", "max_prob": summary["max_prob"],
