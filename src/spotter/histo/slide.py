@@ -45,7 +45,9 @@ ProgressCallback = Callable[[int, int], None]
 
 
 # ---------------------------------------------------------------- the model
-# The one place that knows how a run is loaded; at merge it becomes histo.task.load_run(run, device).
+# The one place that knows how a run is loaded. It takes each member's model, crop, normalisation and
+# precision from histo.task.load_run, whether that returns a tuple or a HistoPredictor (export needs the
+# bare models); scoring follows the same preprocess -> autocast -> sigmoid path as `predict`.
 
 @dataclass
 class _Member:
@@ -99,7 +101,11 @@ def load_predictor(run: Path, device: str = "auto", precision: str | None = None
         paths, calibration = [run], None
     members = []
     for path in paths:
-        model, histo, dev, run_precision = task.load_run(path, device)
+        loaded = task.load_run(path, device)
+        if isinstance(loaded, tuple):  # (model, settings, device, precision)
+            model, histo, dev, run_precision = loaded
+        else:  # a HistoPredictor of one run
+            model, histo, dev, run_precision = loaded.model, loaded.settings, loaded.device, loaded.precision
         mpp = getattr(histo, "mpp", None) or KAGGLE_MPP  # runs record their resolution; older ones are Kaggle's
         members.append(_Member(model, histo.crop, normalisation(histo.model), histo.model,
                                precision or run_precision, float(mpp)))
