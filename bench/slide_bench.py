@@ -2,7 +2,8 @@
 tissue-mask time, and peak memory on a large synthetic slide. Prints a table and writes JSON.
 
     python bench/slide_bench.py [--quick] [--device auto] [--run RUN] [--stride 32]
-                                [--big-side 50000] [--big-stride 32] [--skip-big] [--out slide_bench.json]
+                                [--big-side 50000] [--big-stride 32] [--skip-big] [--skip-mosaic]
+                                [--out slide_bench.json]
 
 Without --run an untrained ResNet is scored (the same speed as a trained one).
 """
@@ -41,12 +42,14 @@ def main() -> None:
     parser.add_argument("--big-side", type=int, help="side of the synthetic slide (default 50000; 20000 quick)")
     parser.add_argument("--big-stride", type=int, default=32)
     parser.add_argument("--skip-big", action="store_true")
+    parser.add_argument("--skip-mosaic", action="store_true", help="only the big slide (its memory check)")
     parser.add_argument("--tmp", help="folder for the synthetic slide (default: the system's temporary folder)")
     parser.add_argument("--out", type=Path, default=Path("slide_bench.json"))
     args = parser.parse_args()
 
     results = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "device": args.device}
-    results.update(stage_slide(str(args.data), args.quick, args.device, args.run, args.stride))
+    if not args.skip_mosaic:
+        results.update(stage_slide(str(args.data), args.quick, args.device, args.run, args.stride))
     if not args.skip_big:
         side = args.big_side or (20_000 if args.quick else 50_000)
         results.update(stage_big_slide(str(args.data), side, args.device, args.run, args.big_stride, args.tmp))

@@ -327,3 +327,29 @@ def test_an_ensemble_scores_slides_and_exports(env, one_tumour, unseen_patches, 
     logits = torch.jit.load(str(path))(as_tensor_input(unseen_patches)).detach().numpy()[:, 0]
     expected = slide.load_predictor(ens, "cpu", precision="fp32").predict_proba(unseen_patches)
     assert np.abs(1 / (1 + np.exp(-logits.astype(np.float64))) - expected).max() < 1e-5
+
+
+def test_ome_tiff_and_png_read_exactly(tmp_path):
+    """OME-TIFF (µm/px in its OME-XML) and PNG (which never says: --mpp) give the written pixels back;
+    regions past the edge are white, and thumbnails are block means."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (700, 900, 3), dtype=np.uint8)
+    ome = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(ome, bigtiff=True, ome=True) as tif:
+        options = dict(photometric="rgb", tile=(256, 256), compression="deflate")
+        tif.write(image, subifds=1, metadata={"axes": "YXS", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25}, **options)
+        tif.write(wsi._reduce(image, 2), subfiletype=1, **options)  # 2x2 block means
+    png = tmp_path / "slide.png"
+    Image.fromarray(image).save(png)
+    with pytest.raises(wsi.SlideError, match="pass --mpp"):
+        wsi.open_slide(png)
+    for source in (wsi.open_slide(ome), wsi.open_slide(png, mpp=0.25)):
+        assert source.mpp == pytest.approx(0.25) and source.dimensions[0] == (900, 700)
+        np.testing.assert_array_equal(source.read(0, 100, 50, 300, 200), image[50:250, 100:400])
+        edge = source.read(0, 850, 650, 100, 100)
+        np.testing.assert_array_equal(edge[:50, :50], image[650:, 850:])
+        assert (edge[50:] == 255).all() and (edge[:, 50:] == 255).all()
+        thumb, scale = source.thumbnail(300)
+        k = round(scale)
+        np.testing.assert_allclose(thumb[3, 4], image[3 * k:4 * k, 4 * k:5 * k].reshape(-1, 3).mean(0), atol=1.01)
+    assert wsi.open_slide(ome).dimensions[1] == (450, 350)

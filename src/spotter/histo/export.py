@@ -93,5 +93,5 @@ def _onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp.onnx")
     batch = torch.export.Dim("batch", min=1, max=4096)
     torch.onnx.export(module, (example,), str(tmp), input_names=["image"], output_names=["logit"],
-                      dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False)
+                      dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False, verbose=False)
     tmp.replace(path)

@@ -45,7 +45,9 @@ ProgressCallback = Callable[[int, int], None]
 
 
 # ---------------------------------------------------------------- the model
-# The one place that knows how a run is loaded; at merge it becomes histo.task.load_run(run, device).
+# The one place that knows how a run is loaded. It takes each member's model, crop, normalisation and
+# precision from histo.task.load_run, whether that returns a tuple or a HistoPredictor (export needs the
+# bare models); scoring follows the same preprocess -> autocast -> sigmoid path as `predict`.
 
 @dataclass
 class _Member:
@@ -99,7 +101,11 @@ def load_predictor(run: Path, device: str = "auto", precision: str | None = None
         paths, calibration = [run], None
     members = []
     for path in paths:
-        model, histo, dev, run_precision = task.load_run(path, device)
+        loaded = task.load_run(path, device)
+        if isinstance(loaded, tuple):  # (model, settings, device, precision)
+            model, histo, dev, run_precision = loaded
+        else:  # a HistoPredictor of one run
+            model, histo, dev, run_precision = loaded.model, loaded.settings, loaded.device, loaded.precision
         mpp = getattr(histo, "mpp", None) or KAGGLE_MPP  # runs record their resolution; older ones are Kaggle's
         members.append(_Member(model, histo.crop, normalisation(histo.model), histo.model,
                                precision or run_precision, float(mpp)))
@@ -269,6 +275,8 @@ def slide(run: Path | str, image: Path | str, out: Path | str, *, mpp: float | N
         on_progress: called as on_progress(tiles_done, tiles_total) after each batch.
     """
     start = time.perf_counter()
+    if not 0 < threshold < 1:
+        raise ValueError(f"--threshold {threshold}: use a probability between 0 and 1")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "slide.json").unlink(missing_ok=True)  # an earlier run's marker must not vouch for new files
@@ -406,9 +414,11 @@ def slides(run: Path | str, images: Path | str, out: Path | str, *, device: str 
     dev = engine.pick_device(device, world)
     predictor = load_predictor(Path(run), str(dev))
     out = Path(out)
+    stems = [p.name.split(".")[0] for p in paths]
+    names = {p: stem if stems.count(stem) == 1 else p.name for p, stem in zip(paths, stems)}  # a.svs, a.tif
     rows = []
     for path in paths[world.rank::world.size]:
-        name = path.name.split(".")[0]
+        name = names[path]
         try:
             summary = slide(run, path, out / name, device=str(dev), predictor=predictor, log=log, **options)
             rows.append({"slide": path.name, "status": "ok", "max_prob": summary["max_prob"],

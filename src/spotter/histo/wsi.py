@@ -149,11 +149,26 @@ def _open_tiff(path: Path) -> Slide:
     if min(dims[0]) < 1:
         tiff.close()
         raise SlideError(f"{path}: the image is empty")
-    mpp = tiff.properties.get("tiffslide.mpp-x")
+    mpp = tiff.properties.get("tiffslide.mpp-x") or _ome_mpp(tiff)
     mpp = float(mpp) if mpp and MPP_RANGE[0] <= float(mpp) <= MPP_RANGE[1] else 0.0
     slide = Slide(path, dims, downsamples, mpp, "metadata", _tiff=tiff)
     slide.read(0, 0, 0, 1, 1)  # a file whose pixels cannot be decoded fails here, with its name
     return slide
+
+
+_OME_UNITS = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}
+
+
+def _ome_mpp(tiff) -> float | None:
+    """PhysicalSizeX of an OME-TIFF's first image, in µm (tiffslide does not read it)."""
+    import re
+
+    xml = getattr(tiff.ts_tifffile, "ome_metadata", None)
+    size = re.search(r'PhysicalSizeX="([^"]+)"', xml or "")
+    if not size:
+        return None
+    unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
+    return float(size.group(1)) * _OME_UNITS.get(unit.group(1) if unit else "µm", float("nan"))
 
 
 def _open_pil(path: Path) -> Slide:
