@@ -263,14 +263,15 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
             for r, px in zip(results, pixels):
                 r["thumbnail_png"] = base64.b64encode(uploads.encode_png(px)).decode()
         if want_cam:
-            cams = await asyncio.get_running_loop().run_in_executor(explaining, m.predictor.grad_cam, pixels)
-            for r, px, cam, p in zip(results, pixels, cams, probs):
-                r["explanation"] = {
-                    "method": "Grad-CAM, last convolutional stage, logit units",
-                    "crop": getattr(getattr(m.predictor, "settings", None), "crop", None),
-                    "overlay_png": base64.b64encode(explain.overlay_png(px, cam, float(p))).decode(),
-                    "max_logit": float(cam.max()),
-                    "centre_share": float(cam[32:64, 32:64].sum() / max(cam.sum(), 1e-12))}
+            def explanations() -> list[dict]:  # maps and PNGs off the event loop
+                crop = getattr(getattr(m.predictor, "settings", None), "crop", None)
+                return [{"method": "Grad-CAM, last convolutional stage, logit units", "crop": crop,
+                         "overlay_png": base64.b64encode(explain.overlay_png(px, cam, float(p))).decode(),
+                         "max_logit": float(cam.max()),
+                         "centre_share": float(cam[32:64, 32:64].sum() / max(cam.sum(), 1e-12))}
+                        for px, cam, p in zip(pixels, m.predictor.grad_cam(pixels), probs)]
+            for r, e in zip(results, await asyncio.get_running_loop().run_in_executor(explaining, explanations)):
+                r["explanation"] = e
         return {"model": model, "threshold": m.predictor.threshold, "tta": tta, "results": results}
 
     @api.post("/api/tweets/{model}/predict")
