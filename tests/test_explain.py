@@ -106,7 +106,7 @@ def test_minilm_integrated_gradients_are_complete_and_on_the_words():
     pytest.importorskip("transformers")
     from spotter.tweets import minilm
     torch.manual_seed(0)
-    model = minilm.MiniLMClassifier(minilm.load_encoder()).eval()
+    model = minilm.TransformerClassifier(minilm.load_encoder()).eval()
     tokenizer = minilm.load_tokenizer()
     text = "Forest fire near La Ronge Sask. Canada #wildfire http://t.co/abc"
     e = explain.minilm_attributions(model, tokenizer, text, "wildfire", NormaliseOptions(), steps=64)

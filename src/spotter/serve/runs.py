@@ -120,7 +120,7 @@ class TweetsPredictor:
             return _Fold(ckpt)
         precision = engine.pick_precision(self.device, ckpt["settings"]["precision"])
         if self.name == "minilm":
-            model = minilm.MiniLMClassifier(minilm.load_encoder(with_weights=False))
+            model = minilm.TransformerClassifier(minilm.load_encoder(with_weights=False))
         elif self.name == "minilm-frozen":
             model = minilm.EmbeddingHead(ckpt["model"]["net.1.weight"].shape[1])
         else:
