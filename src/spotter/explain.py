@@ -193,28 +193,31 @@ def rnn_attributions(model: nn.Module, vocab, keyword_list: list[str], length: i
 
 
 def minilm_attributions(model: nn.Module, tokenizer, text: str, keyword: str, options,
-                        steps: int = IG_STEPS) -> dict:
-    """Integrated gradients of MiniLM's logit on its word-piece embeddings; [CLS]/[SEP] stay as they are in
-    the baseline, every other piece becomes [PAD]."""
+                        steps: int = IG_STEPS, max_tokens: int | None = None) -> dict:
+    """Integrated gradients of a fine-tuned transformer's logit (MiniLM or any `--encoder`) on its word-piece
+    embeddings; special tokens stay as they are in the baseline, every other piece becomes padding."""
     from .tweets.minilm import MAX_TOKENS
     from .tweets.text import normalise
 
     device = next(model.parameters()).device
-    enc = tokenizer([normalise(text, options)], [keyword], truncation="only_first", max_length=MAX_TOKENS,
-                    return_tensors="pt")
-    ids, mask, segments = (enc[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids"))
+    enc = tokenizer([normalise(text, options)], [keyword], truncation="only_first",
+                    max_length=max_tokens or MAX_TOKENS, return_tensors="pt")
+    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    segments = enc["token_type_ids"].to(device) if "token_type_ids" in enc else torch.zeros_like(ids)
     special = torch.tensor(tokenizer.get_special_tokens_mask(ids[0].tolist(), already_has_special_tokens=True),
                            device=device).bool()[None]
     baseline = torch.where(special, ids, torch.full_like(ids, tokenizer.pad_token_id))
     forward = lambda ids, mask, segments: model(ids, mask, segments)  # noqa: E731
-    layer = model.encoder.embeddings.word_embeddings
+    layer = model.encoder.get_input_embeddings()
     scores = _ig(forward, [layer], (ids,), (baseline,), (mask, segments), steps)[0][0].sum(-1).detach().cpu().numpy()
     with torch.no_grad():
         logit, base = float(model(ids, mask, segments)), float(model(baseline, mask, segments))
     pieces = tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    # Which text each piece belongs to: 0 the tweet, 1 the keyword (also for encoders without segment ids).
+    sequence = np.array([-1 if i is None else i for i in enc.sequence_ids(0)])
     is_special = special[0].cpu().numpy()
-    in_text = (segments[0].cpu().numpy() == 0) & ~is_special
-    in_keyword = (segments[0].cpu().numpy() == 1) & ~is_special
+    in_text = (sequence == 0) & ~is_special
+    in_keyword = (sequence == 1) & ~is_special
     words = align_to_words(text, [p for p, t in zip(pieces, in_text) if t], scores[in_text],
                            lambda w: tokenizer.tokenize(normalise(w, options)))
     return {"words": words, "keyword": float(scores[in_keyword].sum()) if keyword else None,
