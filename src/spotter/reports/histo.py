@@ -335,7 +335,8 @@ def errors(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, th
     from ..histo.data import pack_folder
 
     run_dir = Path(run_dir)
-    settings = histo_task.run_settings(run_dir)
+    predictor = histo_task.load_run(run_dir, device)
+    settings = predictor.settings
     if data_dir is None:
         data, rows = histo_task.validation_rows(run_dir, settings)
         where = f"the run's validation split of {settings.data}"
@@ -345,8 +346,9 @@ def errors(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, th
             raise ValueError(f"{data_dir}: needs labelled patches (train/ and train_labels.csv)")
         data = packed["train"]
         rows, where = np.arange(len(data)), str(data_dir)
-    probs, _ = histo_task.run_probs(run_dir, data, rows, tta=tta, device=device)
-    s = scan(data, rows, histograms=False, progress=progress)  # rows are sorted, as run_probs returns them
+    rows = np.sort(rows)
+    probs = predictor.predict_pack(data, rows, tta)
+    s = scan(data, rows, histograms=False, progress=progress)
     labels = s.labels
     ids = s.ids
     fp, fn = confident_mistakes(ids, labels, probs, threshold, top)

@@ -261,7 +261,8 @@ def errors(run_dir: Path, csv: Path | None = None, *, top: int = 20, device: str
         where = "out-of-fold validation predictions of " + str(run_data(run_dir))
     else:
         df = read_tweets(Path(csv), labelled=True)
-        probs = tweets_task.predict_probs(run_dir, df, device).astype(np.float64)
+        probs = tweets_task.load_run(run_dir, device).predict_proba(df["text"].tolist(), df["keyword"].tolist())
+        probs = probs.astype(np.float64)
         where = str(csv)
     if options is None:
         options = _run_options(run_dir)
