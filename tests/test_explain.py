@@ -7,7 +7,9 @@ from PIL import Image
 
 import serve_runs
 from spotter import explain
-from spotter.serve import runs
+from spotter.histo.task import load_run as load_histo_run
+from spotter.tweets import tfidf
+from spotter.tweets.task import load_run as load_tweets_run
 from spotter.tweets.text import NormaliseOptions, normalise, tokenize
 
 
@@ -19,7 +21,7 @@ def histo(tmp_path_factory):
     labels = pd.read_csv(data / "train_labels.csv", dtype={"id": str}).set_index("id")["label"]
     val_ids = (run / "val_ids.txt").read_text().split()
     pixels = np.stack([np.asarray(Image.open(data / "train" / f"{i}.tif")) for i in val_ids])
-    predictor = runs.load_histo_run(run, "cpu")
+    predictor = load_histo_run(run, "cpu")
     return predictor, pixels, labels[val_ids].to_numpy(), predictor.predict_proba(pixels)
 
 
@@ -48,7 +50,7 @@ def test_grad_cam_finds_pasted_tumour_and_stays_quiet_on_normal_tissue(histo):
 def test_grad_cam_units_are_logits_for_a_pooled_head(histo):
     """For a global-average-pooled linear head, the map's mean is the logit less the bias, exactly."""
     predictor, pixels, _, _ = histo
-    x = predictor.inputs(pixels[:8])
+    x = next(predictor._batches(pixels[:8]))[0]
     maps, logits = explain.grad_cam(predictor.model, x)
     layer_out = predictor.model.stages(predictor.model.stem(x.float()))
     raw = torch.einsum("c,nchw->nhw", predictor.model.head[-1].weight[0], layer_out).detach()
@@ -80,12 +82,14 @@ def test_align_to_words():
 @pytest.fixture(scope="session")
 def tfidf_run(tmp_path_factory):
     serve_runs.need_shared_data()
-    return runs.load_tweets_run(serve_runs.tweets_run(tmp_path_factory, "tfidf"), "cpu")
+    run = serve_runs.tweets_run(tmp_path_factory, "tfidf")
+    return load_tweets_run(run, "cpu"), [tfidf.load_fold(run / f"fold{k}") for k in range(2)]
 
 
 def test_tfidf_contributions_are_exact(tfidf_run, tmp_path_factory):
     test = pd.read_csv(serve_runs.tweets_data(tmp_path_factory) / "test.csv", keep_default_na=False).head(20)
-    fold = tfidf_run.folds[0].model
+    tfidf_run, folds = tfidf_run
+    fold = folds[0]
     for text, keyword in zip(test["text"], test["keyword"]):
         from spotter.tweets.text import keyword_text
         e = explain.tfidf_contributions(fold, text, keyword_text(keyword), NormaliseOptions())
@@ -94,10 +98,10 @@ def test_tfidf_contributions_are_exact(tfidf_run, tmp_path_factory):
         assert [w["text"] for w in e["words"]] == text.split()
     # the logit is the model's own
     probs = tfidf_run.predict_proba(test["text"].tolist(), test["keyword"].tolist())
-    logits = [np.mean([explain.tfidf_contributions(f.model, t, keyword_text(k), NormaliseOptions())["logit"]
-                       for f in tfidf_run.folds]) for t, k in zip(test["text"], test["keyword"])]
-    fold_probs = [np.mean([1 / (1 + np.exp(-explain.tfidf_contributions(f.model, t, keyword_text(k), NormaliseOptions())["logit"]))
-                           for f in tfidf_run.folds]) for t, k in zip(test["text"], test["keyword"])]
+    logits = [np.mean([explain.tfidf_contributions(f, t, keyword_text(k), NormaliseOptions())["logit"]
+                       for f in folds]) for t, k in zip(test["text"], test["keyword"])]
+    fold_probs = [np.mean([1 / (1 + np.exp(-explain.tfidf_contributions(f, t, keyword_text(k), NormaliseOptions())["logit"]))
+                           for f in folds]) for t, k in zip(test["text"], test["keyword"])]
     np.testing.assert_allclose(fold_probs, probs, atol=1e-9)
     assert np.corrcoef(logits, probs)[0, 1] > 0.9
 

@@ -225,9 +225,10 @@ def minilm_attributions(model: nn.Module, tokenizer, text: str, keyword: str, op
             "method": f"integrated gradients on the word-piece embeddings ({steps} steps, [PAD] baseline)"}
 
 
-def tfidf_contributions(ckpt: dict, text: str, keyword: str, options) -> dict:
+def tfidf_contributions(fold: tuple[np.ndarray, np.ndarray, float], text: str, keyword: str, options) -> dict:
     """The exact decomposition of the TF-IDF model's logit: feature j adds x_j * coef_j, shared equally by
-    its occurrences; a word gets its unigram, half of each word bigram it is in, and its character n-grams."""
+    its occurrences; a word gets its unigram, half of each word bigram it is in, and its character n-grams.
+    `fold` is a fold's (idf, coefficients, intercept), as `tfidf.load_fold` returns it."""
     from sklearn.utils import murmurhash3_32
 
     from .tweets import tfidf
@@ -253,12 +254,12 @@ def tfidf_contributions(ckpt: dict, text: str, keyword: str, options) -> dict:
         for gram in chars(word):
             occurrences.append((column(gram, n_features), [w]))
 
-    counts = tfidf._counts([normalised], [keyword])
+    counts = tfidf.counts([normalised], [keyword])
     mine = np.bincount([c for c, _ in occurrences], minlength=counts.shape[1])
     if not np.array_equal(mine, counts.toarray()[0]):  # would mean sklearn changed how it hashes
         raise RuntimeError("TF-IDF contributions: n-gram enumeration does not match the vectorizer")
-    x = tfidf._tfidf(counts, ckpt["idf"].double().numpy()).toarray()[0]
-    coef = ckpt["coef"].double().numpy()
+    idf, coef, intercept = fold
+    x = tfidf._tfidf(counts, idf).toarray()[0]
     per_occurrence = np.divide(x * coef, np.maximum(mine, 1))
     per_word = np.zeros(len(doc_words))
     for col, owners in occurrences:
@@ -268,7 +269,7 @@ def tfidf_contributions(ckpt: dict, text: str, keyword: str, options) -> dict:
     text_scores = per_word[n_kw:]
     words = align_to_words(text, normalised.split(), text_scores, lambda w: normalise(w, options).split())
     return {"words": words, "keyword": float(per_word[:n_kw].sum()) if keyword else None,
-            "logit": float(x @ coef + ckpt["intercept"]), "baseline_logit": float(ckpt["intercept"]),
+            "logit": float(x @ coef + intercept), "baseline_logit": float(intercept),
             "method": "exact TF-IDF contributions (feature value x coefficient)"}
 
 
@@ -283,14 +284,15 @@ def explain_folder(run_dir, images, out, *, device: str = "auto", batch_size: in
     from tqdm import tqdm
 
     from .histo.data import DataError
-    from .serve import runs, uploads
+    from .histo.task import load_run
+    from .serve import uploads
 
     images, out = Path(images), Path(out)
     paths = sorted(p for p in images.iterdir() if p.suffix.lower() in (".tif", ".tiff", ".png", ".jpg", ".jpeg")) \
         if images.is_dir() else []
     if not paths:
         raise DataError(f"{images}: no .tif, .png or .jpg patches there")
-    predictor = runs.load_histo_run(Path(run_dir), device)
+    predictor = load_run(Path(run_dir), device)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for start in tqdm(range(0, len(paths), batch_size), desc="explain", unit="batch", disable=len(paths) <= batch_size):

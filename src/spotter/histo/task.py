@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
 
-from .. import engine, ensemble, files, plots
+from .. import engine, ensemble, explain, files, plots
 from ..metrics import binary_report, confusion_text, interval_text, intervals, log_loss, roc_auc
 from .data import PackedSet, folder_source, pack, pack_dir_for, pack_folder
 from .models import count_parameters, create_model, normalisation
@@ -188,6 +188,17 @@ class HistoPredictor:
         probs, _ = engine.predict_probs(self.model, self._batches(images), self.device, self.precision,
                                         transform=dihedral_views if tta else None)
         return probs
+
+    @property
+    def name(self) -> str:
+        """The model kind ("resnet", "effnet-lite0", ...) or "ensemble"."""
+        return "ensemble" if self.members else self.settings.model
+
+    def grad_cam(self, images: np.ndarray) -> np.ndarray:
+        """(N, 96, 96) Grad-CAM maps in logit units (explain.py); an ensemble's is its members' mean."""
+        if self.members:
+            return np.mean([m.grad_cam(images) for m in self.members], axis=0)
+        return np.concatenate([explain.patch_cam(self.model, x, self.settings.crop) for x, _ in self._batches(images)])
 
     def _batches(self, images: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         norm = normalisation(self.settings.model)

@@ -135,8 +135,11 @@ def model_info(name: str, task: str, run_dir: Path, predictor) -> dict:
         info["explanation"] = "Grad-CAM (mean of the members' maps)"
     if task == "tweets":
         summary = _read_json(run_dir / "summary.json") or {}
-        v = summary.get("validation", {})
-        info["validation"].update({k: v[k] for k in ("f1", "auc", "precision", "recall") if k in v})
+        # Runs score out-of-fold F1 at thresholds chosen without the scored fold, with 95 % intervals;
+        # ensembles (and runs made before that) keep their scores under "validation".
+        v = summary.get("validation", summary)
+        info["validation"].update({k: v[k] for k in ("f1", "auc", "precision", "recall", "f1_ci95", "auc_ci95")
+                                   if k in v})
         if "f1_mean" in summary:
             info["validation"].update(f1_mean=summary["f1_mean"], f1_std=summary["f1_std"], folds=summary["folds"])
         run = _read_json(run_dir / "run.json") or {}

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from .. import engine, plots
+from .. import engine, explain, plots
 from ..metrics import best_f1_threshold, binary_report, log_loss
 from . import encoders, minilm, tfidf
 from .embeddings import coverage, embedding_matrix, load_glove
@@ -24,7 +24,19 @@ from .text import Corpus, Vocabulary, encode_texts, tokenize
 KIND = "tweets"
 RNN_DEFAULTS = {"epochs": 12, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.01, "patience": 3}
 
-FoldModel = Callable[[Any], np.ndarray]  # a loaded fold: the adapter's `inputs` -> probabilities
+
+
+@dataclass
+class FoldModel:
+    """A fold loaded for prediction: `fold(inputs)` gives probabilities from the adapter's `inputs`;
+    `fold.explain(text, keyword, options)` one tweet's word attributions (explain.py), None where the kind
+    has none."""
+
+    predict: Callable[[Any], np.ndarray]
+    explain: Callable[[str, str, Any], dict] | None = None
+
+    def __call__(self, inputs: Any) -> np.ndarray:
+        return self.predict(inputs)
 
 
 def score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -60,14 +72,6 @@ class TweetModel:
 
     def load_fold(self, fold_dir: Path, device: torch.device) -> FoldModel:
         raise NotImplementedError
-
-    def explain(self, fold_models: list[FoldModel], corpus: Corpus) -> list[list[tuple[str, float]]]:
-        """Per-token contributions to each tweet's probability, averaged over the fold models.
-
-        Not written yet: the serving work fills this in, one method per adapter, with the same
-        `fold_models` and `corpus` that prediction uses.
-        """
-        raise NotImplementedError(f"explanations are not available for {type(self).__name__} yet")
 
     def _fit_on_engine(self, fold_dir: Path, model: torch.nn.Module, batches, train_data, val_data,
                        n_train: int, n_val: int, *, resume: bool, log, **task_options) -> np.ndarray:
@@ -188,7 +192,10 @@ class GloveRNN(TweetModel):
             data = encode(corpus.tokens, corpus.keywords, vocab, keyword_list, length)
             return engine.predict_probs(model, iterate_batches(data, 512, device), device, precision)[0]
 
-        return predict
+        def attributions(text: str, keyword: str, options) -> dict:
+            return explain.rnn_attributions(model, vocab, keyword_list, length, text, keyword, options)
+
+        return FoldModel(predict, attributions)
 
 
 # ---------------------------------------------------------------- TF-IDF and logistic regression
@@ -210,7 +217,8 @@ class TfidfModel(TweetModel):
 
     def load_fold(self, fold_dir, device):
         fold = tfidf.load_fold(fold_dir)
-        return lambda features: tfidf.predict(features, fold)
+        return FoldModel(lambda features: tfidf.predict(features, fold),
+                         lambda text, keyword, options: explain.tfidf_contributions(fold, text, keyword, options))
 
 
 # ---------------------------------------------------------------- transformer fine-tuned (MiniLM by default)
@@ -265,7 +273,13 @@ class TransformerModel(TweetModel):
             probs[order] = probs.copy()  # back to the rows' own order
             return probs
 
-        return predict
+        tokenizer = minilm.load_tokenizer(self.folder)
+
+        def attributions(text: str, keyword: str, options) -> dict:
+            return explain.minilm_attributions(model, tokenizer, text, keyword, options,
+                                               max_tokens=self.settings.max_tokens)
+
+        return FoldModel(predict, attributions)
 
 
 # ---------------------------------------------------------------- MiniLM frozen, head on cached embeddings
@@ -308,7 +322,7 @@ class FrozenMiniLMModel(TweetModel):
             return engine.predict_probs(model, embedding_batches((vectors, targets), 1024, device), device,
                                         precision)[0]
 
-        return predict
+        return FoldModel(predict)  # sentence vectors are cached whole: no word attributions
 
 
 MODELS: dict[str, type[TweetModel]] = {"bigru": GloveRNN, "seed-gru": GloveRNN, "tfidf": TfidfModel,

@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from .. import engine, ensemble, files, plots
+from .. import engine, ensemble, explain, files, plots
 from ..metrics import (best_f1_threshold, binary_report, confusion_text, cross_fitted_decisions, f1_score,
                        interval_text, intervals, roc_auc)
 from . import adapters
 from .adapters import encode, iterate_batches, score  # noqa: F401 (encode, iterate_batches: used by bench.py)
-from .text import Corpus, NormaliseOptions, read_tweets, resolve_conflicting_duplicates
+from .text import Corpus, NormaliseOptions, keyword_text, read_tweets, resolve_conflicting_duplicates
 
 KIND = adapters.KIND
 MODEL_NAMES = list(adapters.MODELS)
@@ -236,6 +236,7 @@ class TweetsPredictor:
         self.threshold = float(threshold)
         self.adapter, self.folds, self.options, self.device = adapter, list(folds), options, device
         self.members, self.calibration = list(members), list(calibration)
+        self.name = "ensemble" if self.members else adapter.settings.model
 
     def predict_proba(self, texts: list[str], keywords: list[str] | None = None) -> np.ndarray:
         """Probability that each tweet is about a real disaster; `keywords` as in Kaggle's CSV (or None)."""
@@ -249,6 +250,20 @@ class TweetsPredictor:
             return ensemble.combine([m.predict_proba(texts, keywords) for m in self.members], self.calibration)
         inputs = self.adapter.inputs(Corpus.build(texts, keywords, self.options), self.device)
         return np.mean([fold(inputs) for fold in self.folds], axis=0)
+
+
+    def explain(self, texts: list[str], keywords: list[str] | None = None) -> list[dict]:
+        """Per tweet: attributions on the original text's words (and the keyword), averaged over the fold
+        models (explain.py says how each kind is explained)."""
+        if self.members:
+            raise explain.NotExplainable("an ensemble has no single set of attributions; explain one of its members")
+        if self.folds[0].explain is None:
+            raise explain.NotExplainable(f"{self.name} has no word attributions; bigru, seed-gru, tfidf, minilm and "
+                                         "transformer runs have")
+        keywords = [""] * len(texts) if keywords is None else list(keywords)
+        return [explain.mean_explanations([fold.explain(text, keyword_text(keyword), self.options)
+                                           for fold in self.folds])
+                for text, keyword in zip(texts, keywords)]
 
 
 def load_run(run_dir: Path, device: str = "auto") -> TweetsPredictor:
