@@ -353,3 +353,20 @@ def test_ome_tiff_and_png_read_exactly(tmp_path):
         k = round(scale)
         np.testing.assert_allclose(thumb[3, 4], image[3 * k:4 * k, 4 * k:5 * k].reshape(-1, 3).mean(0), atol=1.01)
     assert wsi.open_slide(ome).dimensions[1] == (450, 350)
+
+
+def test_tta_averages_the_eight_views_of_each_patch(env, one_tumour, tmp_path):
+    path, _ = one_tumour
+    summary = slide.slide(env["run"], path, tmp_path / "out", stride=96, tta=True, device="cpu",
+                          predictor=env["predictor"], workers=0)
+    assert summary["tta"]
+    heat = np.load(tmp_path / "out" / "heatmap.npy").astype(np.float64)
+    level1 = tifffile.imread(path, level=1)
+    m = MARGIN // P
+    cells = [(i, j) for i in range(m, m + 6) for j in range(m, m + 6) if not np.isnan(heat[i, j])]
+    patches = np.stack([level1[i * P:(i + 1) * P, j * P:(j + 1) * P] for i, j in cells])
+    with_tta = env["predictor"].predict_proba(patches, tta=True)
+    without = env["predictor"].predict_proba(patches)
+    got = np.array([heat[i, j] for i, j in cells])
+    assert np.abs(got - with_tta).max() < 0.01
+    assert np.abs(with_tta - without).max() > 0.02  # the views do differ, so the check above means something

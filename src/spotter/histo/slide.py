@@ -277,12 +277,12 @@ def slide(run: Path | str, image: Path | str, out: Path | str, *, mpp: float | N
     start = time.perf_counter()
     if not 0 < threshold < 1:
         raise ValueError(f"--threshold {threshold}: use a probability between 0 and 1")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "slide.json").unlink(missing_ok=True)  # an earlier run's marker must not vouch for new files
     predictor = predictor or load_predictor(Path(run), device)
     source = wsi.open_slide(image, mpp)
+    out = Path(out)
     try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "slide.json").unlink(missing_ok=True)  # an earlier run's marker must not vouch for new files
         return _score_slide(predictor, source, out, stride=stride, tta=tta, batch_size=batch_size,
                             threshold=threshold, level=level, workers=workers, on_progress=on_progress,
                             start=start, log=log)
