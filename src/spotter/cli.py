@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from . import engine
+from .errors import UserError
 
 EPILOG = "Data layouts and examples: see README.md."
 
@@ -186,13 +187,9 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
-    from .histo.data import DataError
-    from .histo.tiff import BadImage
-    from .tweets.embeddings import EmbeddingError
-    from .tweets.text import TweetDataError
     try:
         run(args)
-    except (DataError, BadImage, TweetDataError, EmbeddingError, engine.CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as err:
+    except UserError as err:  # a mistake the user can fix: one line; anything else is a bug: its traceback
         print(f"spotter: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

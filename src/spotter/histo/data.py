@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ..errors import UserError
 from ..files import atomic_path, cache_dir
 from .tiff import PATCH_SHAPE, BadImage, read_patch
 
@@ -28,7 +29,7 @@ PACK_FORMAT = 1
 PCAM_NAME = "camelyonpatch_level_2_split_{split}_{xy}.h5"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Input that cannot be used as it is; the message says which file and what to do."""
 
 

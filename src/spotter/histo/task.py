@@ -18,7 +18,8 @@ from sklearn.model_selection import train_test_split
 
 from .. import engine, ensemble, files, plots
 from ..metrics import binary_report, confusion_text, interval_text, intervals, log_loss, roc_auc
-from .data import PackedSet, folder_source, pack, pack_dir_for, pack_folder
+from ..errors import BadInput
+from .data import DataError, PackedSet, folder_source, pack, pack_dir_for, pack_folder
 from .models import count_parameters, create_model, normalisation
 from .preprocess import Augment, dihedral_views, preprocess
 
@@ -46,11 +47,14 @@ class HistoSettings:
             # The pretrained EfficientNet does better on whole patches (measured too).
             self.crop = 96 if self.model in ("seed", "effnet-lite0") else 80
         if self.model == "seed" and self.crop != 96:
-            raise ValueError("the seed CNN's dense layer takes whole 96x96 patches: use --crop 96")
+            raise BadInput("the seed CNN's dense layer takes whole 96x96 patches: use --crop 96")
         if not 32 <= self.crop <= 96:
-            raise ValueError(f"crop must be between 32 and 96 pixels, got {self.crop}")
+            raise BadInput(f"crop must be between 32 and 96 pixels, got {self.crop}")
+        # Stored absolute, so that evaluate finds the data from any folder.
+        self.data = str(Path(self.data).resolve()) if self.data else self.data
+        self.pack_root = str(Path(self.pack_root).resolve()) if self.pack_root else self.pack_root
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+            raise BadInput(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
 
 
 # ---------------------------------------------------------------- batches
@@ -114,7 +118,7 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
                                  progress=world.main)
         engine.barrier(world)
     if "train" not in packed or not packed["train"].labelled:
-        raise ValueError(f"{histo.data}: no labelled training set (train/ with train_labels.csv, or PCam train split)")
+        raise DataError(f"{histo.data}: no labelled training set (train/ with train_labels.csv, or PCam train split)")
     data = packed["train"]
     train_rows, val_rows = split_train_val(data.labels, histo.val_fraction, settings.seed)
     device = engine.pick_device(settings.device, world)
@@ -162,10 +166,12 @@ class HistoPredictor:
 
     def __init__(self, settings: HistoSettings, threshold: float = 0.5, *, model: torch.nn.Module | None = None,
                  device: torch.device | None = None, precision: str = "fp32",
-                 members: list["HistoPredictor"] = (), calibration: list[tuple[float, float]] = ()):
+                 members: list["HistoPredictor"] = (), calibration: list[tuple[float, float]] = (),
+                 tta: bool | None = None):
         self.settings, self.threshold = settings, float(threshold)
         self.model, self.device, self.precision = model, device, precision
         self.members, self.calibration = list(members), list(calibration)
+        self.tta = tta  # an ensemble's calibration holds only for predictions made as it was fitted
 
     def predict_proba(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
         """Probability of tumour in the centre of each patch; `images` is uint8 N x 96 x 96 x 3 RGB.
@@ -174,6 +180,9 @@ class HistoPredictor:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (96, 96, 3):
             raise ValueError(f"expected uint8 patches of shape (N, 96, 96, 3), got {images.dtype} {images.shape}")
         if self.members:
+            if self.tta is not None and tta != self.tta:
+                raise BadInput(f"this ensemble was calibrated on predictions {'with' if self.tta else 'without'} "
+                               f"8x TTA; predict {'with --tta' if self.tta else 'without --tta'}, or rebuild it")
             return ensemble.combine([m.predict_proba(images, tta) for m in self.members], self.calibration)
         probs, _ = engine.predict_probs(self.model, self._batches(images), self.device, self.precision,
                                         transform=dihedral_views if tta else None)
@@ -200,7 +209,7 @@ def load_run(run_dir: Path, device: str = "auto") -> HistoPredictor:
         spec = ensemble.load(run_dir, KIND)
         members = [load_run(Path(m), device) for m in spec["members"]]
         return HistoPredictor(members[0].settings, spec.get("threshold", 0.5), members=members,
-                              calibration=spec["calibration"])
+                              calibration=spec["calibration"], tta=spec.get("tta"))
     if (run_dir / "summary.json").exists() and not (run_dir / "best.pt").exists():
         raise engine.CheckpointError(f"{run_dir}: this is a tweets run, not a histo one; use `spotter tweets`")
     ckpt = engine.load_checkpoint(run_dir / "best.pt", KIND)
@@ -216,10 +225,19 @@ def load_run(run_dir: Path, device: str = "auto") -> HistoPredictor:
 # ---------------------------------------------------------------- evaluate, predict, ensembles
 
 def validation_rows(run_dir: Path, histo: HistoSettings) -> tuple[PackedSet, np.ndarray]:
-    """The run's own validation split: its pack and the rows of `val_ids.txt`."""
+    """The run's own validation split: its pack and the rows of `val_ids.txt`, every one of them."""
+    ids_file = Path(run_dir) / "val_ids.txt"
+    if not ids_file.exists():
+        raise engine.CheckpointError(f"{ids_file}: missing; it names the run's validation split (pass --data "
+                                     "to evaluate on a labelled folder instead)")
     data = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad)["train"]
-    wanted = set((Path(run_dir) / "val_ids.txt").read_text().split())
-    return data, np.flatnonzero([i in wanted for i in data.ids])
+    wanted = set(ids_file.read_text().split())
+    rows = np.flatnonzero([i in wanted for i in data.ids])
+    if len(rows) != len(wanted):
+        missing = sorted(wanted - set(data.ids[rows]))
+        raise DataError(f"{histo.data}: {len(missing)} of the {len(wanted)} validation ids in {ids_file} are not "
+                        f"in its training set any more (e.g. {missing[0]}); the data changed since training")
+    return data, rows
 
 
 def build_ensemble(runs: list[Path], out: Path, *, tta: bool = False, device: str = "auto", log=print) -> dict:
@@ -232,7 +250,7 @@ def build_ensemble(runs: list[Path], out: Path, *, tta: bool = False, device: st
         data, rows = validation_rows(run, predictor.settings)
         return data.ids[rows], data.labels[rows].astype(np.float32), predictor.predict_pack(data, rows, tta)
 
-    summary = ensemble.build(KIND, runs, out, validation, score, "auc", log=log)
+    summary = ensemble.build(KIND, runs, out, validation, score, "auc", log=log, record={"tta": tta})
     files.write_text_atomic(Path(out) / "val_ids.txt", (Path(runs[0]) / "val_ids.txt").read_text())
     return summary
 
@@ -249,7 +267,7 @@ def evaluate(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, 
     else:
         packed = pack_folder(Path(data_dir), pack_root=_root(histo))
         if "train" not in packed or not packed["train"].labelled:
-            raise ValueError(f"{data_dir}: needs labelled patches (train/ and train_labels.csv) to evaluate")
+            raise DataError(f"{data_dir}: needs labelled patches (train/ and train_labels.csv) to evaluate")
         data, where = packed["train"], str(data_dir)
         rows = np.arange(len(data))
     start = time.perf_counter()

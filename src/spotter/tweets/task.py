@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .. import engine, ensemble, files, plots
+from ..errors import BadInput
 from ..metrics import (best_f1_threshold, binary_report, confusion_text, cross_fitted_decisions, f1_score,
                        interval_text, intervals, roc_auc)
 from . import adapters
@@ -51,11 +52,14 @@ class TweetSettings:
 
     def __post_init__(self):
         if self.model not in adapters.MODELS:
-            raise ValueError(f"unknown tweet model {self.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
+            raise BadInput(f"unknown tweet model {self.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
         if self.folds < 1:
-            raise ValueError(f"folds must be 1 or more, got {self.folds}")
+            raise BadInput(f"folds must be 1 or more, got {self.folds}")
+        # Stored absolute, so that a run can be resumed and evaluated from any folder.
+        self.data = str(Path(self.data).resolve()) if self.data else self.data
+        self.embeddings = str(Path(self.embeddings).resolve()) if self.embeddings else self.embeddings
         if self.fold_groups not in ("normalised", "raw"):
-            raise ValueError(f"fold_groups must be 'normalised' or 'raw', got {self.fold_groups!r}")
+            raise BadInput(f"fold_groups must be 'normalised' or 'raw', got {self.fold_groups!r}")
 
 
 def prepare(df: pd.DataFrame, options: NormaliseOptions) -> tuple[list[str], list[list[str]]]:

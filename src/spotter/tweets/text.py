@@ -12,6 +12,8 @@ from urllib.parse import unquote
 import numpy as np
 import pandas as pd
 
+from ..errors import UserError
+
 PAD, UNK = 0, 1
 
 # The Kaggle file holds UTF-8 punctuation that was once decoded as Mac Roman and lost its first byte
@@ -127,7 +129,7 @@ def encode_texts(vocab: Vocabulary, token_lists: list[list[str]], length: int) -
 
 # ---------------------------------------------------------------- reading
 
-class TweetDataError(ValueError):
+class TweetDataError(UserError, ValueError):
     pass
 
 
