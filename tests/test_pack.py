@@ -102,3 +102,15 @@ def test_missing_images_are_skipped_and_unlabelled_ones_reported(real_histo, tmp
     assert len(train) == 160 and "ghost" not in set(train.ids) and "stray" not in set(train.ids)
     assert "ghost.tif: listed in train_labels.csv but missing" in (train.path / "skipped.txt").read_text()
     assert "1 images in" in capsys.readouterr().err
+
+
+def test_a_run_records_what_skip_bad_left_out(real_histo, tmp_path, capsys):
+    from spotter.cli import main
+    victim = sorted((real_histo / "train").iterdir())[5]
+    victim.unlink()
+    victim.write_bytes(b"")
+    run = tmp_path / "run"
+    assert main(["histo", "train", "--data", real_histo, "--out", run, "--skip-bad", "--epochs", "1",
+                 "--batch-size", "32", "--crop", "64", "--device", "cpu"]) == 0
+    assert victim.name in capsys.readouterr().err  # the warning names the file, not only a count
+    assert victim.name in (run / "skipped.txt").read_text()

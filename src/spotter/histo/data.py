@@ -230,10 +230,10 @@ def pack(source: Source, out_dir: Path, *, workers: int | None = None, skip_bad:
         raise DataError(f"{len(bad)} of {n} images cannot be used:\n{_first_lines(report)}\n"
                         "fix or remove them, or pass --skip-bad to leave them out")
     if bad or source.skipped:
-        report = "\n".join(source.skipped + [msg for _, msg in bad])
-        (tmp / "skipped.txt").write_text(report + "\n")
-        print(f"spotter: warning: left out {len(source.skipped) + len(bad)} images (--skip-bad); "
-              f"the list is in {target / 'skipped.txt'}", file=sys.stderr)
+        left_out = source.skipped + [msg for _, msg in bad]
+        (tmp / "skipped.txt").write_text("\n".join(left_out) + "\n")
+        print(f"spotter: warning: left out {len(left_out)} images (--skip-bad):\n{_first_lines(chr(10).join(left_out), 3)}"
+              f"\nthe list is in {target / 'skipped.txt'} (and in the run folder of a training run)", file=sys.stderr)
     if bad:
         keep[[i for i, _ in bad]] = False
         _compact(tmp / "pixels.npy", keep)

@@ -6,6 +6,7 @@ uint8 RGB patches; `evaluate`, `predict` and the ensemble builder all go through
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -130,6 +131,8 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.main:
         files.write_text_atomic(run_dir / "val_ids.txt", "\n".join(data.ids[val_rows]) + "\n")
+        if (data.path / "skipped.txt").exists():  # provenance: what this run was trained without
+            shutil.copyfile(data.path / "skipped.txt", run_dir / "skipped.txt")
 
     task = engine.Task(
         model=model,

@@ -204,7 +204,9 @@ def read_tweets(path: Path, *, labelled: bool, skip_bad: bool = False) -> pd.Dat
         raise TweetDataError(f"{path}: no usable rows left")
     df.attrs["skipped"] = skipped
     if skipped:
-        print(f"spotter: warning: {path}: {len(skipped)} problems skipped (--skip-bad), e.g. {skipped[0]}",
+        print(f"spotter: warning: {path}: {len(skipped)} problems skipped (--skip-bad), e.g. "
+              f"{'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''} (a training run lists them all in "
+              "skipped.txt)",
               file=sys.stderr)
     return df
 
