@@ -114,3 +114,30 @@ def test_a_run_records_what_skip_bad_left_out(real_histo, tmp_path, capsys):
                  "--batch-size", "32", "--crop", "64", "--device", "cpu"]) == 0
     assert victim.name in capsys.readouterr().err  # the warning names the file, not only a count
     assert victim.name in (run / "skipped.txt").read_text()
+
+
+def test_repack_catches_a_file_rewritten_with_the_same_size_and_time(real_histo, tmp_path):
+    """The pack fingerprint is names, sizes and times (documented); --repack is the way out."""
+    import os
+    first = pack_folder(real_histo, pack_root=tmp_path / "packs", progress=False)["train"]
+    victim = real_histo / "train" / f"{first.ids[0]}.tif"
+    other = real_histo / "train" / f"{first.ids[1]}.tif"
+    stat = victim.stat()
+    victim.unlink()
+    victim.write_bytes(other.read_bytes())  # same size: Kaggle's TIFFs all are
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    stale = pack_folder(real_histo, pack_root=tmp_path / "packs", progress=False)["train"]
+    assert not np.array_equal(stale.read(np.array([0])), read_patch(other)[None])
+    fresh = pack_folder(real_histo, pack_root=tmp_path / "packs", progress=False, repack=True)["train"]
+    assert np.array_equal(fresh.read(np.array([0])), read_patch(other)[None])
+
+
+def test_minilm_cache_key_covers_model_and_token_limit(monkeypatch):
+    from spotter.tweets import minilm
+    key = minilm.cache_key(["a fire"], ["fire"])
+    assert minilm.cache_key(["a fire"], ["fire"]) == key
+    monkeypatch.setattr(minilm, "MAX_TOKENS", 64)
+    assert minilm.cache_key(["a fire"], ["fire"]) != key
+    monkeypatch.setattr(minilm, "MAX_TOKENS", 96)
+    monkeypatch.setattr(minilm, "model_version", lambda: "another model")
+    assert minilm.cache_key(["a fire"], ["fire"]) != key

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack-dir", type=Path, help="where packs are kept (default ~/.cache/spotter/packs)")
     p.add_argument("--workers", type=int, help="decoding processes (default: one per core)")
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images and list them")
+    p.add_argument("--repack", action="store_true", help="pack again even if the files' names, sizes and times match")
 
     p = cmds.add_parser("train", help="train a CNN; writes checkpoints, metrics.csv and plots to --out")
     p.add_argument("--data", type=Path, required=True)
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--pack-dir", type=Path)
     p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--repack", action="store_true", help="pack again even if the files' names, sizes and times match")
     _add_training_args(p)
 
     p = cmds.add_parser("evaluate", help="ROC AUC, accuracy and confusion matrix of a run")
@@ -140,7 +142,7 @@ def run(args: argparse.Namespace) -> None:
         from .histo import data as histo_data, task as histo
         if args.command == "pack":
             for name, packed in histo_data.pack_folder(args.data, pack_root=args.pack_dir, workers=args.workers,
-                                                       skip_bad=args.skip_bad).items():
+                                                       skip_bad=args.skip_bad, repack=args.repack).items():
                 print(f"{name}: {len(packed)} patches in {packed.path}")
         elif args.command == "train":
             settings = histo.HistoSettings(data=str(args.data), model=args.model, val_fraction=args.val_fraction,
@@ -150,7 +152,8 @@ def run(args: argparse.Namespace) -> None:
             # Fine-tuning a pretrained body wants a gentler peak than training from scratch.
             defaults = {"lr": 1e-3 if args.model == "effnet-lite0" else 3e-3,
                         **({"epochs": 1000} if args.time_budget else {})}
-            result = histo.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume)
+            result = histo.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume,
+                                 repack=args.repack)
             print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
         elif args.command == "evaluate":
             histo.evaluate(args.run, args.data, tta=args.tta, threshold=args.threshold, device=args.device)

@@ -45,6 +45,8 @@ class Source:
     skipped: list[str] = field(default_factory=list)  # problems found before decoding, left out with --skip-bad
 
     def fingerprint(self) -> str:
+        """Name, size and modification time of every file, and the labels: cheap enough to check on every
+        run, but blind to a file rewritten in place with the same size and time (use --repack then)."""
         h = hashlib.sha1(f"{PACK_FORMAT}:{self.kind}".encode())
         for p in self.paths:
             st = p.stat()
@@ -201,12 +203,13 @@ def pack_dir_for(data_dir: Path, pack_root: Path | None = None) -> Path:
 
 
 def pack(source: Source, out_dir: Path, *, workers: int | None = None, skip_bad: bool = False,
-         progress: bool = True) -> PackedSet:
-    """Pack `source` into `out_dir/<name>/`, unless an identical pack is already there."""
+         progress: bool = True, repack: bool = False) -> PackedSet:
+    """Pack `source` into `out_dir/<name>/`, unless an identical pack is already there (`repack`: pack
+    again all the same)."""
     target = Path(out_dir) / source.name
     fingerprint = source.fingerprint()
     manifest = target / "manifest.json"
-    if manifest.exists():
+    if manifest.exists() and not repack:
         try:
             if json.loads(manifest.read_text()).get("fingerprint") == fingerprint:
                 return load_pack(target)
@@ -318,8 +321,8 @@ def _compact(pixels_path: Path, keep: np.ndarray) -> None:
 
 
 def pack_folder(data_dir: Path, *, pack_root: Path | None = None, workers: int | None = None,
-                skip_bad: bool = False, progress: bool = True) -> dict[str, PackedSet]:
+                skip_bad: bool = False, progress: bool = True, repack: bool = False) -> dict[str, PackedSet]:
     """Pack every set found in `data_dir`; returns them by name."""
     out = pack_dir_for(data_dir, pack_root)
-    return {name: pack(src, out, workers=workers, skip_bad=skip_bad, progress=progress)
+    return {name: pack(src, out, workers=workers, skip_bad=skip_bad, progress=progress, repack=repack)
             for name, src in find_sources(data_dir, skip_bad).items()}

@@ -102,7 +102,7 @@ def score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
 # ---------------------------------------------------------------- train
 
 def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *, resume: bool = False,
-          log=print) -> dict:
+          repack: bool = False, log=print) -> dict:
     run_dir = Path(run_dir)
     if resume and (run_dir / "settings.json").exists():
         # A resumed run keeps the settings it started with; only the device may change.
@@ -116,7 +116,7 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
     for turn in (True, False):  # rank 0 packs; the others then find the pack ready
         if world.main == turn:
             packed = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad,
-                                 progress=world.main)
+                                 progress=world.main, repack=repack and world.main)
         engine.barrier(world)
     if "train" not in packed or not packed["train"].labelled:
         raise DataError(f"{histo.data}: no labelled training set (train/ with train_labels.csv, or PCam train split)")
