@@ -1,3 +1,5 @@
+import json
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -141,3 +143,26 @@ def test_minilm_cache_key_covers_model_and_token_limit(monkeypatch):
     monkeypatch.setattr(minilm, "MAX_TOKENS", 96)
     monkeypatch.setattr(minilm, "model_version", lambda: "another model")
     assert minilm.cache_key(["a fire"], ["fire"]) != key
+
+
+def test_pcam_runs_validate_on_valid_and_evaluate_on_test(tmp_path):
+    """A PatchCamelyon folder's slide-disjoint valid split is the validation set, and evaluate --data
+    scores its test split unless told otherwise."""
+    from spotter.cli import main
+    from spotter.demo import synthetic_patch
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 48), ("valid", 16), ("test", 12)):
+        y = np.arange(n) % 2
+        write_pcam(tmp_path, split, np.stack([synthetic_patch(rng, bool(t)) for t in y]), y.astype(np.uint8))
+    run = tmp_path / "run"
+    assert main(["histo", "train", "--data", tmp_path, "--out", run, "--model", "seed", "--epochs", "1",
+                 "--batch-size", "16", "--device", "cpu"]) == 0
+    val_ids = (run / "val_ids.txt").read_text().split()
+    assert val_ids == [f"valid_{i}" for i in range(16)]
+    assert main(["histo", "evaluate", run]) == 0
+    assert json.loads((run / "evaluation.json").read_text())["images"] == 16
+    assert main(["histo", "evaluate", run, "--data", tmp_path]) == 0
+    report = json.loads((run / "evaluation.json").read_text())
+    assert report["images"] == 12 and report["data"].endswith("(test)")
+    assert main(["histo", "evaluate", run, "--data", tmp_path, "--split", "train"]) == 0
+    assert json.loads((run / "evaluation.json").read_text())["images"] == 48

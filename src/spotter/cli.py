@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmds.add_parser("evaluate", help="ROC AUC, accuracy and confusion matrix of a run")
     p.add_argument("run", type=Path)
     p.add_argument("--data", type=Path, help="labelled folder (default: the run's own validation split)")
+    p.add_argument("--split", choices=["train", "valid", "test"],
+                   help="with --data: which set (default: test for a PatchCamelyon folder, train for Kaggle's)")
     p.add_argument("--tta", action="store_true", help="average the 8 rotations and reflections")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--device", default="auto")
@@ -156,7 +158,8 @@ def run(args: argparse.Namespace) -> None:
                                  repack=args.repack)
             print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
         elif args.command == "evaluate":
-            histo.evaluate(args.run, args.data, tta=args.tta, threshold=args.threshold, device=args.device)
+            histo.evaluate(args.run, args.data, split=args.split, tta=args.tta, threshold=args.threshold,
+                           device=args.device)
         elif args.command == "predict":
             histo.predict(args.run, args.images, args.out, tta=args.tta, device=args.device, skip_bad=args.skip_bad)
         elif args.command == "ensemble":

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -40,6 +40,10 @@ class HistoSettings:
     pack_root: str | None = None
     skip_bad: bool = False
     augment: bool = True
+    # "random": a stratified random split of the training patches (Kaggle's layout has no slide ids, so
+    # patches of one slide land on both sides: optimistic). "valid": PatchCamelyon's slide-disjoint valid
+    # split, chosen by `train` whenever the folder has one.
+    val_split: str = "random"
 
     def __post_init__(self):
         if self.crop is None:
@@ -118,19 +122,19 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
             packed = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad,
                                  progress=world.main, repack=repack and world.main)
         engine.barrier(world)
-    if "train" not in packed or not packed["train"].labelled:
-        raise DataError(f"{histo.data}: no labelled training set (train/ with train_labels.csv, or PCam train split)")
-    data = packed["train"]
-    train_rows, val_rows = split_train_val(data.labels, histo.val_fraction, settings.seed)
+    if not resume and "valid" in packed and packed["valid"].labelled:
+        histo = replace(histo, val_split="valid")
+    data, train_rows, val_data, val_rows = _split(packed, histo, settings.seed)
     device = engine.pick_device(settings.device, world)
     model = create_model(histo.model).to(memory_format=torch.channels_last)
     augment = Augment(histo.crop_jitter, histo.colour_jitter) if histo.augment else None
     bs = settings.batch_size
-    log(f"{len(train_rows)} training and {len(val_rows)} validation patches; model {histo.model} "
+    log(f"{len(train_rows)} training and {len(val_rows)} validation patches "
+        f"({'PatchCamelyon valid split' if histo.val_split == 'valid' else 'random split'}); model {histo.model} "
         f"({count_parameters(model):,} parameters), crop {histo.crop}, device {device}")
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.main:
-        files.write_text_atomic(run_dir / "val_ids.txt", "\n".join(data.ids[val_rows]) + "\n")
+        files.write_text_atomic(run_dir / "val_ids.txt", "\n".join(val_data.ids[val_rows]) + "\n")
         if (data.path / "skipped.txt").exists():  # provenance: what this run was trained without
             shutil.copyfile(data.path / "skipped.txt", run_dir / "skipped.txt")
 
@@ -139,7 +143,7 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         train_batches=lambda epoch, rank, world: iterate_batches(
             data, train_rows, bs, device, histo.crop, seed=settings.seed * 100_003 + epoch, augment=augment,
             drop_last=True, shard=(rank, world), model=histo.model),
-        val_batches=lambda rank, world: iterate_batches(data, val_rows[rank::world], bs * 2, device, histo.crop,
+        val_batches=lambda rank, world: iterate_batches(val_data, val_rows[rank::world], bs * 2, device, histo.crop,
                                                         model=histo.model),
         score=score, main_metric="auc",
         steps_per_epoch=lambda world: engine.shard_steps(len(train_rows), bs, world, drop_last=True),
@@ -150,6 +154,19 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         plots.training_curves(run_dir / "metrics.csv", run_dir / "history.png",
                               [("loss", "loss"), ("auc", "ROC AUC")])
     return result
+
+
+def _split(packed: dict[str, PackedSet], histo: HistoSettings, seed: int):
+    """(training pack, its rows, validation pack, its rows), as `histo.val_split` says."""
+    if "train" not in packed or not packed["train"].labelled:
+        raise DataError(f"{histo.data}: no labelled training set (train/ with train_labels.csv, or PCam train split)")
+    data = packed["train"]
+    if histo.val_split == "valid":
+        if "valid" not in packed or not packed["valid"].labelled:
+            raise DataError(f"{histo.data}: the run validates on PatchCamelyon's valid split, which is not there")
+        return data, np.arange(len(data)), packed["valid"], np.arange(len(packed["valid"]))
+    train_rows, val_rows = split_train_val(data.labels, histo.val_fraction, seed)
+    return data, train_rows, data, val_rows
 
 
 def _root(histo: HistoSettings) -> Path | None:
@@ -233,7 +250,8 @@ def validation_rows(run_dir: Path, histo: HistoSettings) -> tuple[PackedSet, np.
     if not ids_file.exists():
         raise engine.CheckpointError(f"{ids_file}: missing; it names the run's validation split (pass --data "
                                      "to evaluate on a labelled folder instead)")
-    data = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad)["train"]
+    packed = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad)
+    data = packed["valid" if histo.val_split == "valid" else "train"]
     wanted = set(ids_file.read_text().split())
     rows = np.flatnonzero([i in wanted for i in data.ids])
     if len(rows) != len(wanted):
@@ -258,9 +276,10 @@ def build_ensemble(runs: list[Path], out: Path, *, tta: bool = False, device: st
     return summary
 
 
-def evaluate(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, threshold: float = 0.5,
-             device: str = "auto", log=print) -> dict:
-    """Score a run (or an ensemble) on a labelled folder, or on its own validation split when `data_dir` is None."""
+def evaluate(run_dir: Path, data_dir: Path | None = None, *, split: str | None = None, tta: bool = False,
+             threshold: float = 0.5, device: str = "auto", log=print) -> dict:
+    """Score a run (or an ensemble) on a labelled folder, or on its own validation split when `data_dir` is None.
+    `split` picks the folder's labelled set: by default `test` for a PatchCamelyon folder, `train` for Kaggle's."""
     run_dir = Path(run_dir)
     predictor = load_run(run_dir, device)
     histo = predictor.settings
@@ -269,9 +288,12 @@ def evaluate(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, 
         where = f"validation split of {histo.data}"
     else:
         packed = pack_folder(Path(data_dir), pack_root=_root(histo))
-        if "train" not in packed or not packed["train"].labelled:
-            raise DataError(f"{data_dir}: needs labelled patches (train/ and train_labels.csv) to evaluate")
-        data, where = packed["train"], str(data_dir)
+        labelled = [name for name, part in packed.items() if part.labelled]
+        split = split or ("test" if "test" in labelled else "train")  # PCam's test is labelled, Kaggle's not
+        if split not in labelled:
+            raise DataError(f"{data_dir}: no labelled '{split}' set to evaluate (labelled: "
+                            f"{', '.join(labelled) or 'none'}; Kaggle's layout needs train/ and train_labels.csv)")
+        data, where = packed[split], f"{data_dir} ({split})"
         rows = np.arange(len(data))
     start = time.perf_counter()
     probs = predictor.predict_pack(data, rows, tta)
