@@ -148,6 +148,36 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
+def node_first(world: World, work: Callable[[], Any]) -> Any:
+    """Run `work` on each node's local rank 0 first, then (once every node's is done) on the other ranks:
+    for work that fills a node-local cache (a pack, cached embeddings), which the others then just read."""
+    result = work() if world.local_rank == 0 else None
+    barrier(world)
+    return work() if world.local_rank != 0 else result
+
+
+def check_shared_folder(world: World, folder: Path) -> None:
+    """Under torchrun, every rank must see the run folder rank 0 writes (checkpoints, finished folds):
+    on several nodes that takes a filesystem they all share. Refuse clearly when one does not."""
+    if world.size == 1:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / ".shared-check"
+    token = os.urandom(8).hex() if world.main else None
+    token = gather(world, token)[0]
+    if world.main:
+        probe.write_text(token)
+    barrier(world)
+    sees = gather(world, probe.exists() and probe.read_text() == token)
+    barrier(world)
+    if world.main:
+        probe.unlink()
+    if not all(sees):
+        blind = [rank for rank, ok in enumerate(sees) if not ok]
+        raise CheckpointError(f"{folder}: rank(s) {blind} cannot see the run folder rank 0 writes; a run on "
+                              "several nodes needs --out on a filesystem every node shares (e.g. NFS)")
+
+
 def shard_batches(order: np.ndarray, batch_size: int, shard: tuple[int, int] = (0, 1), *, drop_last: bool = False,
                   shuffle: np.random.Generator | None = None, even: bool = False) -> Iterator[np.ndarray]:
     """The one way every task cuts rows into batches across ranks.

@@ -12,6 +12,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import socket
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -209,13 +210,10 @@ def pack(source: Source, out_dir: Path, *, workers: int | None = None, skip_bad:
     target = Path(out_dir) / source.name
     fingerprint = source.fingerprint()
     manifest = target / "manifest.json"
-    if manifest.exists() and not repack:
-        try:
-            if json.loads(manifest.read_text()).get("fingerprint") == fingerprint:
-                return load_pack(target)
-        except (ValueError, OSError):
-            pass  # a damaged manifest: pack again
-    tmp = target.with_name(target.name + ".partial")
+    if not repack and _matches(manifest, fingerprint):
+        return load_pack(target)
+    # A partial folder of this process's own: packers on other nodes sharing the cache cannot delete it.
+    tmp = target.with_name(f"{target.name}.partial-{socket.gethostname()}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     n = len(source.ids)
@@ -247,9 +245,22 @@ def pack(source: Source, out_dir: Path, *, workers: int | None = None, skip_bad:
     (tmp / "manifest.json").write_text(json.dumps(
         {"fingerprint": fingerprint, "format": PACK_FORMAT, "count": int(keep.sum()), "skipped": len(bad),
          "source": str(source.paths[0].parent)}, indent=2))
+    if _matches(manifest, fingerprint):  # another process finished the same pack meanwhile: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        return load_pack(target)
     shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process renamed its pack there in between
+        shutil.rmtree(tmp, ignore_errors=True)
     return load_pack(target)
+
+
+def _matches(manifest: Path, fingerprint: str) -> bool:
+    try:
+        return json.loads(manifest.read_text()).get("fingerprint") == fingerprint
+    except (ValueError, OSError):
+        return False  # missing or damaged: pack again
 
 
 def load_pack(folder: Path) -> PackedSet:
@@ -282,7 +293,7 @@ def _decode_tiffs(paths: list[Path], out_path: Path, workers: int | None, progre
     names = [str(p) for p in paths]
     jobs = [(names[i:i + chunk], str(out_path), i) for i in range(0, len(names), chunk)]
     bad: list[tuple[int, str]] = []
-    bar = tqdm(total=len(paths), desc=f"pack {out_path.parent.name.removesuffix('.partial')}", unit="file",
+    bar = tqdm(total=len(paths), desc=f"pack {out_path.parent.name.split('.partial')[0]}", unit="file",
                disable=None if progress else True)
     if workers == 1 or len(jobs) == 1:
         for job in jobs:

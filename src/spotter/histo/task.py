@@ -117,11 +117,11 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
     engine.seed_everything(settings.seed)
     world = engine.join_world(settings.device)
     log = log if world.main else engine.quiet
-    for turn in (True, False):  # rank 0 packs; the others then find the pack ready
-        if world.main == turn:
-            packed = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad,
-                                 progress=world.main, repack=repack and world.main)
-        engine.barrier(world)
+    engine.check_shared_folder(world, run_dir)
+    # Each node's local rank 0 packs into its cache; the node's other ranks then find the pack ready.
+    packed = engine.node_first(world, lambda: pack_folder(Path(histo.data), pack_root=_root(histo),
+                                                          skip_bad=histo.skip_bad, progress=world.local_rank == 0,
+                                                          repack=repack and world.local_rank == 0))
     if not resume and "valid" in packed and packed["valid"].labelled:
         histo = replace(histo, val_split="valid")
     data, train_rows, val_data, val_rows = _split(packed, histo, settings.seed)

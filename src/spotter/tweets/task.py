@@ -89,6 +89,7 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
     engine.seed_everything(train_settings.seed)
     world = engine.join_world(train_settings.device)
     log = log if world.main else engine.quiet  # under torchrun every rank runs this; rank 0 speaks and writes
+    engine.check_shared_folder(world, run_dir)
     start = time.perf_counter()
     df, changed = _training_rows(settings, run_dir, world, log)
     corpus = Corpus.build(df["text"], df["keyword"], NormaliseOptions(**settings.normalise), df["target"].to_numpy())
