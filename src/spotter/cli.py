@@ -32,6 +32,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Long but flat: one declarative block per command, read top to bottom like the --help it makes.
     parser = argparse.ArgumentParser(prog="spotter", description="Train, evaluate and serve two binary detectors: "
                                      "tumour in histopathology patches (CNN) and disaster tweets (RNN).",
                                      epilog=EPILOG)

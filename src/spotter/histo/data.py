@@ -245,7 +245,7 @@ def pack(source: Source, out_dir: Path, *, workers: int | None = None, skip_bad:
     (tmp / "manifest.json").write_text(json.dumps(
         {"fingerprint": fingerprint, "format": PACK_FORMAT, "count": int(keep.sum()), "skipped": len(bad),
          "source": str(source.paths[0].parent)}, indent=2))
-    if _matches(manifest, fingerprint):  # another process finished the same pack meanwhile: use theirs
+    if not repack and _matches(manifest, fingerprint):  # another process finished the same pack meanwhile
         shutil.rmtree(tmp, ignore_errors=True)
         return load_pack(target)
     shutil.rmtree(target, ignore_errors=True)
