@@ -36,12 +36,14 @@ def train_and_score(data: Path, out: Path, model: str, extra: list[str]) -> dict
     return {"model": model, "train_seconds": seconds, "epochs": epochs, **score(out)}
 
 
-def score(out: Path) -> dict:
-    """Validation AUC of a run or ensemble, with and without 8x TTA."""
+def score(out: Path, tta_out: Path | None = None) -> dict:
+    """Validation AUC of a run or ensemble, without and with 8x TTA (an ensemble calibrated on TTA
+    predictions, `tta_out`, scores the TTA column)."""
+    tta_out = tta_out or out
     spotter("histo", "evaluate", out)
-    spotter("histo", "evaluate", out, "--tta")
+    spotter("histo", "evaluate", tta_out, "--tta")
     plain = json.loads((out / "evaluation.json").read_text())
-    tta = json.loads((out / "evaluation_tta.json").read_text())
+    tta = json.loads((tta_out / "evaluation_tta.json").read_text())
     return {"val_auc": plain["auc"], "val_auc_tta": tta["auc"], "val_images": plain["images"]}
 
 
@@ -74,8 +76,11 @@ def main() -> None:
             if not set(members) <= {r["model"] for r in runs}:
                 continue
             out = (args.runs_dir or Path(tmp)) / name
-            spotter("histo", "ensemble", *(out.parent / m for m in members), "--out", out, "--tta")
-            runs.append({**score(out), "model": name, "epochs": None,
+            # An ensemble's calibration holds for predictions made as it was fitted: one of each.
+            spotter("histo", "ensemble", *(out.parent / m for m in members), "--out", out)
+            spotter("histo", "ensemble", *(out.parent / m for m in members), "--out", out.with_name(name + "-tta"),
+                    "--tta")
+            runs.append({**score(out, out.with_name(name + "-tta")), "model": name, "epochs": None,
                          "train_seconds": sum(r["train_seconds"] for r in runs if r["model"] in members)})
     results["runs"] = runs
     args.out.write_text(json.dumps(results, indent=2))

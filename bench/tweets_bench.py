@@ -27,7 +27,10 @@ def spotter(*args) -> None:
 def scores(name: str, run: Path, seconds: float) -> dict:
     """Per-fold F1 (models), whole out-of-fold F1 and AUC (models and ensembles) of a finished run."""
     summary = json.loads((run / "summary.json").read_text())
-    result = {"model": name, "oof_f1": summary["validation"]["f1"], "oof_auc": summary["validation"]["auc"],
+    # Runs report F1 with each fold cut at a threshold tuned without it; ensembles tune on the rows they score.
+    at_threshold = summary.get("validation_at_threshold", summary.get("validation"))
+    result = {"model": name, "oof_f1": summary.get("f1", at_threshold["f1"]), "oof_auc": at_threshold["auc"],
+              "f1_ci95": summary.get("f1_ci95", at_threshold.get("f1_ci95")),
               "threshold": summary["threshold"], "seconds": seconds}
     if "fold_f1" in summary:
         result.update(f1_mean=summary["f1_mean"], f1_std=summary["f1_std"], fold_f1=summary["fold_f1"],

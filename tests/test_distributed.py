@@ -102,3 +102,36 @@ def test_tweets_train_under_torchrun(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["folds"] == 1 and 0 < summary["threshold"] < 1
     assert len(pd.read_csv(tmp_path / "run" / "fold0" / "metrics.csv")) == 3
+
+
+def two_nodes(tmp_path, out, *args):
+    """`torchrun --nnodes=2` twice on loopback: two "nodes" of one process each, each with its own cache
+    folder and working folder, as on two machines."""
+    port = free_port()
+    procs = []
+    for node in (0, 1):
+        home = tmp_path / f"node{node}"
+        (home / "cache").mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}",
+                   "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "spotter",
+                   *map(str, args), "--out", str(out)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "SPOTTER_CACHE": str(home / "cache"),
+               "PYTHONPATH": os.pathsep.join(sys.path)}
+        procs.append(subprocess.Popen(command, cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    return [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+
+
+def test_two_nodes_pack_their_own_caches_and_share_the_run_folder(data, tmp_path):
+    args = ["histo", "train", "--data", data, "--model", "seed", "--epochs", 1, "--batch-size", 16, "--device", "cpu"]
+    results = two_nodes(tmp_path, tmp_path / "shared-run", *args)
+    assert [code for code, _ in results] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    for node in (0, 1):  # each node packed once into its own cache
+        assert len(list((tmp_path / f"node{node}" / "cache" / "packs").glob("*/train/manifest.json"))) == 1
+        assert not list((tmp_path / f"node{node}" / "cache" / "packs").glob("*/*.partial*"))
+    assert (tmp_path / "shared-run" / "last.pt").exists()
+
+    # A relative --out is a different folder on each "node": refused with a clear error, not a hang.
+    results = two_nodes(tmp_path, "run", *args)
+    assert all(code != 0 for code, _ in results)
+    assert any("needs --out on a filesystem every node shares" in err for _, err in results)

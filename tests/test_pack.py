@@ -1,3 +1,5 @@
+import json
+
 import h5py
 import numpy as np
 import pandas as pd
@@ -102,3 +104,65 @@ def test_missing_images_are_skipped_and_unlabelled_ones_reported(real_histo, tmp
     assert len(train) == 160 and "ghost" not in set(train.ids) and "stray" not in set(train.ids)
     assert "ghost.tif: listed in train_labels.csv but missing" in (train.path / "skipped.txt").read_text()
     assert "1 images in" in capsys.readouterr().err
+
+
+def test_a_run_records_what_skip_bad_left_out(real_histo, tmp_path, capsys):
+    from spotter.cli import main
+    victim = sorted((real_histo / "train").iterdir())[5]
+    victim.unlink()
+    victim.write_bytes(b"")
+    run = tmp_path / "run"
+    assert main(["histo", "train", "--data", real_histo, "--out", run, "--skip-bad", "--epochs", "1",
+                 "--batch-size", "32", "--crop", "64", "--device", "cpu"]) == 0
+    assert victim.name in capsys.readouterr().err  # the warning names the file, not only a count
+    assert victim.name in (run / "skipped.txt").read_text()
+
+
+def test_repack_catches_a_file_rewritten_with_the_same_size_and_time(real_histo, tmp_path):
+    """The pack fingerprint is names, sizes and times (documented); --repack is the way out."""
+    import os
+    first = pack_folder(real_histo, pack_root=tmp_path / "packs", progress=False)["train"]
+    victim = real_histo / "train" / f"{first.ids[0]}.tif"
+    other = real_histo / "train" / f"{first.ids[1]}.tif"
+    stat = victim.stat()
+    victim.unlink()
+    victim.write_bytes(other.read_bytes())  # same size: Kaggle's TIFFs all are
+    os.utime(victim, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    stale = pack_folder(real_histo, pack_root=tmp_path / "packs", progress=False)["train"]
+    assert not np.array_equal(stale.read(np.array([0])), read_patch(other)[None])
+    fresh = pack_folder(real_histo, pack_root=tmp_path / "packs", progress=False, repack=True)["train"]
+    assert np.array_equal(fresh.read(np.array([0])), read_patch(other)[None])
+
+
+def test_minilm_cache_key_covers_model_and_token_limit(monkeypatch):
+    from spotter.tweets import minilm
+    key = minilm.cache_key(["a fire"], ["fire"])
+    assert minilm.cache_key(["a fire"], ["fire"]) == key
+    monkeypatch.setattr(minilm, "MAX_TOKENS", 64)
+    assert minilm.cache_key(["a fire"], ["fire"]) != key
+    monkeypatch.setattr(minilm, "MAX_TOKENS", 96)
+    monkeypatch.setattr(minilm, "model_version", lambda: "another model")
+    assert minilm.cache_key(["a fire"], ["fire"]) != key
+
+
+def test_pcam_runs_validate_on_valid_and_evaluate_on_test(tmp_path):
+    """A PatchCamelyon folder's slide-disjoint valid split is the validation set, and evaluate --data
+    scores its test split unless told otherwise."""
+    from spotter.cli import main
+    from spotter.demo import synthetic_patch
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 48), ("valid", 16), ("test", 12)):
+        y = np.arange(n) % 2
+        write_pcam(tmp_path, split, np.stack([synthetic_patch(rng, bool(t)) for t in y]), y.astype(np.uint8))
+    run = tmp_path / "run"
+    assert main(["histo", "train", "--data", tmp_path, "--out", run, "--model", "seed", "--epochs", "1",
+                 "--batch-size", "16", "--device", "cpu"]) == 0
+    val_ids = (run / "val_ids.txt").read_text().split()
+    assert val_ids == [f"valid_{i}" for i in range(16)]
+    assert main(["histo", "evaluate", run]) == 0
+    assert json.loads((run / "evaluation.json").read_text())["images"] == 16
+    assert main(["histo", "evaluate", run, "--data", tmp_path]) == 0
+    report = json.loads((run / "evaluation.json").read_text())
+    assert report["images"] == 12 and report["data"].endswith("(test)")
+    assert main(["histo", "evaluate", run, "--data", tmp_path, "--split", "train"]) == 0
+    assert json.loads((run / "evaluation.json").read_text())["images"] == 48

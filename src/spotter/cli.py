@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from . import engine
+from .errors import UserError
 
 EPILOG = "Data layouts and examples: see README.md."
 
@@ -31,6 +32,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Long but flat: one declarative block per command, read top to bottom like the --help it makes.
     parser = argparse.ArgumentParser(prog="spotter", description="Train, evaluate and serve two binary detectors: "
                                      "tumour in histopathology patches (CNN) and disaster tweets (RNN).",
                                      epilog=EPILOG)
@@ -43,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pack-dir", type=Path, help="where packs are kept (default ~/.cache/spotter/packs)")
     p.add_argument("--workers", type=int, help="decoding processes (default: one per core)")
     p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images and list them")
+    p.add_argument("--repack", action="store_true", help="pack again even if the files' names, sizes and times match")
 
     p = cmds.add_parser("train", help="train a CNN; writes checkpoints, metrics.csv and plots to --out")
     p.add_argument("--data", type=Path, required=True)
@@ -61,11 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "15-minute budget, compile time included (see README)")
     p.add_argument("--pack-dir", type=Path)
     p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--repack", action="store_true", help="pack again even if the files' names, sizes and times match")
     _add_training_args(p)
 
     p = cmds.add_parser("evaluate", help="ROC AUC, accuracy and confusion matrix of a run")
     p.add_argument("run", type=Path)
     p.add_argument("--data", type=Path, help="labelled folder (default: the run's own validation split)")
+    p.add_argument("--split", choices=["train", "valid", "test"],
+                   help="with --data: which set (default: test for a PatchCamelyon folder, train for Kaggle's)")
     p.add_argument("--tta", action="store_true", help="average the 8 rotations and reflections")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--device", default="auto")
@@ -243,7 +249,7 @@ def run(args: argparse.Namespace) -> None:
         from .histo import data as histo_data, task as histo
         if args.command == "pack":
             for name, packed in histo_data.pack_folder(args.data, pack_root=args.pack_dir, workers=args.workers,
-                                                       skip_bad=args.skip_bad).items():
+                                                       skip_bad=args.skip_bad, repack=args.repack).items():
                 print(f"{name}: {len(packed)} patches in {packed.path}")
         elif args.command == "train":
             settings = histo.HistoSettings(data=str(args.data), model=args.model, val_fraction=args.val_fraction,
@@ -253,10 +259,12 @@ def run(args: argparse.Namespace) -> None:
             # Fine-tuning a pretrained body wants a gentler peak than training from scratch.
             defaults = {"lr": 1e-3 if args.model == "effnet-lite0" else 3e-3,
                         **({"epochs": 1000} if args.time_budget else {})}
-            result = histo.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume)
+            result = histo.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume,
+                                 repack=args.repack)
             print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
         elif args.command == "evaluate":
-            histo.evaluate(args.run, args.data, tta=args.tta, threshold=args.threshold, device=args.device)
+            histo.evaluate(args.run, args.data, split=args.split, tta=args.tta, threshold=args.threshold,
+                           device=args.device)
         elif args.command == "predict":
             histo.predict(args.run, args.images, args.out, tta=args.tta, device=args.device, skip_bad=args.skip_bad)
         elif args.command == "ensemble":
@@ -309,13 +317,9 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(None if argv is None else [str(a) for a in argv])
-    from .histo.data import DataError
-    from .histo.tiff import BadImage
-    from .tweets.embeddings import EmbeddingError
-    from .tweets.text import TweetDataError
     try:
         run(args)
-    except (DataError, BadImage, TweetDataError, EmbeddingError, engine.CheckpointError, ValueError, FileNotFoundError, FloatingPointError) as err:
+    except UserError as err:  # a mistake the user can fix: one line; anything else is a bug: its traceback
         print(f"spotter: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -37,13 +37,18 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import precision as precision_choice
+from .errors import BadInput, UserError
 from .files import atomic_path, write_csv_atomic, write_text_atomic  # noqa: F401 (callers use engine.write_*)
 
 Batch = tuple[Any, torch.Tensor]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A run folder or checkpoint that cannot be used; the message says why and what to do."""
+
+
+class TrainingDiverged(UserError, FloatingPointError):
+    """The training loss became NaN or infinite."""
 
 
 def settings_from(cls: type, values: dict[str, Any], where: Path | str) -> Any:
@@ -74,13 +79,13 @@ class TrainSettings:
 
     def __post_init__(self):
         if self.epochs < 1:
-            raise ValueError(f"epochs must be at least 1, got {self.epochs}")
+            raise BadInput(f"epochs must be at least 1, got {self.epochs}")
         if self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+            raise BadInput(f"batch size must be at least 1, got {self.batch_size}")
         if self.time_budget_min is not None and self.time_budget_min <= 0:
-            raise ValueError(f"time budget must be positive, got {self.time_budget_min} min")
+            raise BadInput(f"time budget must be positive, got {self.time_budget_min} min")
         if self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+            raise BadInput(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
 
 
 @dataclass
@@ -144,6 +149,36 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
+def node_first(world: World, work: Callable[[], Any]) -> Any:
+    """Run `work` on each node's local rank 0 first, then (once every node's is done) on the other ranks:
+    for work that fills a node-local cache (a pack, cached embeddings), which the others then just read."""
+    result = work() if world.local_rank == 0 else None
+    barrier(world)
+    return work() if world.local_rank != 0 else result
+
+
+def check_shared_folder(world: World, folder: Path) -> None:
+    """Under torchrun, every rank must see the run folder rank 0 writes (checkpoints, finished folds):
+    on several nodes that takes a filesystem they all share. Refuse clearly when one does not."""
+    if world.size == 1:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / ".shared-check"
+    token = os.urandom(8).hex() if world.main else None
+    token = gather(world, token)[0]
+    if world.main:
+        probe.write_text(token)
+    barrier(world)
+    sees = gather(world, probe.exists() and probe.read_text() == token)
+    barrier(world)
+    if world.main:
+        probe.unlink()
+    if not all(sees):
+        blind = [rank for rank, ok in enumerate(sees) if not ok]
+        raise CheckpointError(f"{folder}: rank(s) {blind} cannot see the run folder rank 0 writes; a run on "
+                              "several nodes needs --out on a filesystem every node shares (e.g. NFS)")
+
+
 def shard_batches(order: np.ndarray, batch_size: int, shard: tuple[int, int] = (0, 1), *, drop_last: bool = False,
                   shuffle: np.random.Generator | None = None, even: bool = False) -> Iterator[np.ndarray]:
     """The one way every task cuts rows into batches across ranks.
@@ -189,7 +224,7 @@ def pick_device(name: str = "auto", world: World | None = None) -> torch.device:
         return torch.device("cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
+        raise BadInput("--device cuda was asked for, but PyTorch sees no CUDA GPU")
     return device
 
 
@@ -257,7 +292,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Batch], optimizer: torch
                            torch.cat(labels).cpu().numpy(), seen))
     loss = sum(p[0] for p in parts) / sum(p[1] for p in parts)
     if not math.isfinite(loss):
-        raise FloatingPointError(f"training loss became {loss}; lower --lr or check the data")
+        raise TrainingDiverged(f"training loss became {loss}; lower --lr or check the data")
     return {"loss": loss, "probs": np.concatenate([p[2] for p in parts]),
             "labels": np.concatenate([p[3] for p in parts]), "seconds": elapsed,
             "per_s": sum(p[4] for p in parts) / elapsed, "steps": len(losses)}

@@ -16,6 +16,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from . import engine
+from .errors import BadInput
 from .metrics import binary_report, intervals
 
 FILE = "ensemble.json"
@@ -47,34 +48,35 @@ def combine(member_probs: list[np.ndarray], calibration: list[tuple[float, float
 
 def build(kind: str, members: list[Path], out: Path, validation: Callable[[Path], Validation],
           score: Callable[[np.ndarray, np.ndarray], dict], main_metric: str, *, threshold: Callable | None = None,
-          log=print) -> dict:
+          record: dict | None = None, log=print) -> dict:
     """Calibrate and combine `members` into the run folder `out`; returns the validation summary.
 
     `validation(run)` gives a member's validation predictions; every member must have predicted the same
     rows (same data, seed, split and folds), else the calibration would mix different examples.
     `threshold(labels, probs)`, when given, tunes the decision threshold on the combined predictions.
+    `record` adds how the members' predictions were made (e.g. {"tta": True}) to ensemble.json.
     """
     if len(members) < 2:
-        raise ValueError("an ensemble needs at least two runs")
+        raise BadInput("an ensemble needs at least two runs")
     out = Path(out)
     if any((out / name).exists() for name in ("best.pt", "run.json", "settings.json")):
-        raise ValueError(f"{out}: already holds a trained run; give the ensemble a folder of its own")
+        raise BadInput(f"{out}: already holds a trained run; give the ensemble a folder of its own")
     preds = [validation(Path(m)) for m in members]
     ids, labels = preds[0][0], preds[0][1]
     aligned = []
     for member, (m_ids, m_labels, m_probs) in zip(members, preds):
         index = pd.Series(np.arange(len(m_ids)), index=m_ids)
         if len(m_ids) != len(ids) or not index.index.is_unique or not np.isin(ids, m_ids).all():
-            raise ValueError(f"{member}: its validation rows differ from {members[0]}'s; train every member "
+            raise BadInput(f"{member}: its validation rows differ from {members[0]}'s; train every member "
                              "on the same data with the same seed, split and folds")
         rows = index[ids].to_numpy()
         if not np.array_equal(m_labels[rows], labels):
-            raise ValueError(f"{member}: its validation labels differ from {members[0]}'s")
+            raise BadInput(f"{member}: its validation labels differ from {members[0]}'s")
         aligned.append(m_probs[rows])
     calibration = [platt(p, labels) for p in aligned]
     probs = combine(aligned, calibration)
     cut = threshold(labels, probs)[0] if threshold else 0.5
-    summary = {"version": 1, "task": kind, "members": [str(Path(m).resolve()) for m in members],
+    summary = {"version": 1, "task": kind, **(record or {}), "members": [str(Path(m).resolve()) for m in members],
                "calibration": calibration, "threshold": cut,
                "member_scores": [score(labels, p)[main_metric] for p in aligned],
                "validation": {**score(labels, probs), **binary_report(labels, probs, cut),

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .errors import UserError
+
 # Logit units drawn at full colour (a location that alone would make p = 0.9997). Chosen so that strong evidence
 # rarely saturates: on a trained ResNet's validation tumour patches the per-patch maximum was 4.4 logits at the
 # median and 7.1 at the 99th percentile (4 logits, tried first, turned whole tumour patches one flat colour).
@@ -33,7 +35,7 @@ PATCH = 96
 CENTRE = (32, 64)  # the labelled centre 32x32 of a 96x96 patch
 
 
-class NotExplainable(ValueError):
+class NotExplainable(UserError, ValueError):
     """This model has no explanation of the kind asked for (the message says which it has)."""
 
 

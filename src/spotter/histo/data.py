@@ -12,6 +12,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import socket
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ..errors import UserError
 from ..files import atomic_path, cache_dir
 from .tiff import PATCH_SHAPE, BadImage, read_patch
 
@@ -28,7 +30,7 @@ PACK_FORMAT = 1
 PCAM_NAME = "camelyonpatch_level_2_split_{split}_{xy}.h5"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Input that cannot be used as it is; the message says which file and what to do."""
 
 
@@ -44,6 +46,8 @@ class Source:
     skipped: list[str] = field(default_factory=list)  # problems found before decoding, left out with --skip-bad
 
     def fingerprint(self) -> str:
+        """Name, size and modification time of every file, and the labels: cheap enough to check on every
+        run, but blind to a file rewritten in place with the same size and time (use --repack then)."""
         h = hashlib.sha1(f"{PACK_FORMAT}:{self.kind}".encode())
         for p in self.paths:
             st = p.stat()
@@ -200,18 +204,16 @@ def pack_dir_for(data_dir: Path, pack_root: Path | None = None) -> Path:
 
 
 def pack(source: Source, out_dir: Path, *, workers: int | None = None, skip_bad: bool = False,
-         progress: bool = True) -> PackedSet:
-    """Pack `source` into `out_dir/<name>/`, unless an identical pack is already there."""
+         progress: bool = True, repack: bool = False) -> PackedSet:
+    """Pack `source` into `out_dir/<name>/`, unless an identical pack is already there (`repack`: pack
+    again all the same)."""
     target = Path(out_dir) / source.name
     fingerprint = source.fingerprint()
     manifest = target / "manifest.json"
-    if manifest.exists():
-        try:
-            if json.loads(manifest.read_text()).get("fingerprint") == fingerprint:
-                return load_pack(target)
-        except (ValueError, OSError):
-            pass  # a damaged manifest: pack again
-    tmp = target.with_name(target.name + ".partial")
+    if not repack and _matches(manifest, fingerprint):
+        return load_pack(target)
+    # A partial folder of this process's own: packers on other nodes sharing the cache cannot delete it.
+    tmp = target.with_name(f"{target.name}.partial-{socket.gethostname()}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     n = len(source.ids)
@@ -229,10 +231,10 @@ def pack(source: Source, out_dir: Path, *, workers: int | None = None, skip_bad:
         raise DataError(f"{len(bad)} of {n} images cannot be used:\n{_first_lines(report)}\n"
                         "fix or remove them, or pass --skip-bad to leave them out")
     if bad or source.skipped:
-        report = "\n".join(source.skipped + [msg for _, msg in bad])
-        (tmp / "skipped.txt").write_text(report + "\n")
-        print(f"spotter: warning: left out {len(source.skipped) + len(bad)} images (--skip-bad); "
-              f"the list is in {target / 'skipped.txt'}", file=sys.stderr)
+        left_out = source.skipped + [msg for _, msg in bad]
+        (tmp / "skipped.txt").write_text("\n".join(left_out) + "\n")
+        print(f"spotter: warning: left out {len(left_out)} images (--skip-bad):\n{_first_lines(chr(10).join(left_out), 3)}"
+              f"\nthe list is in {target / 'skipped.txt'} (and in the run folder of a training run)", file=sys.stderr)
     if bad:
         keep[[i for i, _ in bad]] = False
         _compact(tmp / "pixels.npy", keep)
@@ -243,9 +245,22 @@ def pack(source: Source, out_dir: Path, *, workers: int | None = None, skip_bad:
     (tmp / "manifest.json").write_text(json.dumps(
         {"fingerprint": fingerprint, "format": PACK_FORMAT, "count": int(keep.sum()), "skipped": len(bad),
          "source": str(source.paths[0].parent)}, indent=2))
+    if not repack and _matches(manifest, fingerprint):  # another process finished the same pack meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+        return load_pack(target)
     shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process renamed its pack there in between
+        shutil.rmtree(tmp, ignore_errors=True)
     return load_pack(target)
+
+
+def _matches(manifest: Path, fingerprint: str) -> bool:
+    try:
+        return json.loads(manifest.read_text()).get("fingerprint") == fingerprint
+    except (ValueError, OSError):
+        return False  # missing or damaged: pack again
 
 
 def load_pack(folder: Path) -> PackedSet:
@@ -278,7 +293,7 @@ def _decode_tiffs(paths: list[Path], out_path: Path, workers: int | None, progre
     names = [str(p) for p in paths]
     jobs = [(names[i:i + chunk], str(out_path), i) for i in range(0, len(names), chunk)]
     bad: list[tuple[int, str]] = []
-    bar = tqdm(total=len(paths), desc=f"pack {out_path.parent.name.removesuffix('.partial')}", unit="file",
+    bar = tqdm(total=len(paths), desc=f"pack {out_path.parent.name.split('.partial')[0]}", unit="file",
                disable=None if progress else True)
     if workers == 1 or len(jobs) == 1:
         for job in jobs:
@@ -317,8 +332,8 @@ def _compact(pixels_path: Path, keep: np.ndarray) -> None:
 
 
 def pack_folder(data_dir: Path, *, pack_root: Path | None = None, workers: int | None = None,
-                skip_bad: bool = False, progress: bool = True) -> dict[str, PackedSet]:
+                skip_bad: bool = False, progress: bool = True, repack: bool = False) -> dict[str, PackedSet]:
     """Pack every set found in `data_dir`; returns them by name."""
     out = pack_dir_for(data_dir, pack_root)
-    return {name: pack(src, out, workers=workers, skip_bad=skip_bad, progress=progress)
+    return {name: pack(src, out, workers=workers, skip_bad=skip_bad, progress=progress, repack=repack)
             for name, src in find_sources(data_dir, skip_bad).items()}

@@ -16,6 +16,7 @@ from torch import nn
 
 from .. import engine
 from .slide import PATCH, Predictor, load_predictor
+from ..errors import BadInput
 
 FORMATS = ("wsinfer", "torchscript", "onnx")
 LOGIT_LIMIT = 13.815510557964274  # logit(1 - 1e-6): ensemble.combine clips probabilities there
@@ -50,7 +51,7 @@ class ExportedModel(nn.Module):
 def export(run: Path, fmt: str, out: Path, *, log=print) -> Path:
     """Write the run as `fmt` to `out` (a folder for wsinfer, a file otherwise); returns the model file."""
     if fmt not in FORMATS:
-        raise ValueError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+        raise BadInput(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     predictor = load_predictor(Path(run), "cpu", precision="fp32")
     module = ExportedModel(predictor).eval()
     example = torch.rand(2, 3, PATCH, PATCH)

@@ -34,6 +34,7 @@ from . import slide_outputs, wsi
 from .models import normalisation
 from .preprocess import dihedral_views, preprocess
 from .tissue import tissue_mask
+from ..errors import BadInput
 
 PATCH = 96  # model input, in model pixels
 CENTRE = 32  # the labelled centre
@@ -110,7 +111,7 @@ def load_predictor(run: Path, device: str = "auto", precision: str | None = None
         members.append(_Member(model, histo.crop, normalisation(histo.model), histo.model,
                                precision or run_precision, float(mpp)))
     if len({m.mpp for m in members}) > 1:
-        raise ValueError(f"{run}: the ensemble's members were trained at different resolutions")
+        raise BadInput(f"{run}: the ensemble's members were trained at different resolutions")
     return Predictor(run, members, calibration, dev)
 
 
@@ -150,7 +151,7 @@ class Grid:
 
 def make_grid(slide: wsi.Slide, model_mpp: float, stride: int) -> Grid:
     if stride < 1 or (stride < CENTRE and CENTRE % stride):
-        raise ValueError(f"--stride {stride}: use 32 or more, or a divisor of 32 (16, 8)")
+        raise BadInput(f"--stride {stride}: use 32 or more, or a divisor of 32 (16, 8)")
     scale = model_mpp / slide.mpp
     width, height = (d / scale for d in slide.dimensions[0])  # the slide in model pixels
     if width < PATCH or height < PATCH:
@@ -276,7 +277,7 @@ def slide(run: Path | str, image: Path | str, out: Path | str, *, mpp: float | N
     """
     start = time.perf_counter()
     if not 0 < threshold < 1:
-        raise ValueError(f"--threshold {threshold}: use a probability between 0 and 1")
+        raise BadInput(f"--threshold {threshold}: use a probability between 0 and 1")
     predictor = predictor or load_predictor(Path(run), device)
     source = wsi.open_slide(image, mpp)
     out = Path(out)
@@ -298,7 +299,7 @@ def _score_slide(predictor: Predictor, source: wsi.Slide, out: Path, *, stride: 
     if level is None:
         level = wsi.pick_level(source, model_mpp)
     elif not 0 <= level < len(source.dimensions):
-        raise ValueError(f"--level {level}: {source.path} has levels 0 to {len(source.dimensions) - 1}")
+        raise BadInput(f"--level {level}: {source.path} has levels 0 to {len(source.dimensions) - 1}")
 
     t = time.perf_counter()
     thumb, thumb_scale = source.thumbnail(THUMBNAIL)

@@ -6,8 +6,9 @@ uint8 RGB patches; `evaluate`, `predict` and the ensemble builder all go through
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -18,7 +19,8 @@ from sklearn.model_selection import train_test_split
 
 from .. import engine, ensemble, explain, files, plots
 from ..metrics import binary_report, confusion_text, interval_text, intervals, log_loss, roc_auc
-from .data import PackedSet, folder_source, pack, pack_dir_for, pack_folder
+from ..errors import BadInput
+from .data import DataError, PackedSet, folder_source, pack, pack_dir_for, pack_folder
 from .models import count_parameters, create_model, normalisation
 from .preprocess import Augment, dihedral_views, preprocess
 
@@ -39,6 +41,10 @@ class HistoSettings:
     skip_bad: bool = False
     augment: bool = True
     compile: bool | None = None  # torch.compile the model for training (None: where measured to pay, compiled.py)
+    # "random": a stratified random split of the training patches (Kaggle's layout has no slide ids, so
+    # patches of one slide land on both sides: optimistic). "valid": PatchCamelyon's slide-disjoint valid
+    # split, chosen by `train` whenever the folder has one.
+    val_split: str = "random"
 
     def __post_init__(self):
         if self.crop is None:
@@ -47,11 +53,14 @@ class HistoSettings:
             # The pretrained EfficientNet does better on whole patches (measured too).
             self.crop = 96 if self.model in ("seed", "effnet-lite0") else 80
         if self.model == "seed" and self.crop != 96:
-            raise ValueError("the seed CNN's dense layer takes whole 96x96 patches: use --crop 96")
+            raise BadInput("the seed CNN's dense layer takes whole 96x96 patches: use --crop 96")
         if not 32 <= self.crop <= 96:
-            raise ValueError(f"crop must be between 32 and 96 pixels, got {self.crop}")
+            raise BadInput(f"crop must be between 32 and 96 pixels, got {self.crop}")
+        # Stored absolute, so that evaluate finds the data from any folder.
+        self.data = str(Path(self.data).resolve()) if self.data else self.data
+        self.pack_root = str(Path(self.pack_root).resolve()) if self.pack_root else self.pack_root
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+            raise BadInput(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
 
 
 # ---------------------------------------------------------------- batches
@@ -98,7 +107,7 @@ def score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
 # ---------------------------------------------------------------- train
 
 def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *, resume: bool = False,
-          log=print) -> dict:
+          repack: bool = False, log=print) -> dict:
     run_dir = Path(run_dir)
     if resume and (run_dir / "settings.json").exists():
         # A resumed run keeps the settings it started with; only the device may change.
@@ -109,15 +118,14 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
     engine.seed_everything(settings.seed)
     world = engine.join_world(settings.device)
     log = log if world.main else engine.quiet
-    for turn in (True, False):  # rank 0 packs; the others then find the pack ready
-        if world.main == turn:
-            packed = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad,
-                                 progress=world.main)
-        engine.barrier(world)
-    if "train" not in packed or not packed["train"].labelled:
-        raise ValueError(f"{histo.data}: no labelled training set (train/ with train_labels.csv, or PCam train split)")
-    data = packed["train"]
-    train_rows, val_rows = split_train_val(data.labels, histo.val_fraction, settings.seed)
+    engine.check_shared_folder(world, run_dir)
+    # Each node's local rank 0 packs into its cache; the node's other ranks then find the pack ready.
+    packed = engine.node_first(world, lambda: pack_folder(Path(histo.data), pack_root=_root(histo),
+                                                          skip_bad=histo.skip_bad, progress=world.local_rank == 0,
+                                                          repack=repack and world.local_rank == 0))
+    if not resume and "valid" in packed and packed["valid"].labelled:
+        histo = replace(histo, val_split="valid")
+    data, train_rows, val_data, val_rows = _split(packed, histo, settings.seed)
     device = engine.pick_device(settings.device, world)
     model = create_model(histo.model).to(memory_format=torch.channels_last)
     from ..compiled import compile_in_place, default_for
@@ -127,19 +135,22 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         compile_in_place(model)
     augment = Augment(histo.crop_jitter, histo.colour_jitter) if histo.augment else None
     bs = settings.batch_size
-    log(f"{len(train_rows)} training and {len(val_rows)} validation patches; model {histo.model} "
+    log(f"{len(train_rows)} training and {len(val_rows)} validation patches "
+        f"({'PatchCamelyon valid split' if histo.val_split == 'valid' else 'random split'}); model {histo.model} "
         f"({count_parameters(model):,} parameters), crop {histo.crop}, device {device}"
         f"{', compiled (the first steps take longer)' if histo.compile else ''}")
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.main:
-        files.write_text_atomic(run_dir / "val_ids.txt", "\n".join(data.ids[val_rows]) + "\n")
+        files.write_text_atomic(run_dir / "val_ids.txt", "\n".join(val_data.ids[val_rows]) + "\n")
+        if (data.path / "skipped.txt").exists():  # provenance: what this run was trained without
+            shutil.copyfile(data.path / "skipped.txt", run_dir / "skipped.txt")
 
     task = engine.Task(
         model=model,
         train_batches=lambda epoch, rank, world: iterate_batches(
             data, train_rows, bs, device, histo.crop, seed=settings.seed * 100_003 + epoch, augment=augment,
             drop_last=True, shard=(rank, world), model=histo.model),
-        val_batches=lambda rank, world: iterate_batches(data, val_rows[rank::world], bs * 2, device, histo.crop,
+        val_batches=lambda rank, world: iterate_batches(val_data, val_rows[rank::world], bs * 2, device, histo.crop,
                                                         model=histo.model),
         score=score, main_metric="auc",
         steps_per_epoch=lambda world: engine.shard_steps(len(train_rows), bs, world, drop_last=True),
@@ -153,6 +164,19 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         plots.training_curves(run_dir / "metrics.csv", run_dir / "history.png",
                               [("loss", "loss"), ("auc", "ROC AUC")])
     return result
+
+
+def _split(packed: dict[str, PackedSet], histo: HistoSettings, seed: int):
+    """(training pack, its rows, validation pack, its rows), as `histo.val_split` says."""
+    if "train" not in packed or not packed["train"].labelled:
+        raise DataError(f"{histo.data}: no labelled training set (train/ with train_labels.csv, or PCam train split)")
+    data = packed["train"]
+    if histo.val_split == "valid":
+        if "valid" not in packed or not packed["valid"].labelled:
+            raise DataError(f"{histo.data}: the run validates on PatchCamelyon's valid split, which is not there")
+        return data, np.arange(len(data)), packed["valid"], np.arange(len(packed["valid"]))
+    train_rows, val_rows = split_train_val(data.labels, histo.val_fraction, seed)
+    return data, train_rows, data, val_rows
 
 
 def _root(histo: HistoSettings) -> Path | None:
@@ -172,10 +196,12 @@ class HistoPredictor:
 
     def __init__(self, settings: HistoSettings, threshold: float = 0.5, *, model: torch.nn.Module | None = None,
                  device: torch.device | None = None, precision: str = "fp32",
-                 members: list["HistoPredictor"] = (), calibration: list[tuple[float, float]] = ()):
+                 members: list["HistoPredictor"] = (), calibration: list[tuple[float, float]] = (),
+                 tta: bool | None = None):
         self.settings, self.threshold = settings, float(threshold)
         self.model, self.device, self.precision = model, device, precision
         self.members, self.calibration = list(members), list(calibration)
+        self.tta = tta  # an ensemble's calibration holds only for predictions made as it was fitted
 
     def predict_proba(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
         """Probability of tumour in the centre of each patch; `images` is uint8 N x 96 x 96 x 3 RGB.
@@ -184,6 +210,9 @@ class HistoPredictor:
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (96, 96, 3):
             raise ValueError(f"expected uint8 patches of shape (N, 96, 96, 3), got {images.dtype} {images.shape}")
         if self.members:
+            if self.tta is not None and tta != self.tta:
+                raise BadInput(f"this ensemble was calibrated on predictions {'with' if self.tta else 'without'} "
+                               f"8x TTA; predict {'with --tta' if self.tta else 'without --tta'}, or rebuild it")
             return ensemble.combine([m.predict_proba(images, tta) for m in self.members], self.calibration)
         probs, _ = engine.predict_probs(self.model, self._batches(images), self.device, self.precision,
                                         transform=dihedral_views if tta else None)
@@ -221,7 +250,7 @@ def load_run(run_dir: Path, device: str = "auto") -> HistoPredictor:
         spec = ensemble.load(run_dir, KIND)
         members = [load_run(Path(m), device) for m in spec["members"]]
         return HistoPredictor(members[0].settings, spec.get("threshold", 0.5), members=members,
-                              calibration=spec["calibration"])
+                              calibration=spec["calibration"], tta=spec.get("tta"))
     if (run_dir / "summary.json").exists() and not (run_dir / "best.pt").exists():
         raise engine.CheckpointError(f"{run_dir}: this is a tweets run, not a histo one; use `spotter tweets`")
     ckpt = engine.load_checkpoint(run_dir / "best.pt", KIND)
@@ -241,10 +270,20 @@ def load_run(run_dir: Path, device: str = "auto") -> HistoPredictor:
 # ---------------------------------------------------------------- evaluate, predict, ensembles
 
 def validation_rows(run_dir: Path, histo: HistoSettings) -> tuple[PackedSet, np.ndarray]:
-    """The run's own validation split: its pack and the rows of `val_ids.txt`."""
-    data = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad)["train"]
-    wanted = set((Path(run_dir) / "val_ids.txt").read_text().split())
-    return data, np.flatnonzero([i in wanted for i in data.ids])
+    """The run's own validation split: its pack and the rows of `val_ids.txt`, every one of them."""
+    ids_file = Path(run_dir) / "val_ids.txt"
+    if not ids_file.exists():
+        raise engine.CheckpointError(f"{ids_file}: missing; it names the run's validation split (pass --data "
+                                     "to evaluate on a labelled folder instead)")
+    packed = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad)
+    data = packed["valid" if histo.val_split == "valid" else "train"]
+    wanted = set(ids_file.read_text().split())
+    rows = np.flatnonzero([i in wanted for i in data.ids])
+    if len(rows) != len(wanted):
+        missing = sorted(wanted - set(data.ids[rows]))
+        raise DataError(f"{histo.data}: {len(missing)} of the {len(wanted)} validation ids in {ids_file} are not "
+                        f"in its training set any more (e.g. {missing[0]}); the data changed since training")
+    return data, rows
 
 
 def build_ensemble(runs: list[Path], out: Path, *, tta: bool = False, device: str = "auto", log=print) -> dict:
@@ -257,14 +296,15 @@ def build_ensemble(runs: list[Path], out: Path, *, tta: bool = False, device: st
         data, rows = validation_rows(run, predictor.settings)
         return data.ids[rows], data.labels[rows].astype(np.float32), predictor.predict_pack(data, rows, tta)
 
-    summary = ensemble.build(KIND, runs, out, validation, score, "auc", log=log)
+    summary = ensemble.build(KIND, runs, out, validation, score, "auc", log=log, record={"tta": tta})
     files.write_text_atomic(Path(out) / "val_ids.txt", (Path(runs[0]) / "val_ids.txt").read_text())
     return summary
 
 
-def evaluate(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, threshold: float = 0.5,
-             device: str = "auto", log=print) -> dict:
-    """Score a run (or an ensemble) on a labelled folder, or on its own validation split when `data_dir` is None."""
+def evaluate(run_dir: Path, data_dir: Path | None = None, *, split: str | None = None, tta: bool = False,
+             threshold: float = 0.5, device: str = "auto", log=print) -> dict:
+    """Score a run (or an ensemble) on a labelled folder, or on its own validation split when `data_dir` is None.
+    `split` picks the folder's labelled set: by default `test` for a PatchCamelyon folder, `train` for Kaggle's."""
     run_dir = Path(run_dir)
     predictor = load_run(run_dir, device)
     histo = predictor.settings
@@ -273,9 +313,12 @@ def evaluate(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, 
         where = f"validation split of {histo.data}"
     else:
         packed = pack_folder(Path(data_dir), pack_root=_root(histo))
-        if "train" not in packed or not packed["train"].labelled:
-            raise ValueError(f"{data_dir}: needs labelled patches (train/ and train_labels.csv) to evaluate")
-        data, where = packed["train"], str(data_dir)
+        labelled = [name for name, part in packed.items() if part.labelled]
+        split = split or ("test" if "test" in labelled else "train")  # PCam's test is labelled, Kaggle's not
+        if split not in labelled:
+            raise DataError(f"{data_dir}: no labelled '{split}' set to evaluate (labelled: "
+                            f"{', '.join(labelled) or 'none'}; Kaggle's layout needs train/ and train_labels.csv)")
+        data, where = packed[split], f"{data_dir} ({split})"
         rows = np.arange(len(data))
     start = time.perf_counter()
     probs = predictor.predict_pack(data, rows, tta)

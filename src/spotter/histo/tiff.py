@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
+
 PATCH_SIZE = 96
 PATCH_SHAPE = (PATCH_SIZE, PATCH_SIZE, 3)
 # A 96x96 RGB patch is 27 KB uncompressed (55 KB at 16 bits); anything this large is not a patch, and a
@@ -23,7 +25,7 @@ _TYPE_SIZES = {1: 1, 3: 2, 4: 4, 16: 8}  # BYTE, SHORT, LONG, LONG8
 _TYPE_CODES = {1: "B", 3: "H", 4: "I", 16: "Q"}
 
 
-class BadImage(ValueError):
+class BadImage(UserError, ValueError):
     """A patch that cannot be used; the message names the file and what is wrong."""
 
 

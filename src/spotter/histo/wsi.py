@@ -18,13 +18,15 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image
 
+from ..errors import UserError
+
 PIL_SUFFIXES = {".png", ".jpg", ".jpeg"}
 SLIDE_SUFFIXES = {".tif", ".tiff", ".svs", ".ome.tif", ".ome.tiff", ".btf", ".ndpi", *PIL_SUFFIXES}
 MPP_RANGE = (0.05, 100.0)  # µm per pixel a real scan can have; outside it the tag is a screen DPI, not a scan
 WHITE = 255
 
 
-class SlideError(ValueError):
+class SlideError(UserError, ValueError):
     """A slide that cannot be used; the message names the file and what is wrong."""
 
 

@@ -23,6 +23,7 @@ from . import figures
 from .common import Report, confident_mistakes
 from .figures import CLASS_COLOURS, plt, png
 from .html import Page
+from ..errors import BadInput
 
 CLASS_NAMES = ("normal (0)", "tumour (1)")
 CHUNK = 1024
@@ -148,7 +149,7 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
     """Counts and balance, sample patches, colour and stain per class, background share, exact duplicates and
     the normalisation statistics of a labelled pack."""
     if not pack.labelled:
-        raise ValueError(f"{pack.path}: explore needs labelled patches (train/ with train_labels.csv)")
+        raise BadInput(f"{pack.path}: explore needs labelled patches (train/ with train_labels.csv)")
     start = time.perf_counter()
     s = scan(pack, seed=seed, progress=progress)
     scan_seconds = time.perf_counter() - start
@@ -343,7 +344,7 @@ def errors(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, th
     else:
         packed = pack_folder(Path(data_dir), pack_root=Path(settings.pack_root) if settings.pack_root else None)
         if "train" not in packed or not packed["train"].labelled:
-            raise ValueError(f"{data_dir}: needs labelled patches (train/ and train_labels.csv)")
+            raise BadInput(f"{data_dir}: needs labelled patches (train/ and train_labels.csv)")
         data = packed["train"]
         rows, where = np.arange(len(data)), str(data_dir)
     rows = np.sort(rows)

@@ -20,6 +20,7 @@ from . import figures
 from .common import Report, confident_mistakes
 from .figures import CLASS_COLOURS, plt, png
 from .html import Page
+from ..errors import BadInput
 
 CLASS_NAMES = ("not a disaster (0)", "disaster (1)")
 MIN_KEYWORD_ROWS = 10  # keyword rates are shown only for keywords with at least this many rows
@@ -227,7 +228,7 @@ def run_data(run_dir: Path) -> Path:
     """The train.csv a run (or an ensemble's first member) was trained on."""
     saved = run_data_dir(run_dir) / "run.json"
     if not saved.exists():
-        raise FileNotFoundError(f"{run_dir}: no run.json; not a tweets run (train it first)")
+        raise BadInput(f"{run_dir}: no run.json; not a tweets run (train it first)")
     return Path(json.loads(saved.read_text())["tweets"]["data"]) / "train.csv"
 
 
@@ -241,7 +242,7 @@ def validation_frame(run_dir: Path) -> pd.DataFrame:
     df = read_tweets(source, labelled=True, skip_bad=True).drop(columns="target")
     merged = preds.merge(df, on="id", how="left", validate="one_to_one")
     if merged["text"].isna().any():
-        raise ValueError(f"{source}: holds no row for {int(merged['text'].isna().sum())} of the run's validation ids "
+        raise BadInput(f"{source}: holds no row for {int(merged['text'].isna().sum())} of the run's validation ids "
                          "(the file changed since training?)")
     return merged
 

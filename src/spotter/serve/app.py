@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field, StringConstraints, model_validator
 from .. import explain
 from . import runs, uploads
 from .batcher import Batcher
+from ..errors import BadInput
 
 STATIC = Path(__file__).parent / "static"
 SLIDE_OUTPUTS = ("overlay.png", "heatmap.png", "tissue.png", "tiles.geojson", "regions.geojson", "tiles.csv",
@@ -164,7 +165,7 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
     for run_dir in map(Path, run_dirs):
         name = run_dir.resolve().name
         if name in models:
-            raise ValueError(f"two runs are named {name!r} ({models[name].run_dir} and {run_dir}); "
+            raise BadInput(f"two runs are named {name!r} ({models[name].run_dir} and {run_dir}); "
                              "give each a folder of its own name")
         task, predictor = runs.load_model(run_dir, device)
         if task == "histo":
@@ -482,7 +483,7 @@ def check_host(host: str, token: str | None) -> None:
     except ValueError:
         loopback = False
     if not loopback and not token:
-        raise ValueError(f"refusing to listen on {host} without --token: anyone who can reach it could use the "
+        raise BadInput(f"refusing to listen on {host} without --token: anyone who can reach it could use the "
                          "models; give --token SECRET (clients send 'Authorization: Bearer SECRET')")
 
 

@@ -299,7 +299,10 @@ class FrozenMiniLMModel(TweetModel):
     defaults = {"epochs": 40, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.01, "patience": 6}
 
     def prepare(self, corpus, device, log):
-        self.vectors = minilm.sentence_embeddings(corpus.texts, corpus.keywords, device, log=log)
+        # One rank per node embeds and writes the cache; the node's others read it.
+        world = engine.join_world(self.train.device)
+        self.vectors = engine.node_first(world, lambda: minilm.sentence_embeddings(corpus.texts, corpus.keywords,
+                                                                                  device, log=log))
         return {}
 
     def fit_fold(self, corpus, fold_dir, train_rows, val_rows, *, resume, log):

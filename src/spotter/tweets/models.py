@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+
+from ..errors import BadInput
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 
@@ -70,5 +72,5 @@ RNN_MODELS = {"seed-gru": SeedGRU, "bigru": BiGRU}
 def create_rnn(name: str, embeddings: torch.Tensor, n_keywords: int) -> nn.Module:
     """The RNN `name` on these embedding rows (a GloVe matrix, or zeros that a checkpoint fills)."""
     if name not in RNN_MODELS:
-        raise ValueError(f"unknown tweet RNN {name!r}; choose one of: {', '.join(RNN_MODELS)}")
+        raise BadInput(f"unknown tweet RNN {name!r}; choose one of: {', '.join(RNN_MODELS)}")
     return RNN_MODELS[name](embeddings, n_keywords)

@@ -17,6 +17,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from .. import engine, ensemble, explain, files, plots
+from ..errors import BadInput
 from ..metrics import (best_f1_threshold, binary_report, confusion_text, cross_fitted_decisions, f1_score,
                        interval_text, intervals, roc_auc)
 from . import adapters
@@ -54,21 +55,24 @@ class TweetSettings:
 
     def __post_init__(self):
         if self.model not in adapters.MODELS:
-            raise ValueError(f"unknown tweet model {self.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
+            raise BadInput(f"unknown tweet model {self.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
         if self.folds < 1:
-            raise ValueError(f"folds must be 1 or more, got {self.folds}")
+            raise BadInput(f"folds must be 1 or more, got {self.folds}")
+        # Stored absolute, so that a run can be resumed and evaluated from any folder.
+        self.data = str(Path(self.data).resolve()) if self.data else self.data
+        self.embeddings = str(Path(self.embeddings).resolve()) if self.embeddings else self.embeddings
         if self.fold_groups not in ("normalised", "raw"):
-            raise ValueError(f"fold_groups must be 'normalised' or 'raw', got {self.fold_groups!r}")
+            raise BadInput(f"fold_groups must be 'normalised' or 'raw', got {self.fold_groups!r}")
         if self.model == "transformer" and not self.encoder:
-            raise ValueError("--model transformer needs --encoder (minilm, mpnet or a Hugging Face folder)")
+            raise BadInput("--model transformer needs --encoder (minilm, mpnet or a Hugging Face folder)")
         if self.encoder and self.model not in ("transformer", "minilm"):
-            raise ValueError(f"--encoder goes with --model transformer, not {self.model}")
+            raise BadInput(f"--encoder goes with --model transformer, not {self.model}")
         if self.model == "minilm" and self.encoder not in (None, "minilm"):
-            raise ValueError("--model minilm is the packaged MiniLM; use --model transformer --encoder ...")
+            raise BadInput("--model minilm is the packaged MiniLM; use --model transformer --encoder ...")
         if self.pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling must be mean or cls, got {self.pooling!r}")
+            raise BadInput(f"pooling must be mean or cls, got {self.pooling!r}")
         if not 8 <= self.max_tokens <= 512:
-            raise ValueError(f"max_tokens must be between 8 and 512, got {self.max_tokens}")
+            raise BadInput(f"max_tokens must be between 8 and 512, got {self.max_tokens}")
 
 
 def prepare(df: pd.DataFrame, options: NormaliseOptions) -> tuple[list[str], list[list[str]]]:
@@ -98,6 +102,7 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
     engine.seed_everything(train_settings.seed)
     world = engine.join_world(train_settings.device)
     log = log if world.main else engine.quiet  # under torchrun every rank runs this; rank 0 speaks and writes
+    engine.check_shared_folder(world, run_dir)
     start = time.perf_counter()
     df, changed = _training_rows(settings, run_dir, world, log)
     corpus = Corpus.build(df["text"], df["keyword"], NormaliseOptions(**settings.normalise), df["target"].to_numpy())

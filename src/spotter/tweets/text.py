@@ -12,6 +12,8 @@ from urllib.parse import unquote
 import numpy as np
 import pandas as pd
 
+from ..errors import UserError
+
 PAD, UNK = 0, 1
 
 # The Kaggle file holds UTF-8 punctuation that was once decoded as Mac Roman and lost its first byte
@@ -127,7 +129,7 @@ def encode_texts(vocab: Vocabulary, token_lists: list[list[str]], length: int) -
 
 # ---------------------------------------------------------------- reading
 
-class TweetDataError(ValueError):
+class TweetDataError(UserError, ValueError):
     pass
 
 
@@ -136,7 +138,7 @@ def read_tweets(path: Path, *, labelled: bool, skip_bad: bool = False) -> pd.Dat
 
     Checks the encoding, the columns, the ids, empty texts and (if `labelled`) the targets, naming the row.
     With `skip_bad`, undecodable bytes are replaced and unusable training rows dropped; what was done is
-    listed in `df.attrs["skipped"]`.
+    listed in `df.attrs["skipped"]`. (Long, but one checklist in file order, each check naming its row.)
     """
     import io
     import sys
@@ -202,7 +204,9 @@ def read_tweets(path: Path, *, labelled: bool, skip_bad: bool = False) -> pd.Dat
         raise TweetDataError(f"{path}: no usable rows left")
     df.attrs["skipped"] = skipped
     if skipped:
-        print(f"spotter: warning: {path}: {len(skipped)} problems skipped (--skip-bad), e.g. {skipped[0]}",
+        print(f"spotter: warning: {path}: {len(skipped)} problems skipped (--skip-bad), e.g. "
+              f"{'; '.join(skipped[:3])}{'; ...' if len(skipped) > 3 else ''} (a training run lists them all in "
+              "skipped.txt)",
               file=sys.stderr)
     return df
 
