@@ -573,12 +573,14 @@ def format_table(r: dict[str, Any]) -> str:
     lines = [f"{r['cpu']}, {r['cpu_threads']} CPU threads, torch {r['torch']}, device {r.get('device', '?')}", "",
              "| stage | rate | peak RSS |", "|---|---|---|"]
     lines += [f"| {name} | {rate} | {'' if mb is None else f'{mb:,.0f} MB'} |" for name, rate, mb in rows]
+    lines += _decisions(r) + [f"PROBLEM: {problem}" for problem in r.get("problems", [])]
+    return "\n".join(lines)
+
+
+def _decisions(r: dict[str, Any]) -> list[str]:
+    """The precision `auto` chose for each model in this run, and why."""
     decisions = [(what, r.get(p), r.get(f"{p}_reason")) for what, p in
                  (("resnet training", "precision"), ("resnet inference", "infer_precision"),
                   ("effnet-lite0 training", "effnet_precision"), ("effnet-lite0 inference", "effnet_infer_precision"),
                   ("MiniLM fine-tuning", "minilm_precision")) if r.get(p)]
-    if decisions:
-        lines += ["", "precision auto:"] + [f"  {what}: {p} ({why})" for what, p, why in decisions]
-    for problem in r.get("problems", []):
-        lines.append(f"PROBLEM: {problem}")
-    return "\n".join(lines)
+    return ["", "precision auto:"] + [f"  {what}: {p} ({why})" for what, p, why in decisions] if decisions else []

@@ -27,7 +27,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: bf16 where the CPU or GPU runs it natively, else fp32")
+                   help="auto: times both on first use per model and machine, keeps the faster (cached)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
 
