@@ -283,8 +283,8 @@ def test_tweets_errors_on_a_csv_match_predict(tweets_run, tmp_path):
 
 
 def test_histo_errors_draws_an_explainers_heat_maps(histo_run):
-    """The hook for explanations (Grad-CAM when the serving issue adds it): the explainer gets exactly the
-    shown mistakes' pixels, and its maps change the pictures."""
+    """The explainer gets exactly the shown mistakes' pixels, and its maps change the pictures; by default
+    the run's Grad-CAM is drawn, and `grad_cam=False` draws none."""
     from spotter.reports import histo
 
     seen = []
@@ -293,13 +293,15 @@ def test_histo_errors_draws_an_explainers_heat_maps(histo_run):
         seen.append(pixels.copy())
         return pixels.mean(-1) / 255  # any map in [0, 1] will do here
 
-    plain = histo.errors(histo_run, top=3, threshold=0.5, device="cpu", progress=False)
+    plain = histo.errors(histo_run, top=3, threshold=0.5, device="cpu", progress=False, grad_cam=False)
     explained = histo.errors(histo_run, top=3, threshold=0.5, device="cpu", progress=False, explain=explain)
+    cam = histo.errors(histo_run, top=3, threshold=0.5, device="cpu", progress=False)
     shown = [len(plain.numbers["top_false_positives"]), len(plain.numbers["top_false_negatives"])]
     assert any(shown)
     assert [len(p) for p in seen] == [n for n in shown if n] and all(p.shape[1:] == (96, 96, 3) for p in seen)
     for name, n in zip(("false_positives.png", "false_negatives.png"), shown):
         assert (plain.pictures[name] != explained.pictures[name]) == bool(n)
+        assert (plain.pictures[name] != cam.pictures[name]) == bool(n)
 
 
 def test_report_errors_are_one_clear_line(tmp_path, capsys):

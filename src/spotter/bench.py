@@ -366,6 +366,13 @@ def stage_minilm(data: str, quick: bool, device: str) -> dict[str, Any]:
             "minilm_precision": precision, "minilm_precision_reason": why}
 
 
+def stage_slide(data: str, quick: bool, device: str) -> dict[str, Any]:
+    """`histo slide` on a mosaic of real patches against the same model on in-memory batches (histo/slide_bench.py;
+    bench/slide_bench.py adds the 50k x 50k memory check)."""
+    from .histo.slide_bench import stage_slide as measure
+    return measure(data, quick, device)
+
+
 def stage_make_scale_pack(data: str, folder: str, patches: int = 220_025) -> dict[str, Any]:
     """A pack of `patches` patches (default: the full Kaggle training set's size, 6 GB), tiled from the real ones."""
     from .histo.data import pack_folder
@@ -474,7 +481,8 @@ def run(histo_data: Path | None = None, tweets_data: Path | None = None, *, quic
         stages = {"pack": stage(stage_pack, str(histo_data), quick),
                   "histo_train": stage(stage_histo_train, str(histo_data), quick, device),
                   "histo_infer": stage(stage_histo_infer, str(histo_data), quick, device),
-                  "tweets": stage(stage_tweets, str(tweets_data), quick, device)}
+                  "tweets": stage(stage_tweets, str(tweets_data), quick, device),
+                  "slide": stage(stage_slide, str(histo_data), quick, device)}
         from . import pretrained
         try:
             pretrained.efficientnet_lite0_file(), pretrained.minilm_dir()
@@ -551,6 +559,11 @@ def format_table(r: dict[str, Any]) -> str:
         row("histo_infer", "inference, 8x TTA", lambda: f"{r['infer_tta_img_per_s']:,.0f} img/s"),
         row("tweets", "tweets training (bigru)", lambda: f"{r['tweets_train_per_s']:,.0f} tweets/s", True),
         row("tweets", "tweets inference", lambda: f"{r['tweets_infer_per_s']:,.0f} tweets/s"),
+        row("slide", "whole slide: mosaic of real patches, stride 32, read + infer",
+            lambda: f"{r['slide_tiles_per_s_read_and_infer']:,.0f} tiles/s ({r['slide_fraction_of_in_memory']:.0%} "
+                    f"of the same model on in-memory batches, {r['slide_in_memory_tiles_per_s']:,.0f})", True),
+        row("slide", "  end to end incl. tissue mask and outputs",
+            lambda: f"{r['slide_tiles_per_s_end_to_end']:,.0f} tiles/s; tissue mask {r['slide_tissue_mask_s']:.1f} s"),
     ]
     if "effnet" in rss:
         rows += [

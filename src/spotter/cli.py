@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from . import engine
-from .errors import UserError
+from .errors import BadInput, UserError
 
 EPILOG = "Data layouts and examples: see README.md."
 
@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int,
                    help="centre crop in pixels fed to the model (default 80; 96 for seed and effnet-lite0)")
     p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--mpp", type=float, default=0.972,
+                   help="µm per pixel of the training patches (0.972: Kaggle / PCam); `histo slide` reads slides at it")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (inductor); default: only where measured to pay off within a "
@@ -205,6 +207,7 @@ def _add_report_commands(histo_cmds, tweets_cmds) -> None:
     p.add_argument("--tta", action="store_true", help="average the 8 rotations and reflections")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--top", type=int, default=16, help="mistakes shown of each kind")
+    p.add_argument("--no-grad-cam", action="store_true", help="draw no Grad-CAM overlay on the mistakes")
     p.add_argument("--device", default="auto")
     p = tweets_cmds.add_parser("explore", help="report on the tweets: balance, lengths, keywords, duplicates, words")
     p.add_argument("--data", type=Path, required=True, help="folder with Kaggle's train.csv, or a labelled CSV")
@@ -225,10 +228,11 @@ def _run_report(args: argparse.Namespace) -> None:
             from .histo.data import pack_folder
             packed = pack_folder(args.data, pack_root=args.pack_dir)
             if "train" not in packed:
-                raise ValueError(f"{args.data}: no labelled patches to explore (train/ with train_labels.csv)")
+                raise BadInput(f"{args.data}: no labelled patches to explore (train/ with train_labels.csv)")
             result = report.explore(packed["train"], name=str(args.data))
         else:
             result = report.errors(args.run, args.data, tta=args.tta, threshold=args.threshold, top=args.top,
+                                   grad_cam=not args.no_grad_cam,
                                    device=args.device)
     else:
         from .reports import tweets as report
@@ -255,6 +259,7 @@ def run(args: argparse.Namespace) -> None:
             settings = histo.HistoSettings(data=str(args.data), model=args.model, val_fraction=args.val_fraction,
                                            pack_root=str(args.pack_dir) if args.pack_dir else None,
                                            skip_bad=args.skip_bad, augment=not args.no_augment, compile=args.compile,
+                                           mpp=args.mpp,
                                            **({"crop": args.crop} if args.crop else {}))
             # Fine-tuning a pretrained body wants a gentler peak than training from scratch.
             defaults = {"lr": 1e-3 if args.model == "effnet-lite0" else 3e-3,

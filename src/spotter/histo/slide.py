@@ -103,13 +103,10 @@ def load_predictor(run: Path, device: str = "auto", precision: str | None = None
     members = []
     for path in paths:
         loaded = task.load_run(path, device)
-        if isinstance(loaded, tuple):  # (model, settings, device, precision)
-            model, histo, dev, run_precision = loaded
-        else:  # a HistoPredictor of one run
-            model, histo, dev, run_precision = loaded.model, loaded.settings, loaded.device, loaded.precision
-        mpp = getattr(histo, "mpp", None) or KAGGLE_MPP  # runs record their resolution; older ones are Kaggle's
-        members.append(_Member(model, histo.crop, normalisation(histo.model), histo.model,
-                               precision or run_precision, float(mpp)))
+        histo = loaded.settings
+        members.append(_Member(loaded.model, histo.crop, normalisation(histo.model), histo.model,
+                               precision or loaded.precision, float(histo.mpp)))
+        dev = loaded.device
     if len({m.mpp for m in members}) > 1:
         raise BadInput(f"{run}: the ensemble's members were trained at different resolutions")
     return Predictor(run, members, calibration, dev)

@@ -45,6 +45,7 @@ class HistoSettings:
     # patches of one slide land on both sides: optimistic). "valid": PatchCamelyon's slide-disjoint valid
     # split, chosen by `train` whenever the folder has one.
     val_split: str = "random"
+    mpp: float = 0.972  # µm per pixel of the training patches (Kaggle / PCam: Camelyon16 at 10x); slides are read at it
 
     def __post_init__(self):
         if self.crop is None:

@@ -326,11 +326,13 @@ def auc_by_strata(labels: np.ndarray, probs: np.ndarray, tissue: np.ndarray, bri
 
 
 def errors(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, threshold: float = 0.5,
-           top: int = 16, device: str = "auto", explain: Explainer | None = None, progress: bool = True) -> Report:
+           top: int = 16, device: str = "auto", explain: Explainer | None = None, grad_cam: bool = True,
+           progress: bool = True) -> Report:
     """The most confident mistakes of a run (or ensemble) as patch grids, its ROC with the operating point,
     a reliability diagram and AUC by strata; on the run's validation split, or on labelled `data_dir`.
 
-    `explain`, when given, draws a heat map (e.g. Grad-CAM) over each mistake.
+    Each mistake gets a heat map: `explain`'s, or by default the run's Grad-CAM on its one fixed scale
+    (explain.CAM_SCALE logits = full colour, the same for every patch); `grad_cam=False` draws none.
     """
     from ..histo import task as histo_task
     from ..histo.data import pack_folder
@@ -338,6 +340,11 @@ def errors(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, th
     run_dir = Path(run_dir)
     predictor = histo_task.load_run(run_dir, device)
     settings = predictor.settings
+    if explain is None and grad_cam:
+        from ..explain import CAM_SCALE
+
+        def explain(pixels: np.ndarray) -> np.ndarray:
+            return np.clip(predictor.grad_cam(pixels) / CAM_SCALE, 0, 1)
     if data_dir is None:
         data, rows = histo_task.validation_rows(run_dir, settings)
         where = f"the run's validation split of {settings.data}"
@@ -384,8 +391,8 @@ def errors(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, th
     sec = page.section("The most confident mistakes")
     sec.text(f"False positives: normal patches the model calls tumour with the highest probability; false "
              f"negatives: tumour patches it scores lowest. The box is the labelled centre 32x32.")
-    if explain is None:
-        sec.note("Explanation overlays (Grad-CAM) appear here once an explainer is passed to the report.")
+    if explain is not None:
+        sec.note("Overlays: where the evidence for tumour lies (Grad-CAM, one fixed scale for every patch).")
     sec.image(pictures["false_positives.png"], "most confident false positives")
     sec.image(pictures["false_negatives.png"], "most confident false negatives")
     sec.table(pd.DataFrame([{"kind": kind, "rank": r + 1, "id": d["id"], "probability": d["prob"]}
