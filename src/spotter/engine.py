@@ -451,7 +451,7 @@ def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume
             break
     best = load_checkpoint(run.run_dir / "best.pt", kind)
     run.model.load_state_dict(best["model"])  # leave the caller with the best weights
-    return {"best_epoch": run.state["best_epoch"], **best["metrics"]}
+    return {"best_epoch": run.state["best_epoch"], "precision": run.precision, **best["metrics"]}
 
 
 def quiet(message: str) -> None:

@@ -93,12 +93,12 @@ class TweetModel:
             model=model, train_batches=train_batches, val_batches=val_batches, score=score, main_metric="auc",
             steps_per_epoch=lambda world_size: engine.shard_steps(n_train, train.batch_size, world_size),
             settings={"tweets": asdict(self.settings), "val_size": n_val, "train_size": n_train}, **task_options)
-        engine.fit(task, train, fold_dir, kind=KIND, resume=resume, log=log)
+        fitted = engine.fit(task, train, fold_dir, kind=KIND, resume=resume, log=log)
         if world.main:
             plots.training_curves(fold_dir / "metrics.csv", fold_dir / "history.png",
                                   [("loss", "loss"), ("auc", "ROC AUC"), ("f1", "F1 at 0.5")])
-        precision = engine.pick_precision(device, task.precision or train.precision)
-        probs, _ = engine.predict_probs(model, val_batches(0, 1), device, precision)  # every rank, in order
+        # The validation predictions in the precision the fold was trained and validated in.
+        probs, _ = engine.predict_probs(model, val_batches(0, 1), device, fitted["precision"])  # every rank, in order
         return probs
 
 
