@@ -21,7 +21,7 @@ from .. import engine, files, pretrained
 MAX_TOKENS = 96  # train.csv, normalised, with its keyword: median 25 word pieces, longest 81
 
 
-def _folder(folder: Path | None) -> Path:
+def _folder(folder: Path | None = None) -> Path:
     """`folder`, or the packaged MiniLM's, with the Hugging Face hub switched off and its chatter quiet."""
     folder = pretrained.minilm_dir() if folder is None else Path(folder)
     pretrained.offline_hub()
