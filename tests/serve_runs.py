@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
 
 import conftest
 from spotter.cli import main
@@ -79,8 +78,8 @@ def tweets_run(factory, model: str) -> Path:
 
 
 def need_shared_data() -> None:
-    if not conftest.HISTO.exists() or not conftest.TWEETS.exists():
-        pytest.skip(f"shared data not found at {conftest.SHARED}")
+    conftest.require(conftest.HISTO)  # skips without the shared data, fails in CI
+    conftest.require(conftest.TWEETS)
 
 
 def tweets_ensemble(factory) -> Path:

@@ -187,8 +187,7 @@ def test_histo_explore_on_demo_data(tmp_path):
 # ---------------------------------------------------------------- tweets
 
 def test_tweets_explore_numbers_are_the_data(tmp_path):
-    if not conftest.TWEETS.exists():
-        pytest.skip("shared data not found")
+    conftest.require(conftest.TWEETS)
     out = tmp_path / "explore"
     assert main(["tweets", "explore", "--data", conftest.TWEETS, "--out", out]) == 0
     numbers = check_report(out, {"lengths.png", "keywords.png", "features.png", "indicative.png"}, "tweets_explore_real")
