@@ -30,7 +30,8 @@ def test_compiled_training_matches_eager_and_loads_uncompiled(real_histo, tmp_pa
     assert len(pd.read_csv(out)) == 5
 
 
-def test_compiled_by_default_only_where_measured_to_pay():
+def test_compiled_by_default_only_where_measured_to_pay(monkeypatch):
+    monkeypatch.setattr(compiled, "COMPILE_BY_DEFAULT", {"resnet"})  # as if measured to pay for resnet
     assert compiled.default_for("resnet", 15, "cpu", 1)
     assert not compiled.default_for("resnet", None, "cpu", 1)  # --epochs N: no budget to weigh it against
     assert not compiled.default_for("resnet", 1, "cpu", 1)  # too short to win the compile time back
