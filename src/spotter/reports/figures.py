@@ -74,7 +74,11 @@ def patch_grid(pixels: np.ndarray, captions: list[str], title: str, *, columns: 
             continue
         ax.imshow(pixels[i], interpolation="nearest")
         if heat is not None:
-            ax.imshow(heat[i], cmap="jet", alpha=0.4, vmin=0, vmax=1, interpolation="bilinear")
+            # Opacity follows the map: no evidence leaves the tissue as it is (a colour map at a fixed
+            # alpha would tint every patch, the one that shows nothing too).
+            overlay = plt.get_cmap("YlOrRd")(heat[i])
+            overlay[..., 3] = 0.7 * heat[i]
+            ax.imshow(overlay, interpolation="bilinear")
         c = (size - 32) / 2 - 0.5
         ax.add_patch(Rectangle((c, c), 32, 32, fill=False, edgecolor=box_colour, lw=1.2))
         ax.set_title(captions[i], fontsize=8, pad=2)
