@@ -300,7 +300,15 @@ def test_histo_errors_draws_an_explainers_heat_maps(histo_run):
     assert [len(p) for p in seen] == [n for n in shown if n] and all(p.shape[1:] == (96, 96, 3) for p in seen)
     for name, n in zip(("false_positives.png", "false_negatives.png"), shown):
         assert (plain.pictures[name] != explained.pictures[name]) == bool(n)
-        assert (plain.pictures[name] != cam.pictures[name]) == bool(n)
+    # The default overlay is the run's own Grad-CAM: drawn where it has evidence, invisible where it has none.
+    from spotter.explain import CAM_SCALE
+    from spotter.histo.task import load_run
+    predictor = load_run(histo_run, "cpu")
+    shown_pixels = iter(seen)
+    for name, n in zip(("false_positives.png", "false_negatives.png"), shown):
+        strongest = (predictor.grad_cam(next(shown_pixels)) / CAM_SCALE).max() if n else 0.0
+        if strongest == 0 or strongest > 0.05:
+            assert (plain.pictures[name] != cam.pictures[name]) == (strongest > 0.05)
 
 
 def test_report_errors_are_one_clear_line(tmp_path, capsys):
