@@ -17,9 +17,7 @@ from pathlib import Path
 import torch
 
 from spotter.bench import stage_histo_train, stage_pack
-
-ROOT = Path(__file__).resolve().parents[1]
-
+from spotter.files import shared_data
 
 def spotter(*args) -> str:
     result = subprocess.run([sys.executable, "-m", "spotter", *map(str, args)], capture_output=True, text=True)
@@ -49,7 +47,7 @@ def score(out: Path, tta_out: Path | None = None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "histopathology")
+    parser.add_argument("--data", type=Path, default=shared_data("histopathology"))
     parser.add_argument("--budget", type=float, default=15, help="minutes for resnet and effnet-lite0")
     parser.add_argument("--models", default="resnet,effnet-lite0,seed",
                         help="models to train and score, comma-separated (empty: none)")

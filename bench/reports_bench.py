@@ -14,14 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from spotter.files import shared_data
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patches", type=int, default=220_025)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "histopathology")
-    parser.add_argument("--tweets", type=Path, default=ROOT.parent / "shared" / "data" / "disaster-tweets")
+    parser.add_argument("--data", type=Path, default=shared_data("histopathology"))
+    parser.add_argument("--tweets", type=Path, default=shared_data("disaster-tweets"))
     parser.add_argument("--keep", type=Path, help="build the big pack here and keep it (default: a temporary folder)")
     args = parser.parse_args()
 

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGES = ROOT.parent / "shared" / "data" / "histopathology" / "train"
+from spotter.files import shared_data
+
+DEFAULT_IMAGES = shared_data("histopathology") / "train"
 
 
 def free_port() -> int:

@@ -11,30 +11,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
 from spotter.histo.slide_bench import stage_big_slide, stage_slide
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
+from spotter.files import shared_data
+from spotter.precision import cpu_model
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "histopathology")
+    parser.add_argument("--data", type=Path, default=shared_data("histopathology"))
     parser.add_argument("--run", help="histo run or ensemble (default: an untrained ResNet)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--quick", action="store_true", help="16x16-patch mosaic and a 20k x 20k slide")
@@ -47,7 +35,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("slide_bench.json"))
     args = parser.parse_args()
 
-    results = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "device": args.device}
+    results = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "device": args.device}
     if not args.skip_mosaic:
         results.update(stage_slide(str(args.data), args.quick, args.device, args.run, args.stride))
     if not args.skip_big:

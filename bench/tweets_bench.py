@@ -15,8 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
+from spotter.files import shared_data
 
 def spotter(*args) -> None:
     done = subprocess.run([sys.executable, "-m", "spotter", *map(str, args)], capture_output=True, text=True)
@@ -41,7 +40,7 @@ def scores(name: str, run: Path, seconds: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "disaster-tweets")
+    parser.add_argument("--data", type=Path, default=shared_data("disaster-tweets"))
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--models", nargs="+", default=["tfidf", "seed-gru", "bigru", "minilm-frozen", "minilm"])
     parser.add_argument("--ensembles", nargs="*", default=["bigru+minilm", "tfidf+bigru+minilm"],

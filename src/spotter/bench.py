@@ -23,9 +23,11 @@ from typing import Any, Callable, Iterable
 import numpy as np
 import torch
 
-from .files import shared_data  # noqa: E402 (kept beside its one use)
+from .files import shared_data
+from .precision import cpu_model
+
 SHARED_HISTO = shared_data("histopathology")
-SHARED_TWEETS = SHARED_HISTO.parent / "disaster-tweets"
+SHARED_TWEETS = shared_data("disaster-tweets")
 E2E_OVER_CEILING_LIMIT = 1.1  # end to end above the ceiling by more than noise means they measure different work
 WARMUP_STEPS = 3  # oneDNN builds kernels on first use of each shape; never time those steps
 STAGE_TIMEOUT_S = 1800.0
@@ -499,7 +501,7 @@ def run(histo_data: Path | None = None, tweets_data: Path | None = None, *, quic
         result.update({k: v for k, v in values.items() if k not in ("peak_rss_mb", "failed")})
     result["stage_peak_rss_mb"] = {name: s.get("peak_rss_mb") for name, s in stages.items()}
     result["failed_stages"] = {name: s["failed"] for name, s in stages.items() if "failed" in s}
-    result.update(cpu=_cpu_model(), cpu_threads=torch.get_num_threads(), torch=torch.__version__, quick=quick,
+    result.update(cpu=cpu_model(), cpu_threads=torch.get_num_threads(), torch=torch.__version__, quick=quick,
                   histo_data=str(histo_data), tweets_data=str(tweets_data))
     result["problems"] = problems(result)
     print(format_table(result))
@@ -509,11 +511,6 @@ def run(histo_data: Path | None = None, tweets_data: Path | None = None, *, quic
     if result["problems"]:
         raise BenchFailed("benchmark failed: " + "; ".join(result["problems"]))
     return result
-
-
-def _cpu_model() -> str:
-    from .precision import cpu_model
-    return cpu_model()
 
 
 def problems(r: dict[str, Any]) -> list[str]:

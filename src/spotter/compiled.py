@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import files
+
 # Models compiled by default for runs with a time budget of at least MIN_BUDGET_MIN minutes, where
 # bench/compile_bench.py measured that compiling pays for its own time (see the README's benchmarks).
 # None yet: on the quiet 2-core AMD EPYC, compiled resnet training in bf16 (what `auto` picks there) ran at
@@ -30,7 +32,7 @@ MIN_BUDGET_MIN = 5.0
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("SPOTTER_CACHE", Path.home() / ".cache" / "spotter")) / "inductor"
+    return files.cache_dir("inductor")
 
 
 def default_for(model_name: str, time_budget_min: float | None, device_type: str, processes: int) -> bool:

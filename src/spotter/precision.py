@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import files
+
 PRECISIONS = ("fp32", "bf16")
 # bf16 rounds activations and gradients; take it only when it is clearly faster, not within timing noise.
 BF16_MIN_SPEEDUP = 1.05
@@ -41,7 +43,7 @@ class Choice:
 
 
 def cache_file() -> Path:
-    return Path(os.environ.get("SPOTTER_CACHE", Path.home() / ".cache" / "spotter")) / "precision.json"
+    return files.cache_dir("precision.json")
 
 
 def cpu_model() -> str:
@@ -120,9 +122,8 @@ def _read(path: Path) -> dict[str, Any]:
 
 def _write(path: Path, cache: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cache, indent=2))
-    os.replace(tmp, path)
+    with files.atomic_path(path, suffix=f".{os.getpid()}.tmp") as tmp:  # several processes may write at once
+        tmp.write_text(json.dumps(cache, indent=2))
 
 
 # ---------------------------------------------------------------- timing real steps
