@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from . import precision as precision_choice
 from .errors import BadInput, UserError
-from .files import atomic_path, write_csv_atomic, write_text_atomic  # noqa: F401 (callers use engine.write_*)
+from .files import atomic_path, write_text_atomic
 
 Batch = tuple[Any, torch.Tensor]
 

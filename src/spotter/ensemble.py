@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from . import engine
+from . import engine, files
 from .errors import BadInput
 from .metrics import binary_report, intervals
 
@@ -86,7 +86,7 @@ def build(kind: str, members: list[Path], out: Path, validation: Callable[[Path]
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"id": ids, "target": labels, "prob": probs}).to_csv(out / "validation_predictions.csv",
                                                                       index=False)
-    engine.write_text_atomic(out / FILE, json.dumps(summary, indent=2))
+    files.write_text_atomic(out / FILE, json.dumps(summary, indent=2))
     for member, value in zip(members, summary["member_scores"]):
         log(f"  {member}: validation {main_metric} {value:.4f}")
     log(f"ensemble of {len(members)}: validation {main_metric} {summary['validation'][main_metric]:.4f} "

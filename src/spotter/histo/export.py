@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import engine
-from .slide import PATCH, Predictor, load_predictor
+from .. import files
 from ..errors import BadInput
+from ..files import atomic_path
+from .slide import PATCH, Predictor, load_predictor
 
 FORMATS = ("wsinfer", "torchscript", "onnx")
 LOGIT_LIMIT = 13.815510557964274  # logit(1 - 1e-6): ensemble.combine clips probabilities there
@@ -60,7 +61,7 @@ def export(run: Path, fmt: str, out: Path, *, log=print) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         model_file = out / "model.pt"
         _torchscript(module, example, model_file)
-        engine.write_text_atomic(out / "config.json", json.dumps(wsinfer_config(predictor), indent=2))
+        files.write_text_atomic(out / "config.json", json.dumps(wsinfer_config(predictor), indent=2))
         log(f"WSInfer model folder written to {out} (model.pt + config.json); run it with "
             f"`wsinfer run --model-path {model_file} --config {out / 'config.json'} ...` or QuPath's WSInfer extension")
         return model_file
@@ -85,14 +86,12 @@ def wsinfer_config(predictor: Predictor) -> dict:
 def _torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
     with torch.no_grad():
         traced = torch.jit.trace(module, example)
-    tmp = path.with_name(path.name + ".tmp")
-    traced.save(str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        traced.save(str(tmp))
 
 
 def _onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp.onnx")
     batch = torch.export.Dim("batch", min=1, max=4096)
-    torch.onnx.export(module, (example,), str(tmp), input_names=["image"], output_names=["logit"],
-                      dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False, verbose=False)
-    tmp.replace(path)
+    with atomic_path(path, suffix=".tmp.onnx") as tmp:
+        torch.onnx.export(module, (example,), str(tmp), input_names=["image"], output_names=["logit"],
+                          dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False, verbose=False)

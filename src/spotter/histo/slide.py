@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import engine, ensemble
+from .. import engine, ensemble, files
 from . import slide_outputs, wsi
 from .models import normalisation
 from .preprocess import dihedral_views, preprocess
@@ -330,7 +330,7 @@ def _score_slide(predictor: Predictor, source: wsi.Slide, out: Path, *, stride: 
         "tissue_seconds": tissue_seconds, "read_and_infer_seconds": infer_seconds, **peak_rss_mb(),
     }
     slide_outputs.write_all(out, heat, grid, thumb, thumb_scale, mask, source.mpp, summary, threshold)
-    engine.write_text_atomic(out / "slide.json", json.dumps(summary, indent=2))
+    files.write_text_atomic(out / "slide.json", json.dumps(summary, indent=2))
     log(f"  max probability {summary['max_prob']:.3f}, tumour {summary['tumour_area_mm2']:.3f} mm² of "
         f"{summary['tissue_area_mm2']:.2f} mm² tissue; {seconds:.1f} s ({summary['tiles_per_s']:.0f} tiles/s); "
         f"written to {out}")
@@ -436,7 +436,7 @@ def slides(run: Path | str, images: Path | str, out: Path | str, *, device: str 
                                         "tiles", "seconds", "error"])
     table = table.sort_values(["status", "max_prob"], ascending=[False, False], kind="stable")
     if world.main:
-        engine.write_csv_atomic(table, out / "slides.csv")
+        files.write_csv_atomic(table, out / "slides.csv")
         failed = int((table["status"] == "error").sum())
         log(f"{len(table) - failed} slides scored, {failed} failed; ranking in {out / 'slides.csv'}")
     return table.to_dict("records")

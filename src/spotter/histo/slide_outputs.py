@@ -7,13 +7,14 @@ coordinates are level-0 pixels of the slide; cell (i, j) covers x in [xedge[j], 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+
+from ..files import atomic_path
 
 CLASS = {"name": "Tumor", "color": [200, 0, 0]}  # QuPath's built-in tumour class and colour
 
@@ -30,10 +31,8 @@ def write_all(out: Path, heat: np.ndarray, grid, thumb: np.ndarray, thumb_scale:
 
 
 def _atomic(path: Path, write: Callable, text: bool = False) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w" if text else "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "w" if text else "wb") as f:
         write(f)
-    os.replace(tmp, path)
 
 
 def _dump(obj: dict, f) -> None:
@@ -165,9 +164,8 @@ def _finish(fig, ax, shown, label: str, title: str, extent, path: Path) -> None:
         bar = fig.colorbar(shown, ax=ax, fraction=0.035, pad=0.02)
         bar.set_label(label)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     import matplotlib.pyplot as plt
 
     plt.close(fig)
