@@ -17,13 +17,13 @@ from matplotlib.ticker import NullFormatter
 from sklearn import metrics as skm
 from tqdm import tqdm
 
+from ..errors import BadInput
 from ..histo.data import PackedSet
 from ..histo.preprocess import MEAN, STD
 from . import figures
 from .common import Report, confident_mistakes
 from .figures import CLASS_COLOURS, plt, png
 from .html import Page
-from ..errors import BadInput
 
 CLASS_NAMES = ("normal (0)", "tumour (1)")
 CHUNK = 1024

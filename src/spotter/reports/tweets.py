@@ -5,7 +5,6 @@ normalisation and tokeniser, so what they count is what the models see.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pandas as pd
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 
+from ..errors import BadInput, UserError
 from ..metrics import binary_report
 from ..tweets.text import (_HASHTAG_RE, _MENTION_RE, _NUMBER_RE, _URL_RE, NormaliseOptions, keyword_text, normalise,
                            read_tweets, tokenize)
@@ -20,7 +20,6 @@ from . import figures
 from .common import Report, confident_mistakes
 from .figures import CLASS_COLOURS, plt, png
 from .html import Page
-from ..errors import BadInput
 
 CLASS_NAMES = ("not a disaster (0)", "disaster (1)")
 MIN_KEYWORD_ROWS = 10  # keyword rates are shown only for keywords with at least this many rows
@@ -224,12 +223,19 @@ def _indicative_figure(indicative: dict[str, pd.DataFrame]) -> bytes:
 
 # ---------------------------------------------------------------- errors
 
-def run_data(run_dir: Path) -> Path:
-    """The train.csv a run (or an ensemble's first member) was trained on."""
+def run_settings(run_dir: Path):
+    """The TweetSettings a run (or an ensemble's first member) was trained with."""
+    from ..tweets.task import saved_settings
+
     saved = run_data_dir(run_dir) / "run.json"
     if not saved.exists():
         raise BadInput(f"{run_dir}: no run.json; not a tweets run (train it first)")
-    return Path(json.loads(saved.read_text())["tweets"]["data"]) / "train.csv"
+    return saved_settings(saved)[0]
+
+
+def run_data(run_dir: Path) -> Path:
+    """The train.csv a run (or an ensemble's first member) was trained on."""
+    return Path(run_settings(run_dir).data) / "train.csv"
 
 
 def validation_frame(run_dir: Path) -> pd.DataFrame:
@@ -320,9 +326,8 @@ def errors(run_dir: Path, csv: Path | None = None, *, top: int = 20, device: str
 def _run_options(run_dir: Path) -> NormaliseOptions:
     """The normalisation the run used (shown beside each mistake's text)."""
     try:
-        saved = json.loads((run_data_dir(run_dir) / "run.json").read_text())
-        return NormaliseOptions(**saved["tweets"]["normalise"])
-    except (OSError, KeyError, TypeError, ValueError):
+        return NormaliseOptions(**run_settings(run_dir).normalise)
+    except (UserError, OSError, KeyError, TypeError, ValueError):
         return NormaliseOptions()
 
 

@@ -98,7 +98,7 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
     predictions and write summary.json, validation_predictions.csv and precision_recall.png."""
     run_dir = Path(run_dir)
     if resume and (run_dir / "run.json").exists():
-        settings, train_settings = _saved_settings(run_dir / "run.json", train_settings.device)
+        settings, train_settings = saved_settings(run_dir / "run.json", train_settings.device)
     engine.seed_everything(train_settings.seed)
     world = engine.join_world(train_settings.device)
     log = log if world.main else engine.quiet  # under torchrun every rank runs this; rank 0 speaks and writes
@@ -137,8 +137,8 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
     return summary
 
 
-def _saved_settings(path: Path, device: str) -> tuple[TweetSettings, engine.TrainSettings]:
-    """A resumed run keeps the settings it started with; only the device may change."""
+def saved_settings(path: Path, device: str = "auto") -> tuple[TweetSettings, engine.TrainSettings]:
+    """A run's settings from its run.json (a resumed run keeps them; only the device may change)."""
     saved = json.loads(path.read_text())
     saved["tweets"].setdefault("fold_groups", "raw")  # how runs made before the setting split their folds
     return (engine.settings_from(TweetSettings, saved["tweets"], path),
@@ -279,8 +279,7 @@ def load_run(run_dir: Path, device: str = "auto") -> TweetsPredictor:
         spec = ensemble.load(run_dir, KIND)
         return TweetsPredictor(summary["threshold"], members=[load_run(Path(m), device) for m in spec["members"]],
                                calibration=spec["calibration"])
-    settings = engine.settings_from(TweetSettings, json.loads((run_dir / "run.json").read_text())["tweets"],
-                                    run_dir / "run.json")
+    settings = saved_settings(run_dir / "run.json")[0]
     adapter, dev = adapters.create(settings), engine.pick_device(device)
     folds = [adapter.load_fold(run_dir / f"fold{k}", dev) for k in range(summary["folds"])]
     return TweetsPredictor(summary["threshold"], adapter=adapter, folds=folds,
