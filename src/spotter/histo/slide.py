@@ -30,11 +30,11 @@ import torch
 from tqdm import tqdm
 
 from .. import engine, ensemble, files
+from ..errors import BadInput
 from . import slide_outputs, wsi
 from .models import normalisation
 from .preprocess import dihedral_views, preprocess
 from .tissue import tissue_mask
-from ..errors import BadInput
 
 PATCH = 96  # model input, in model pixels
 CENTRE = 32  # the labelled centre

@@ -34,9 +34,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from .. import explain
+from ..errors import BadInput
 from . import runs, uploads
 from .batcher import Batcher
-from ..errors import BadInput
 
 STATIC = Path(__file__).parent / "static"
 SLIDE_OUTPUTS = ("overlay.png", "heatmap.png", "tissue.png", "tiles.geojson", "regions.geojson", "tiles.csv",
