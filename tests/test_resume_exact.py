@@ -53,6 +53,22 @@ def test_effnet_resumes_exactly(tmp_path):
     same_metrics(tmp_path / "straight" / "metrics.csv", tmp_path / "killed" / "metrics.csv")
 
 
+def test_weight_average_resumes_exactly(tmp_path):
+    data = conftest.histo_slice(tmp_path / "histo", 64)
+    args = ["histo", "train", "--data", data, "--model", "resnet-plain", "--ema", "0.9", "--epochs", "3",
+            "--batch-size", "16", "--val-fraction", "0.25", "--device", "cpu", "--crop", "64"]
+    assert spotter(*args, "--out", tmp_path / "straight").returncode == 0
+    killed_then_resumed(args, 5, tmp_path / "killed")
+    for name in ("model", "trained_model"):
+        wa, wb = (torch.load(p / "last.pt", weights_only=True)[name] for p in (tmp_path / "straight", tmp_path / "killed"))
+        for key in wa:
+            torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0, msg=key)
+    same_metrics(tmp_path / "straight" / "metrics.csv", tmp_path / "killed" / "metrics.csv")
+    saved = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    # The average is not the trained weights: it was really averaged.
+    assert not torch.equal(saved["model"]["head.3.weight"], saved["trained_model"]["head.3.weight"])
+
+
 @pytest.mark.parametrize("model,rows,kill_at", [("bigru", 120, 14), ("seed-gru", 120, 14), ("minilm", 60, 8)])
 def test_tweets_model_resumes_exactly(tmp_path, model, rows, kill_at):
     data = conftest.tweets_slice(tmp_path / "tweets", rows, n_test=5)

@@ -76,6 +76,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     precision: str = "auto"  # auto (bf16 where measured faster, see precision.py), bf16, fp32
+    ema: float = 0.0  # decay of an exponential moving average of the weights, validated and saved (0: none)
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -84,6 +85,8 @@ class TrainSettings:
             raise BadInput(f"batch size must be at least 1, got {self.batch_size}")
         if self.time_budget_min is not None and self.time_budget_min <= 0:
             raise BadInput(f"time budget must be positive, got {self.time_budget_min} min")
+        if not 0 <= self.ema < 1:
+            raise BadInput(f"ema must be 0 (off) or a decay below 1, got {self.ema}")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise BadInput(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
 
@@ -249,6 +252,27 @@ def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
 
 # ---------------------------------------------------------------- one epoch, evaluation
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and float buffers (BatchNorm statistics too),
+    updated after every step. Its decay ramps up as (1 + t) / (10 + t) so the first steps' random
+    weights fade out fast."""
+
+    def __init__(self, model: nn.Module, decay: float, steps: int = 0):
+        self.decay, self.steps = decay, steps
+        self.model = copy.deepcopy(getattr(model, "_orig_mod", model)).requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.steps += 1
+        keep = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        live = getattr(model, "module", model).state_dict()
+        averaged = [(v, live[k]) for k, v in self.model.state_dict().items() if v.is_floating_point()]
+        torch._foreach_lerp_([a for a, _ in averaged], [b.detach() for _, b in averaged], 1 - keep)
+        for k, v in self.model.state_dict().items():
+            if not v.is_floating_point():
+                v.copy_(live[k])
+
+
 def train_step(model: nn.Module, inputs: Any, targets: torch.Tensor, optimizer: torch.optim.Optimizer,
                device: torch.device, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step with BCE on logits; returns the (detached) logits and loss."""
@@ -264,7 +288,7 @@ def train_step(model: nn.Module, inputs: Any, targets: torch.Tensor, optimizer: 
 def train_one_epoch(model: nn.Module, batches: Iterable[Batch], optimizer: torch.optim.Optimizer,
                     scheduler: Any, device: torch.device, precision: str, *, desc: str = "train",
                     total: int | None = None, deadline: float | None = None,
-                    world: World = World()) -> dict[str, Any]:
+                    world: World = World(), average: WeightAverage | None = None) -> dict[str, Any]:
     """One pass over `batches`; returns mean loss, the raw outputs for train metrics, and items/s,
     gathered over all ranks."""
     model.train()
@@ -276,6 +300,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Batch], optimizer: torch
         logits, loss = train_step(model, inputs, targets, optimizer, device, precision)
         if scheduler is not None:
             scheduler.step()
+        if average is not None:
+            average.update(model)
         losses.append(loss)
         probs.append(torch.sigmoid(logits.float()))
         labels.append(targets.detach())
@@ -419,12 +445,18 @@ class _Run:
     log: Callable[[str], None]
     state: dict[str, Any] = field(default_factory=dict)  # epoch, epochs, best, best_epoch, bad_epochs
     scheduler: Any = None
+    average: WeightAverage | None = None  # with settings.ema: the weights that are validated and saved
     deadline: float | None = None  # time.monotonic() by which a --time-budget run must end
     all_settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def steps_per_epoch(self) -> int:
         return _steps(self.task, self.world.size)
+
+    @property
+    def evaluated(self) -> nn.Module:
+        """The model that is validated and saved as "model": the weight average when there is one."""
+        return self.average.model if self.average is not None else self.model
 
 
 def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume: bool = False,
@@ -450,7 +482,7 @@ def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume
         if _should_stop(run):
             break
     best = load_checkpoint(run.run_dir / "best.pt", kind)
-    run.model.load_state_dict(best["model"])  # leave the caller with the best weights
+    getattr(run.model, "_orig_mod", run.model).load_state_dict(best["model"])  # leave the caller with the best weights
     return {"best_epoch": run.state["best_epoch"], "precision": run.precision, **best["metrics"]}
 
 
@@ -513,8 +545,13 @@ def _build_schedule(run: _Run, saved: dict[str, Any] | None) -> None:
     """The one-cycle schedule over the planned epochs; a resumed run restores model, optimizer and schedule."""
     run.scheduler = one_cycle(run.optimizer, run.settings, run.state["epochs"] * run.steps_per_epoch,
                               run.task.anneal)
+    if run.settings.ema:
+        run.average = WeightAverage(run.model, run.settings.ema)
     if saved is not None:
-        run.model.load_state_dict(saved["model"])
+        run.model.load_state_dict(saved.get("trained_model", saved["model"]))
+        if run.average is not None:
+            run.average.model.load_state_dict(saved["model"])
+            run.average.steps = saved["state"]["average_steps"]
         run.optimizer.load_state_dict(saved["optimizer"])
         run.scheduler.load_state_dict(saved["scheduler"])
         if "rng" in saved and len(saved["rng"]) == run.world.size:
@@ -532,12 +569,12 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
                                           else None)
     return train_one_epoch(trained, run.task.train_batches(epoch, run.world.rank, run.world.size), run.optimizer,
                            run.scheduler, run.device, run.precision, desc=f"epoch {epoch}/{run.state['epochs']}",
-                           total=run.steps_per_epoch, deadline=run.deadline, world=run.world)
+                           total=run.steps_per_epoch, deadline=run.deadline, world=run.world, average=run.average)
 
 
 def _validate(run: _Run) -> dict[str, float]:
     """The task's scores over the whole validation set (every rank's share, gathered)."""
-    parts = gather(run.world, predict_probs(run.model, run.task.val_batches(run.world.rank, run.world.size),
+    parts = gather(run.world, predict_probs(run.evaluated, run.task.val_batches(run.world.rank, run.world.size),
                                             run.device, run.precision, desc="validate"))
     return run.task.score(np.concatenate([p[1] for p in parts]), np.concatenate([p[0] for p in parts]))
 
@@ -557,13 +594,16 @@ def _replan(run: _Run, epoch_s: float, steps_done: int) -> None:
 def _finish_epoch(run: _Run, epoch: int, train: dict[str, Any], val: dict[str, float]) -> None:
     """Keep score, log the epoch, append its metrics row and write its checkpoints (best when improved)."""
     state, metric = run.state, run.task.main_metric
-    train_scores = run.task.score(train["labels"], train["probs"])
+    # Against the rounded targets: a distilled student's are soft probabilities.
+    train_scores = run.task.score((train["labels"] >= 0.5).astype(np.float32), train["probs"])
     row = {"epoch": epoch, "lr": run.optimizer.param_groups[0]["lr"], "train_loss": train["loss"],
            **{f"train_{k}": v for k, v in train_scores.items() if k != "loss"},
            **{f"val_{k}": v for k, v in val.items()},
            "seconds": round(train["seconds"], 2), "per_s": round(train["per_s"], 1)}
     improved = val[metric] > state["best"]
     state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
+    if run.average is not None:
+        state["average_steps"] = run.average.steps
     if improved:
         state.update(best=val[metric], best_epoch=epoch)
     run.log(f"epoch {epoch:3d}/{state['epochs']}  loss {train['loss']:.4f}  val_loss {val['loss']:.4f}  "
@@ -580,7 +620,9 @@ def _finish_epoch(run: _Run, epoch: int, train: dict[str, Any], val: dict[str, f
 
 
 def _checkpoint(run: _Run, metrics: dict[str, float], rng: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"version": CHECKPOINT_VERSION, "task": run.kind, "model": run.model.state_dict(),
+    # "model" holds the weights that were validated (the average, with settings.ema): what predictors load.
+    trained = {"trained_model": run.model.state_dict()} if run.average is not None else {}
+    return {"version": CHECKPOINT_VERSION, "task": run.kind, "model": run.evaluated.state_dict(), **trained,
             "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
             "state": dict(run.state), "settings": json.loads(json.dumps(run.all_settings, default=str)),
             "metrics": metrics, "rng": rng, **run.task.extra}
