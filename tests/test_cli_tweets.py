@@ -26,8 +26,8 @@ def check_submission(path, test_csv, proba=False):
 
 def test_bigru_folds_resume_evaluate_predict(tweets_slice, tmp_path):
     run = tmp_path / "run"
-    args = ["tweets", "train", "--data", tweets_slice, "--out", run, "--folds", "2", "--epochs", "2",
-            "--device", "cpu"]
+    args = ["tweets", "train", "--data", tweets_slice, "--out", run, "--model", "bigru", "--folds", "2",
+            "--epochs", "2", "--device", "cpu"]
     assert main(args) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["folds"] == 2 and len(summary["fold_f1"]) == 2 and 0 < summary["threshold"] < 1
@@ -56,7 +56,8 @@ def test_bigru_folds_resume_evaluate_predict(tweets_slice, tmp_path):
 @pytest.mark.parametrize("model", ["seed-gru", "tfidf"])
 def test_other_models_train_and_predict(tweets_slice, tmp_path, model):
     run = tmp_path / model
-    assert main(["tweets", "train", "--data", tweets_slice, "--out", run, "--model", model, "--epochs", "1"]) == 0
+    assert main(["tweets", "train", "--data", tweets_slice, "--out", run, "--model", model, "--epochs", "1",
+                 "--folds", "1"]) == 0
     out = tmp_path / f"{model}.csv"
     assert main(["tweets", "predict", run, "--csv", tweets_slice / "test.csv", "--out", out]) == 0
     check_submission(out, tweets_slice / "test.csv")
@@ -66,7 +67,8 @@ def test_custom_glove_txt(tweets_slice, tmp_path):
     glove = tmp_path / "glove.txt"
     glove.write_text("fire 0.1 0.2 0.3\nflood 0.3 0.2 0.1\nthe 0 0 1\n")
     run = tmp_path / "txt"
-    assert main(["tweets", "train", "--data", tweets_slice, "--out", run, "--embeddings", glove, "--epochs", "1"]) == 0
+    assert main(["tweets", "train", "--data", tweets_slice, "--out", run, "--embeddings", glove, "--epochs", "1",
+                 "--folds", "1"]) == 0
     assert json.loads((run / "summary.json").read_text())["glove_coverage"]["normalised"]["distinct_words"] > 100
 
 

@@ -97,8 +97,8 @@ def test_killed_distributed_run_resumes_exactly(data, tmp_path):
 def test_tweets_train_under_torchrun(tmp_path):
     folder = tweets_slice(tmp_path / "tweets", 300, seed=1)
     # Past --unfreeze-epoch: DDP must pick up the GloVe weights once they start training.
-    torchrun("tweets", "train", "--data", folder, "--out", tmp_path / "run", "--epochs", 3, "--unfreeze-epoch", 2,
-             "--device", "cpu")
+    torchrun("tweets", "train", "--data", folder, "--out", tmp_path / "run", "--model", "bigru", "--folds", 1,
+             "--epochs", 3, "--unfreeze-epoch", 2, "--device", "cpu")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["folds"] == 1 and 0 < summary["threshold"] < 1
     assert len(pd.read_csv(tmp_path / "run" / "fold0" / "metrics.csv")) == 3

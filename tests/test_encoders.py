@@ -40,7 +40,7 @@ def test_any_encoder_folder_trains_records_itself_and_refuses_another(kind, tmp_
     folder = tiny_encoder(tmp_path / "encoder", kind)
     run = tmp_path / "run"
     assert main(["tweets", "train", "--data", data, "--out", run, "--model", "transformer", "--encoder", folder,
-                 "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--max-tokens", "48",
+                 "--folds", "1", "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--max-tokens", "48",
                  "--pooling", "cls"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     sha = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()

@@ -146,7 +146,8 @@ def model_info(name: str, task: str, run_dir: Path, predictor) -> dict:
         run = _read_json(run_dir / "run.json") or {}
         info["settings"] = {**{k: v for k, v in run.get("tweets", {}).items() if k != "normalise"},
                             **run.get("train", {})}
-        info["explanation"] = {"tfidf": "exact contributions", "minilm-frozen": None, "ensemble": None}.get(
+        info["explanation"] = {"tfidf": "exact contributions", "minilm-frozen": None, "ensemble": None,
+                               "blend": "integrated gradients and exact contributions, averaged"}.get(
             predictor.name, "integrated gradients")
     for private in ("data", "pack_root", "embeddings"):  # paths on the server: not for callers
         info["settings"].pop(private, None)

