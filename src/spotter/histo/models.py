@@ -180,6 +180,10 @@ MODELS: dict[str, Callable[[bool], nn.Module]] = {
     # Stride-2 stem plus max-pool: stage 1 runs at 24x24 on a 96x96 patch. Measured on the 2-core CPU it
     # trains at ~400 images/s against ~110 without the pool, and learned as fast per epoch (see README).
     "resnet": lambda pretrained: ResNet(stem_pool=True),
+    # Measured against it on the 2-core CPU (README "Histology recipes"): no max-pool (4x the work per image),
+    # and two blocks per stage (2x): both scored lower within the same minutes.
+    "resnet-plain": lambda pretrained: ResNet(stem_pool=False),
+    "resnet-deep": lambda pretrained: ResNet(stem_pool=True, depths=(2, 2, 2, 2)),
     "effnet-lite0": efficientnet_lite0,
 }
 
