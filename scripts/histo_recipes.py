@@ -25,9 +25,10 @@ RECIPES = {
     "plain-80-ema": ["--model", "resnet-plain", "--crop", "80", "--ema", "0.998"],
     "plain-96-ema": ["--model", "resnet-plain", "--crop", "96", "--ema", "0.998"],
     "plain-64-ema-nojitter": ["--model", "resnet-plain", "--crop", "64", "--ema", "0.998", "--colour-jitter", "0"],
+    # today's effnet-lite0 defaults: batch 64, peak 2e-3, decay 1e-2, no stain jitter (a plain fine-tune's)
     "effnet": ["--model", "effnet-lite0"],
-    "effnet-plain": ["--model", "effnet-lite0", "--batch-size", "64", "--lr", "2e-3", "--weight-decay", "1e-2",
-                     "--colour-jitter", "0"],
+    "effnet-before": ["--model", "effnet-lite0", "--batch-size", "128", "--lr", "1e-3", "--weight-decay", "0.05",
+                      "--colour-jitter", "0.1"],
 }
 
 

@@ -49,5 +49,8 @@ def test_student_learns_from_a_teacher_on_its_folds(demo_tweets, tmp_path):
     for other in (["--folds", "2"], ["--folds", "3", "--seed", "1"]):
         assert main(["tweets", "train", "--data", demo_tweets, "--out", tmp_path / "refused", "--teacher", teacher,
                      "--epochs", "1", *other]) == 2
+    other_tweets = demo.make_tweets_dataset(tmp_path / "other", n_train=300, n_test=2)
+    assert main(["tweets", "train", "--data", other_tweets, "--out", tmp_path / "refused", "--teacher", teacher,
+                 "--folds", "3", "--epochs", "1"]) == 2  # a teacher of other tweets
     assert main(["tweets", "train", "--data", demo_tweets, "--out", tmp_path / "refused", "--model", "tfidf",
                  "--teacher", teacher]) == 2  # only the RNNs learn from a teacher

@@ -124,3 +124,18 @@ def test_real_mpnet_from_its_parts_embeds_paraphrases_close():
         vectors = minilm.mean_pool(minilm.encode(model.encoder, ids, mask, None), mask)
     vectors = torch.nn.functional.normalize(vectors, dim=1)
     assert float(vectors[0] @ vectors[1]) > 0.6 and float(vectors[0] @ vectors[2]) < 0.3
+
+
+def test_any_encoder_run_teaches_the_rnn(tmp_path):
+    """A fine-tuned encoder run (here a tiny random one standing in for MPNet) is a teacher like any run: the
+    RNN student trains on its fold models' probabilities for the tweets and their augmented copies."""
+    data = conftest.tweets_slice(tmp_path / "tweets", 120, n_test=5)
+    teacher = tmp_path / "teacher"
+    assert main(["tweets", "train", "--data", data, "--out", teacher, "--model", "transformer", "--encoder",
+                 tiny_encoder(tmp_path / "encoder"), "--folds", "2", "--epochs", "1", "--batch-size", "16",
+                 "--device", "cpu"]) == 0
+    student = tmp_path / "student"
+    assert main(["tweets", "train", "--data", data, "--out", student, "--model", "bigru", "--teacher", teacher,
+                 "--folds", "2", "--epochs", "1", "--device", "cpu"]) == 0
+    summary = json.loads((student / "summary.json").read_text())
+    assert summary["teacher"]["model"] == "transformer" and summary["folds"] == 2

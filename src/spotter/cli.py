@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--ema", type=float, default=0.0, help="validate and keep an exponential moving average of "
                                                           "the weights with this decay per step (0: off)")
-    p.add_argument("--colour-jitter", type=float, default=0.1, help="strength of the stain variation (0: off)")
+    p.add_argument("--colour-jitter", type=float, help="strength of the stain variation (0: off; default 0.1, "
+                                                        "0 for effnet-lite0)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (inductor); default: only where measured to pay off within a "
                         "15-minute budget, compile time included (see README)")
@@ -273,8 +274,7 @@ def run(args: argparse.Namespace) -> None:
                                            skip_bad=args.skip_bad, augment=not args.no_augment, compile=args.compile,
                                            mpp=args.mpp, colour_jitter=args.colour_jitter,
                                            **({"crop": args.crop} if args.crop else {}))
-            # Fine-tuning a pretrained body wants a gentler peak than training from scratch.
-            defaults = {"lr": 1e-3 if args.model == "effnet-lite0" else 3e-3, "ema": args.ema,
+            defaults = {**histo.train_defaults(args.model), "ema": args.ema,
                         **({"epochs": 1000} if args.time_budget else {})}
             result = histo.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume,
                                  repack=args.repack)

@@ -26,7 +26,7 @@ class Teacher:
     """A finished tweets run whose folds are the student's; `fold_probs(k, texts, keywords)` scores tweets with
     the teacher model that never saw the student's fold-k validation rows."""
 
-    def __init__(self, run_dir: Path, splits: list[tuple[np.ndarray, np.ndarray]], n_rows: int, device: str):
+    def __init__(self, run_dir: Path, splits: list[tuple[np.ndarray, np.ndarray]], texts: list[str], device: str):
         from . import task
 
         self.run_dir = Path(run_dir)
@@ -36,9 +36,9 @@ class Teacher:
                            "use one of its runs")
         teacher_settings, teacher_train = task.saved_settings(self.run_dir / "run.json")
         teacher_rows, _ = task.training_rows(teacher_settings)
-        if len(teacher_rows) != n_rows:
-            raise BadInput(f"{run_dir}: the teacher was trained on {len(teacher_rows)} tweets, the student has "
-                           f"{n_rows}; both must use the same train.csv")
+        if teacher_rows["text"].tolist() != list(texts):
+            raise BadInput(f"{run_dir}: the teacher was trained on other tweets ({len(teacher_rows)} rows against "
+                           f"the student's {len(texts)}); both must use the same train.csv")
         corpus = task.corpus_of(teacher_rows, teacher_settings)
         teacher_splits = task.fold_splits(corpus, teacher_settings, teacher_train.seed)
         by_val = {tuple(val): k for k, (_, val) in enumerate(teacher_splits)}

@@ -125,7 +125,7 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
     teacher = None
     if settings.teacher:
         from .distil import Teacher
-        teacher = Teacher(Path(settings.teacher), splits, len(df), train_settings.device)
+        teacher = Teacher(Path(settings.teacher), splits, corpus.raw, train_settings.device)
         log(f"teacher {settings.teacher}: {teacher.summary.get('model')}, out-of-fold F1 "
             f"{teacher.summary.get('f1', float('nan')):.4f}; its folds are this run's")
     if world.main:
