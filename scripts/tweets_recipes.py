@@ -20,6 +20,7 @@ RECIPES = {
     "blend": ["--model", "blend"],
     "blend-distil-minilm": ["--model", "blend", "--teacher", "{minilm}"],
     "tfidf": ["--model", "tfidf"],
+    "tfidf-no-keyword": ["--model", "tfidf", "--no-keyword"],
     "bigru": ["--model", "bigru"],
     "bigru-no-keyword": ["--model", "bigru", "--no-keyword"],
     "minilm": ["--model", "minilm"],

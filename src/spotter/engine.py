@@ -259,7 +259,7 @@ class WeightAverage:
 
     def __init__(self, model: nn.Module, decay: float, steps: int = 0):
         self.decay, self.steps = decay, steps
-        self.model = copy.deepcopy(getattr(model, "_orig_mod", model)).requires_grad_(False)
+        self.model = copy.deepcopy(model).requires_grad_(False)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -482,7 +482,7 @@ def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume
         if _should_stop(run):
             break
     best = load_checkpoint(run.run_dir / "best.pt", kind)
-    getattr(run.model, "_orig_mod", run.model).load_state_dict(best["model"])  # leave the caller with the best weights
+    run.model.load_state_dict(best["model"])  # leave the caller with the best weights
     return {"best_epoch": run.state["best_epoch"], "precision": run.precision, **best["metrics"]}
 
 
