@@ -266,11 +266,12 @@ class WeightAverage:
         self.steps += 1
         keep = min(self.decay, (1 + self.steps) / (10 + self.steps))
         live = getattr(model, "module", model).state_dict()
-        averaged = [(v, live[k]) for k, v in self.model.state_dict().items() if v.is_floating_point()]
-        torch._foreach_lerp_([a for a, _ in averaged], [b.detach() for _, b in averaged], 1 - keep)
+        averaged, counted = [], []  # float weights and buffers are averaged; counters are copied
         for k, v in self.model.state_dict().items():
-            if not v.is_floating_point():
-                v.copy_(live[k])
+            (averaged if v.is_floating_point() else counted).append((v, live[k]))
+        torch._foreach_lerp_([a for a, _ in averaged], [b for _, b in averaged], 1 - keep)
+        for a, b in counted:
+            a.copy_(b)
 
 
 def train_step(model: nn.Module, inputs: Any, targets: torch.Tensor, optimizer: torch.optim.Optimizer,

@@ -153,8 +153,8 @@ class GloveRNN(TweetModel):
         self.glove = load_glove(self.settings.embeddings)
         words = self.glove[0]
         if self.settings.teacher:
-            plain = {w.lower() for text in corpus.raw for w in text.split() if w.isalpha()}
-            self.augmenter = distil.Augmenter(distil.glove_neighbours(words, self.glove[1], plain))
+            self.augmenter = distil.Augmenter(distil.glove_neighbours(words, self.glove[1],
+                                                                      distil.plain_words(corpus.raw)))
         cover = {"raw": coverage([tokenize(t) for t in corpus.raw], words),
                  "normalised": coverage(corpus.tokens, words)}
         log(f"GloVe coverage of the training vocabulary: {cover['raw']['vocabulary']:.1%} of words before "
@@ -167,7 +167,7 @@ class GloveRNN(TweetModel):
         keywords = [corpus.keywords[i] for i in train_rows]
         targets = corpus.targets[train_rows].astype(np.float32)
         if soft is not None:
-            tokens, keywords, targets = self._transfer_set(corpus, train_rows, soft, log)
+            tokens, keywords, targets = self._transfer_set(corpus, train_rows, tokens, keywords, targets, soft, log)
         vocab = Vocabulary.build(tokens, max_size=self.network.max_vocabulary)
         keyword_list = sorted(set(keywords) - {""})
         words, vectors = self.glove
@@ -188,13 +188,11 @@ class GloveRNN(TweetModel):
                                    precision="fp32",
                                    extra={"vocab": vocab.tokens[2:], "keywords": keyword_list, "length": length})
 
-    def _transfer_set(self, corpus: Corpus, train_rows: np.ndarray, soft, log):
-        """The fold's tweets with targets mixing the teacher's probabilities and the labels, plus augmented
-        copies labelled by the teacher alone: (tokens, keywords, targets)."""
+    def _transfer_set(self, corpus: Corpus, train_rows: np.ndarray, tokens, keywords, hard, soft, log):
+        """The fold's tweets (`tokens`, `keywords`, labels `hard`) with targets mixing the teacher's probabilities
+        and the labels, plus augmented copies labelled by the teacher alone: (tokens, keywords, targets)."""
         settings = self.settings
         raw = [corpus.raw[i] for i in train_rows]
-        keywords = [corpus.keywords[i] for i in train_rows]
-        hard = corpus.targets[train_rows].astype(np.float32)
         mixed = settings.soft_weight * soft(raw, keywords) + (1 - settings.soft_weight) * hard
         copies, source = self.augmenter.copies(raw, settings.transfer_copies, seed=self.train.seed * 7919 + len(raw))
         copy_keywords = [keywords[i] for i in source]
@@ -202,8 +200,7 @@ class GloveRNN(TweetModel):
         copy_soft = soft(copies, copy_keywords) if copies else np.zeros(0)
         log(f"distillation: {len(raw)} tweets at {settings.soft_weight:g} teacher + {1 - settings.soft_weight:g} "
             f"label, {len(copies)} augmented copies labelled by the teacher (mean {copy_soft.mean() if copies else 0:.3f})")
-        return ([corpus.tokens[i] for i in train_rows] + copy_corpus.tokens, keywords + copy_keywords,
-                np.concatenate([mixed, copy_soft]).astype(np.float32))
+        return tokens + copy_corpus.tokens, keywords + copy_keywords, np.concatenate([mixed, copy_soft]).astype(np.float32)
 
     def load_fold(self, fold_dir, device):
         def build(ckpt: dict) -> torch.nn.Module:

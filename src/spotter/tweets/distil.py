@@ -47,7 +47,7 @@ class Teacher:
             raise BadInput(f"{run_dir}: the teacher's folds are not the student's (teacher: {len(teacher_splits)} "
                            f"folds, seed {teacher_train.seed}, {teacher_settings.fold_groups} grouping); train the "
                            "student with the teacher's --folds and --seed, or the teacher with the student's")
-        self.summary, self.device = summary, device
+        self.summary = summary
         self._predictor = task.load_run(self.run_dir, device)
 
     def fold_probs(self, k: int, texts: list[str], keywords: list[str]) -> np.ndarray:
@@ -65,6 +65,11 @@ class Teacher:
 
 
 # ---------------------------------------------------------------- the augmented transfer set
+
+def plain_words(texts: list[str]) -> set[str]:
+    """The lower-cased plain words of the texts: the ones `Augmenter` may swap for a GloVe neighbour."""
+    return {w.lower() for text in texts for w in text.split() if _PLAIN_WORD.match(w)}
+
 
 def glove_neighbours(words: dict[str, int], vectors: np.ndarray, wanted: set[str], k: int = 5,
                      among: int = 50_000) -> dict[str, list[str]]:

@@ -280,10 +280,14 @@ class TweetsPredictor:
         self.members, self.calibration = list(members), list(calibration)
         self.name = "ensemble" if self.members else adapter.settings.model
 
+    def _keywords(self, texts: list[str], keywords: list[str] | None) -> list[str]:
+        """The keywords the models read: none when not given or when the run was trained without them."""
+        return [""] * len(texts) if keywords is None or not self.use_keyword else list(keywords)
+
     def predict_proba(self, texts: list[str], keywords: list[str] | None = None) -> np.ndarray:
         """Probability that each tweet is about a real disaster; `keywords` as in Kaggle's CSV (or None)."""
         texts = list(texts)
-        keywords = [""] * len(texts) if keywords is None or not self.use_keyword else list(keywords)
+        keywords = self._keywords(texts, keywords)
         if len(keywords) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(keywords)} keywords")
         if not texts:
@@ -302,7 +306,7 @@ class TweetsPredictor:
         if self.folds[0].explain is None:
             raise explain.NotExplainable(f"{self.name} has no word attributions; bigru, seed-gru, tfidf, minilm and "
                                          "transformer runs have")
-        keywords = [""] * len(texts) if keywords is None or not self.use_keyword else list(keywords)
+        keywords = self._keywords(texts, keywords)
         return [explain.mean_explanations([fold.explain(text, keyword_text(keyword), self.options)
                                            for fold in self.folds])
                 for text, keyword in zip(texts, keywords)]
