@@ -24,9 +24,13 @@ RECIPES = {
     "plain-64-ema": ["--model", "resnet-plain", "--crop", "64", "--ema", "0.998"],
     "plain-80-ema": ["--model", "resnet-plain", "--crop", "80", "--ema", "0.998"],
     "plain-96-ema": ["--model", "resnet-plain", "--crop", "96", "--ema", "0.998"],
+    # the plain baseline: whole 96-px patches, dihedral flips only
+    "plain-96-flips": ["--model", "resnet-plain", "--crop", "96", "--colour-jitter", "0"],
     "plain-64-ema-nojitter": ["--model", "resnet-plain", "--crop", "64", "--ema", "0.998", "--colour-jitter", "0"],
     # today's effnet-lite0 defaults: batch 64, peak 2e-3, decay 1e-2, no stain jitter (a plain fine-tune's)
     "effnet": ["--model", "effnet-lite0"],
+    "effnet-lite1": ["--model", "effnet-lite1"],
+    "effnet-lite2": ["--model", "effnet-lite2"],
     "effnet-before": ["--model", "effnet-lite0", "--batch-size", "128", "--lr", "1e-3", "--weight-decay", "0.05",
                       "--colour-jitter", "0.1"],
 }

@@ -10,17 +10,27 @@ import torch
 from spotter import engine, ensemble, pretrained
 from spotter.cli import main
 from spotter.metrics import roc_auc
-from spotter.histo.models import NORMALISATION, EfficientNetLite0, create_model
+from spotter.histo.models import NORMALISATION, EfficientNetLite, create_model
 
 import conftest
+
+
+@pytest.mark.parametrize("variant", ["lite1", "lite2"])
+def test_larger_effnets_load_their_packaged_weights(variant):
+    state = torch.load(pretrained.efficientnet_lite_file(variant), map_location="cpu", weights_only=True)
+    model = create_model(f"effnet-{variant}")
+    assert set(model.state_dict()) == {k for k in state if not k.startswith("_fc.")} | {"_fc.weight", "_fc.bias"}
+    for name, tensor in model.state_dict().items():
+        if not name.startswith("_fc."):
+            assert torch.equal(tensor, state[name]), name
 
 
 def test_effnet_weights_load_strictly_and_match_their_normalisation(tmp_path):
     """Every packaged key and shape loads into Spotter's network, and the input normalisation chosen for
     it makes the stem's activations on real patches match its BatchNorm's running statistics (the
     statistics of its pretraining inputs); ImageNet's mean/std normalisation would not."""
-    state = torch.load(pretrained.efficientnet_lite0_file(), map_location="cpu", weights_only=True)
-    imagenet = EfficientNetLite0(classes=1000)
+    state = torch.load(pretrained.efficientnet_lite_file(), map_location="cpu", weights_only=True)
+    imagenet = EfficientNetLite("lite0", classes=1000)
     imagenet.load_state_dict(state, strict=True)
     model = create_model("effnet-lite0")
     for name, tensor in model.state_dict().items():

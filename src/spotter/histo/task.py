@@ -21,7 +21,7 @@ from .. import engine, ensemble, explain, files, plots
 from ..metrics import binary_report, confusion_text, interval_text, intervals, log_loss, roc_auc
 from ..errors import BadInput
 from .data import DataError, PackedSet, folder_source, pack, pack_dir_for, pack_folder
-from .models import count_parameters, create_model, normalisation
+from .models import PRETRAINED, count_parameters, create_model, normalisation
 from .preprocess import Augment, dihedral_views, preprocess
 
 KIND = "histo"
@@ -33,9 +33,9 @@ class HistoSettings:
 
     data: str = ""
     model: str = "resnet"
-    crop: int | None = None  # centre crop fed to the model (None: 80; 96 for the seed CNN and effnet-lite0)
+    crop: int | None = None  # centre crop fed to the model (None: 80; 96 for the seed CNN and the effnets)
     crop_jitter: int = 8  # random shift of the crop in training (only when crop < 96)
-    colour_jitter: float | None = None  # stain variation strength (None: 0.1; 0 for effnet-lite0, measured)
+    colour_jitter: float | None = None  # stain variation strength (None: 0.1; 0 for the effnets, measured)
     val_fraction: float = 0.1
     pack_root: str | None = None
     skip_bad: bool = False
@@ -52,9 +52,9 @@ class HistoSettings:
             # The label depends only on the centre 32x32; an 80-pixel crop keeps context around it and,
             # shifted by up to 8 pixels, adds translations to the augmentation (measured: see README).
             # The pretrained EfficientNet does better on whole patches (measured too).
-            self.crop = 96 if self.model in ("seed", "effnet-lite0") else 80
+            self.crop = 96 if self.model == "seed" or self.model in PRETRAINED else 80
         if self.colour_jitter is None:
-            self.colour_jitter = 0.0 if self.model == "effnet-lite0" else 0.1
+            self.colour_jitter = 0.0 if self.model in PRETRAINED else 0.1
         if self.model == "seed" and self.crop != 96:
             raise BadInput("the seed CNN's dense layer takes whole 96x96 patches: use --crop 96")
         if not 32 <= self.crop <= 96:
@@ -70,7 +70,7 @@ def train_defaults(model: str) -> dict:
     """Training settings of a model (the command line overrides them). EfficientNet-Lite0's are those of a
     plain fine-tune that beat Spotter's earlier ones (batch 128, peak 1e-3, decay 0.05, stain jitter) within
     the same 6 CPU minutes: README, "Histology recipes"."""
-    if model == "effnet-lite0":
+    if model in PRETRAINED:
         return {"lr": 2e-3, "batch_size": 64, "weight_decay": 1e-2}
     return {"lr": 3e-3}
 
