@@ -2,7 +2,7 @@
 default and seed models trained on the shared real patches. Prints a table and writes JSON.
 
     python bench/histo_bench.py [--data ../shared/data/histopathology] [--budget 15]
-                                [--models resnet,effnet-lite0,seed] [--skip-speed]
+                                [--models resnet-plain,effnet-lite1,seed] [--skip-speed]
 """
 from __future__ import annotations
 
@@ -48,10 +48,10 @@ def score(out: Path, tta_out: Path | None = None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=shared_data("histopathology"))
-    parser.add_argument("--budget", type=float, default=15, help="minutes for resnet and effnet-lite0")
-    parser.add_argument("--models", default="resnet,effnet-lite0,seed",
+    parser.add_argument("--budget", type=float, default=15, help="minutes for every model but seed")
+    parser.add_argument("--models", default="resnet-plain,effnet-lite1,seed",
                         help="models to train and score, comma-separated (empty: none)")
-    parser.add_argument("--ensembles", nargs="*", default=["resnet+effnet-lite0"],
+    parser.add_argument("--ensembles", nargs="*", default=["resnet-plain+effnet-lite1"],
                         help="ensembles of trained models, each as name+name (calibrated on 8x TTA predictions)")
     parser.add_argument("--skip-speed", action="store_true", help="skip the packing and throughput stages")
     parser.add_argument("--runs-dir", type=Path, help="keep the trained runs here (default: a temporary folder)")

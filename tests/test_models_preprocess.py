@@ -56,6 +56,25 @@ def test_training_path_without_augmentation_is_the_prediction_path(model, crop):
     torch.testing.assert_close(train_batch, predict_batch, rtol=0, atol=0)
 
 
+def test_mixup_blends_images_and_labels_by_one_seeded_weight():
+    """Mixed image i is w * image i + (1 - w) * a partner, and its label the same blend of their labels. With
+    0/1 labels an image mixed with an opposite-labelled partner shows w in its label: the images must agree."""
+    from spotter.histo.data import PackedSet
+    from spotter.histo.task import iterate_batches
+    data = PackedSet(np.arange(16).astype(str), np.array([0, 1] * 8, np.int8), pixels(16).numpy(), None)
+    batch = lambda **kw: next(iterate_batches(data, np.arange(16), 16, torch.device("cpu"), 96, seed=5, **kw))  # noqa: E731
+    (x, y), (mixed, soft) = batch(), batch(mixup=0.4)
+    assert torch.equal(batch(mixup=0.4)[0], mixed)
+    weights = []
+    for i in torch.nonzero((soft > 0) & (soft < 1)).flatten().tolist():
+        w = soft[i] if y[i] == 1 else 1 - soft[i]
+        partners = [j for j in range(16) if y[j] != y[i] and torch.allclose(mixed[i], w * x[i] + (1 - w) * x[j],
+                                                                             atol=1e-5)]
+        assert len(partners) == 1
+        weights.append(w.item())
+    assert weights and np.allclose(weights, weights[0])
+
+
 def test_augment_keeps_shape_range_and_is_seeded():
     x = preprocess(pixels(), 72)
     aug = Augment()

@@ -50,7 +50,7 @@ def test_health_and_models(client):
     assert client.get("/api/health").json() == {"status": "ok", "models": ["cnn", "rnn", "tfidf", "both"]}
     assert client.get("/ping").json() == {"status": "Healthy"}
     models = {m["name"]: m for m in client.get("/api/models").json()["models"]}
-    assert models["cnn"]["task"] == "histo" and models["cnn"]["kind"] == "resnet"
+    assert models["cnn"]["task"] == "histo" and models["cnn"]["kind"] == "resnet-plain"
     assert 0.5 < models["cnn"]["validation"]["auc"] <= 1 and models["cnn"]["settings"]["epochs"] == 6
     assert "data" not in models["cnn"]["settings"]  # no server paths
     for name, kind in (("rnn", "bigru"), ("tfidf", "tfidf")):

@@ -143,9 +143,10 @@ def stage_pack(data: str, quick: bool) -> dict[str, Any]:
     return out
 
 
-def _default_crop() -> int:
+def _default_cnn():
+    """The settings `histo train` uses by default: its from-scratch model, crop and augmentation."""
     from .histo.task import HistoSettings
-    return HistoSettings().crop
+    return HistoSettings()
 
 
 def _setup_histo(data: str, device: str):
@@ -172,13 +173,15 @@ def stage_histo_train(data: str, quick: bool, device: str) -> dict[str, Any]:
     from .histo.task import iterate_batches
 
     dev, packed = _setup_histo(data, device)
-    batch, steps, crop = 128, 6 if quick else 15, _default_crop()
+    default = _default_cnn()
+    batch, steps, crop = 128, 6 if quick else 15, default.crop
     rows = np.arange(len(packed))
-    model = create_model("resnet").to(dev, memory_format=torch.channels_last)
+    model = create_model(default.model).to(dev, memory_format=torch.channels_last)
     optimizer = engine.make_optimizer(model, engine.TrainSettings())
+    augment = Augment(default.crop_jitter, default.colour_jitter)
 
     def batches(seed: int):
-        return iterate_batches(packed, rows, batch, dev, crop, seed=seed, augment=Augment(), drop_last=True)
+        return iterate_batches(packed, rows, batch, dev, crop, seed=seed, augment=augment, drop_last=True)
 
     precision, why = _precision(dev, model, lambda: next(batches(0)))
     step = trainer(model, optimizer, dev, precision)
@@ -199,7 +202,7 @@ def stage_histo_train(data: str, quick: bool, device: str) -> dict[str, Any]:
     gflop_per_image = counter.get_total_flops() / batch / 1e9
     matmul = {p: matmul_gflops(dev, dtype, repeats=3 if quick else 5)
               for p, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
-    perfile = _perfile_loader_rate(data, step, batch, steps, dev, crop)
+    perfile = _perfile_loader_rate(data, step, batch, steps, dev, crop, augment)
     return {"pipeline_img_per_s": pipeline, "train_ceiling_img_per_s": ceiling, "train_e2e_img_per_s": e2e,
             "train_ceilings": ceilings, "train_e2es": e2es, "e2e_over_ceiling": e2e / ceiling,
             "train_perfile_img_per_s": perfile, "e2e_over_perfile": e2e / perfile,
@@ -207,7 +210,7 @@ def stage_histo_train(data: str, quick: bool, device: str) -> dict[str, Any]:
             "matmul_bf16_gflops": matmul["bf16"], "train_gflops": ceiling * gflop_per_image,
             "ceiling_over_matmul": ceiling * gflop_per_image / matmul[precision],
             "train_gflop_per_image": gflop_per_image, "precision": precision, "precision_reason": why,
-            "device": str(dev), "crop": crop, "batch": batch, "steps": steps}
+            "device": str(dev), "model": default.model, "crop": crop, "batch": batch, "steps": steps}
 
 
 class PerFileImages(torch.utils.data.Dataset):
@@ -224,17 +227,16 @@ class PerFileImages(torch.utils.data.Dataset):
         return torch.from_numpy(np.array(Image.open(self.paths[i]).convert("RGB"))), float(self.labels[i])
 
 
-def _perfile_loader_rate(data: str, step, batch: int, steps: int, dev, crop: int) -> float:
+def _perfile_loader_rate(data: str, step, batch: int, steps: int, dev, crop: int, augment) -> float:
     """The usual approach (and the write-up's): decode each TIFF in a DataLoader every epoch."""
     from torch.utils.data import DataLoader
 
     from .histo.data import find_sources
-    from .histo.preprocess import Augment, preprocess
+    from .histo.preprocess import preprocess
 
     source = find_sources(Path(data))["train"]
     loader = DataLoader(PerFileImages(source.paths, source.labels), batch_size=batch, shuffle=True, num_workers=2,
                         drop_last=True, generator=torch.Generator().manual_seed(0))
-    augment = Augment()
 
     def preprocessed():
         for i, (pixels, labels) in enumerate(loader):
@@ -252,12 +254,13 @@ def stage_histo_infer(data: str, quick: bool, device: str) -> dict[str, Any]:
 
     dev, packed = _setup_histo(data, device)
     rows = np.arange(min(len(packed), 1024 if quick else 4096))
-    model = create_model("resnet").to(dev, memory_format=torch.channels_last)
-    precision, why = _precision(dev, model, lambda: next(iterate_batches(packed, rows, 256, dev, _default_crop())),
+    default = _default_cnn()
+    model = create_model(default.model).to(dev, memory_format=torch.channels_last)
+    precision, why = _precision(dev, model, lambda: next(iterate_batches(packed, rows, 256, dev, default.crop)),
                                 train=False)
 
     def infer(tta: bool) -> int:
-        probs, _ = engine.predict_probs(model, iterate_batches(packed, rows, 256, dev, _default_crop()), dev, precision,
+        probs, _ = engine.predict_probs(model, iterate_batches(packed, rows, 256, dev, default.crop), dev, precision,
                                         transform=dihedral_views if tta else None)
         return len(probs)
 
@@ -403,14 +406,15 @@ def stage_scale(folder: str, quick: bool, device: str, steps: int | None = None)
 
     dev = engine.pick_device(device)
     packed = load_pack(Path(folder))
-    model = create_model("resnet").to(dev, memory_format=torch.channels_last)
+    default = _default_cnn()
+    model = create_model(default.model).to(dev, memory_format=torch.channels_last)
     optimizer = engine.make_optimizer(model, engine.TrainSettings())
     steps = steps or (100 if quick else 600)
     window = min(25, max(1, steps // 4))
 
     def batches(seed: int):
-        return iterate_batches(packed, np.arange(len(packed)), 128, dev, _default_crop(), seed=seed,
-                               augment=Augment())
+        return iterate_batches(packed, np.arange(len(packed)), 128, dev, default.crop, seed=seed,
+                               augment=Augment(default.crop_jitter, default.colour_jitter))
 
     precision, why = _precision(dev, model, lambda: next(batches(0)))
     step = trainer(model, optimizer, dev, precision)
@@ -548,7 +552,7 @@ def format_table(r: dict[str, Any]) -> str:
         row("histo_train", "training ceiling (the end-to-end batches, in memory)",
             lambda: f"{r['train_ceiling_img_per_s']:,.0f} img/s ({r['train_gflops']:,.0f} GFLOP/s, "
                     f"{r['ceiling_over_matmul']:.0%} of {r['precision']} matmul)", True),
-        row("histo_train", "training end to end",
+        row("histo_train", f"training end to end ({r.get('model', 'resnet')}, {r.get('crop', 80)} px)",
             lambda: f"{r['train_e2e_img_per_s']:,.0f} img/s ({r['e2e_over_ceiling']:.0%} of ceiling)"),
         row("histo_train", "training, per-file DataLoader (PIL decode each epoch, 2 workers)",
             lambda: f"{r['train_perfile_img_per_s']:,.0f} img/s (end to end is {r['e2e_over_perfile']:.1f}x)"),
@@ -590,7 +594,7 @@ def format_table(r: dict[str, Any]) -> str:
 def _decisions(r: dict[str, Any]) -> list[str]:
     """The precision `auto` chose for each model in this run, and why."""
     decisions = [(what, r.get(p), r.get(f"{p}_reason")) for what, p in
-                 (("resnet training", "precision"), ("resnet inference", "infer_precision"),
+                 (("default CNN training", "precision"), ("default CNN inference", "infer_precision"),
                   ("effnet-lite0 training", "effnet_precision"), ("effnet-lite0 inference", "effnet_infer_precision"),
                   ("MiniLM fine-tuning", "minilm_precision")) if r.get(p)]
     return ["", "precision auto:"] + [f"  {what}: {p} ({why})" for what, p, why in decisions] if decisions else []

@@ -51,20 +51,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="run folder")
     from .histo.models import MODELS
-    p.add_argument("--model", default="resnet", choices=list(MODELS),
-                   help="resnet (default), seed (the write-up's CNN), effnet-lite0/1/2 (ImageNet-pretrained; "
-                        "need the pretrained extra)")
+    from .histo.task import DEFAULT_MODEL
+    p.add_argument("--model", default=DEFAULT_MODEL, choices=list(MODELS),
+                   help=f"{DEFAULT_MODEL} (default: no stem max-pool, whole patches, mixup), resnet (max-pool, 80-px crop), "
+                        "seed (the write-up's CNN), effnet-lite0/1/2 (ImageNet-pretrained; need the pretrained extra)")
     p.add_argument("--time-budget", type=float, metavar="MIN", help="plan the schedule to end within MIN minutes")
     p.add_argument("--crop", type=int,
-                   help="centre crop in pixels fed to the model (default 80; 96 for seed and the effnets)")
+                   help="centre crop in pixels fed to the model (default 96; 80 for resnet and resnet-deep)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--mpp", type=float, default=0.972,
                    help="µm per pixel of the training patches (0.972: Kaggle / PCam); `histo slide` reads slides at it")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--ema", type=float, default=0.0, help="validate and keep an exponential moving average of "
                                                           "the weights with this decay per step (0: off)")
-    p.add_argument("--colour-jitter", type=float, help="strength of the stain variation (0: off; default 0.1, "
-                                                        "0 for the effnets)")
+    p.add_argument("--colour-jitter", type=float, help="strength of the stain variation (0: off; default 0, "
+                                                        "0.1 for seed, resnet and resnet-deep)")
+    p.add_argument("--mixup", type=float, metavar="ALPHA",
+                   help="blend each training batch with a shuffled copy, weight ~ Beta(ALPHA, ALPHA) (0: off; "
+                        "default 0.4 for resnet-plain, 0 for the others)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (inductor); default: only where measured to pay off within a "
                         "15-minute budget, compile time included (see README)")
@@ -273,7 +277,8 @@ def run(args: argparse.Namespace) -> None:
                                            pack_root=str(args.pack_dir) if args.pack_dir else None,
                                            skip_bad=args.skip_bad, augment=not args.no_augment, compile=args.compile,
                                            mpp=args.mpp, colour_jitter=args.colour_jitter,
-                                           **({"crop": args.crop} if args.crop else {}))
+                                           **({"crop": args.crop} if args.crop else {}),
+                                           **({"mixup": args.mixup} if args.mixup is not None else {}))
             defaults = {**histo.train_defaults(args.model), "ema": args.ema,
                         **({"epochs": 1000} if args.time_budget else {})}
             result = histo.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume,
