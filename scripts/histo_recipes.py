@@ -20,19 +20,14 @@ RECIPES = {
     "resnet-pool-ema": ["--model", "resnet", "--ema", "0.998"],
     "resnet-pool-96-ema": ["--model", "resnet", "--crop", "96", "--ema", "0.998"],
     "resnet-deep": ["--model", "resnet-deep"],
-    # resnet-plain without its default mixup, and with the stain jitter of the models that crop
-    "plain-64": ["--model", "resnet-plain", "--crop", "64", "--colour-jitter", "0.1", "--mixup", "0"],
-    "plain-64-ema": ["--model", "resnet-plain", "--crop", "64", "--colour-jitter", "0.1", "--mixup", "0",
-                     "--ema", "0.998"],
-    "plain-80-ema": ["--model", "resnet-plain", "--crop", "80", "--colour-jitter", "0.1", "--mixup", "0",
-                     "--ema", "0.998"],
-    "plain-96-ema": ["--model", "resnet-plain", "--crop", "96", "--colour-jitter", "0.1", "--mixup", "0",
-                     "--ema", "0.998"],
-    "plain-64-ema-nojitter": ["--model", "resnet-plain", "--crop", "64", "--colour-jitter", "0", "--mixup", "0",
-                              "--ema", "0.998"],
-    # the plain baseline: whole 96-px patches, flips only
-    "plain-96-flips": ["--model", "resnet-plain", "--mixup", "0"],
-    # the default now: the same with mixup
+    # resnet-plain with the stain jitter of the models that crop
+    "plain-64": ["--model", "resnet-plain", "--crop", "64", "--colour-jitter", "0.1"],
+    "plain-64-ema": ["--model", "resnet-plain", "--crop", "64", "--colour-jitter", "0.1", "--ema", "0.998"],
+    "plain-80-ema": ["--model", "resnet-plain", "--crop", "80", "--colour-jitter", "0.1", "--ema", "0.998"],
+    "plain-96-ema": ["--model", "resnet-plain", "--crop", "96", "--colour-jitter", "0.1", "--ema", "0.998"],
+    "plain-64-ema-nojitter": ["--model", "resnet-plain", "--crop", "64", "--colour-jitter", "0", "--ema", "0.998"],
+    # the default now (the plain baseline): whole 96-px patches, flips only
+    "plain-96-flips": ["--model", "resnet-plain"],
     "plain-96-mixup": ["--model", "resnet-plain", "--mixup", "0.4"],
     # today's effnet-lite0 defaults: batch 64, peak 2e-3, decay 1e-2, no stain jitter (a plain fine-tune's)
     "effnet": ["--model", "effnet-lite0"],

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .histo.models import MODELS
     from .histo.task import DEFAULT_MODEL
     p.add_argument("--model", default=DEFAULT_MODEL, choices=list(MODELS),
-                   help=f"{DEFAULT_MODEL} (default: no stem max-pool, whole patches, mixup), resnet (max-pool, 80-px crop), "
+                   help=f"{DEFAULT_MODEL} (default: no stem max-pool, whole patches), resnet (max-pool, 80-px crop), "
                         "seed (the write-up's CNN), effnet-lite0/1/2 (ImageNet-pretrained; need the pretrained extra)")
     p.add_argument("--time-budget", type=float, metavar="MIN", help="plan the schedule to end within MIN minutes")
     p.add_argument("--crop", type=int,
@@ -66,9 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "the weights with this decay per step (0: off)")
     p.add_argument("--colour-jitter", type=float, help="strength of the stain variation (0: off; default 0, "
                                                         "0.1 for seed, resnet and resnet-deep)")
-    p.add_argument("--mixup", type=float, metavar="ALPHA",
-                   help="blend each training batch with a shuffled copy, weight ~ Beta(ALPHA, ALPHA) (0: off; "
-                        "default 0.4 for resnet-plain, 0 for the others)")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="blend each training batch with a shuffled copy, weight ~ Beta(ALPHA, ALPHA) (0: off)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (inductor); default: only where measured to pay off within a "
                         "15-minute budget, compile time included (see README)")
@@ -276,9 +275,8 @@ def run(args: argparse.Namespace) -> None:
             settings = histo.HistoSettings(data=str(args.data), model=args.model, val_fraction=args.val_fraction,
                                            pack_root=str(args.pack_dir) if args.pack_dir else None,
                                            skip_bad=args.skip_bad, augment=not args.no_augment, compile=args.compile,
-                                           mpp=args.mpp, colour_jitter=args.colour_jitter,
-                                           **({"crop": args.crop} if args.crop else {}),
-                                           **({"mixup": args.mixup} if args.mixup is not None else {}))
+                                           mpp=args.mpp, colour_jitter=args.colour_jitter, mixup=args.mixup,
+                                           **({"crop": args.crop} if args.crop else {}))
             defaults = {**histo.train_defaults(args.model), "ema": args.ema,
                         **({"epochs": 1000} if args.time_budget else {})}
             result = histo.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume,
