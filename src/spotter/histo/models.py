@@ -185,12 +185,11 @@ def efficientnet_lite(variant: str, pretrained: bool = True) -> EfficientNetLite
 
 MODELS: dict[str, Callable[[bool], nn.Module]] = {
     "seed": lambda pretrained: SeedCNN(),
-    # Stride-2 stem plus max-pool: stage 1 runs at 24x24 on a 96x96 patch. Measured on the 2-core CPU it
-    # trains at ~400 images/s against ~110 without the pool, and learned as fast per epoch (see README).
-    "resnet": lambda pretrained: ResNet(stem_pool=True),
-    # Measured against it on the 2-core CPU (README "Histology recipes"): no max-pool (4x the work per image),
-    # and two blocks per stage (2x): both scored lower within the same minutes.
+    # The default (histo.task.DEFAULT_MODEL): stride-2 stem, no max-pool, so stage 1 runs at 48x48.
     "resnet-plain": lambda pretrained: ResNet(stem_pool=False),
+    # The default before: a max-pool after the stem does a quarter of the work per image, and needs the epochs
+    # that buys (README "Histology recipes"); two blocks per stage (2x the work) scored lower in 6 minutes.
+    "resnet": lambda pretrained: ResNet(stem_pool=True),
     "resnet-deep": lambda pretrained: ResNet(stem_pool=True, depths=(2, 2, 2, 2)),
     "effnet-lite0": lambda pretrained: efficientnet_lite("lite0", pretrained),
     "effnet-lite1": lambda pretrained: efficientnet_lite("lite1", pretrained),

@@ -28,8 +28,8 @@ KIND = "histo"
 
 
 # The from-scratch default: a plain ResNet (no stem max-pool) on whole 96-px patches, dihedral flips only. It tied
-# with `resnet` (max-pool, shifted 80-px crop, stain jitter; the default before) in 15 minutes on this AMD CPU, and
-# needs fewer epochs to get there, so slower CPUs cost it less (README "Histology recipes").
+# with `resnet` (max-pool, shifted 80-px crop, stain jitter; the default before) in 15 minutes on a 2-core AMD EPYC
+# and needs fewer epochs to get there, so a slower CPU costs it less (README "Histology recipes").
 DEFAULT_MODEL = "resnet-plain"
 FLIPS_ONLY = ("resnet-plain", *PRETRAINED)  # trained on whole patches without stain jitter
 
