@@ -91,7 +91,7 @@ def _parse_plain_tiff(data: bytes) -> tuple[bytes, int, int, int] | None:
         for i in range(count):
             tag, typ, n, raw = struct.unpack_from(order + "HHI4s", data, ifd + 2 + 12 * i)
             size = _TYPE_SIZES.get(typ)
-            if size is None:
+            if size is None or n == 0:  # an unknown type, or a damaged tag with no values
                 continue
             if size * n <= 4:
                 tags[tag] = struct.unpack_from(f"{order}{n}{_TYPE_CODES[typ]}", raw)
