@@ -77,7 +77,7 @@ class HistoSettings:
 
 
 def train_defaults(model: str) -> dict:
-    """Training settings of a model (the command line overrides them). EfficientNet-Lite0's are those of a
+    """Training settings of a model (the command line overrides them). The EfficientNets' are those of a
     plain fine-tune that beat Spotter's earlier ones (batch 128, peak 1e-3, decay 0.05, stain jitter) within
     the same 6 CPU minutes: README, "Histology recipes"."""
     if model in PRETRAINED:
