@@ -31,6 +31,8 @@ RECIPES = {
     "plain-96-mixup": ["--model", "resnet-plain", "--mixup", "0.4"],
     # today's effnet-lite0 defaults: batch 64, peak 2e-3, decay 1e-2, no stain jitter (a plain fine-tune's)
     "effnet": ["--model", "effnet-lite0"],
+    "effnet-ema": ["--model", "effnet-lite0", "--ema", "0.998"],
+    "effnet-mixup": ["--model", "effnet-lite0", "--mixup", "0.2"],
     "effnet-lite1": ["--model", "effnet-lite1"],
     "effnet-lite2": ["--model", "effnet-lite2"],
     "effnet-before": ["--model", "effnet-lite0", "--batch-size", "128", "--lr", "1e-3", "--weight-decay", "0.05",
