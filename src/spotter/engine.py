@@ -460,6 +460,11 @@ class _Run:
         return self.average.model if self.average is not None else self.model
 
 
+# The first epochs, timed for real, replan a --time-budget run; the schedule is still warming up then (15 % of
+# the steps), so stretching or shrinking it bends the learning rate little.
+REPLAN_EPOCHS = 3
+
+
 def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume: bool = False,
         log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train `task.model` into `run_dir`; return the best epoch's validation metrics.
@@ -472,13 +477,15 @@ def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume
     if saved is None:
         _plan(run)
     _build_schedule(run, saved)
+    epoch_seconds = []
     while run.state["epoch"] < run.state["epochs"]:
         epoch = run.state["epoch"] + 1
         epoch_start = time.monotonic()
         train = _train_epoch(run, epoch)
         val = _validate(run)
-        if epoch == 1 and run.deadline is not None:
-            _replan(run, time.monotonic() - epoch_start, train["steps"])
+        if run.deadline is not None and saved is None and epoch <= REPLAN_EPOCHS:
+            epoch_seconds.append(time.monotonic() - epoch_start)
+            _replan(run, epoch_seconds)
         _finish_epoch(run, epoch, train, val)
         if _should_stop(run):
             break
@@ -580,13 +587,17 @@ def _validate(run: _Run) -> dict[str, float]:
     return run.task.score(np.concatenate([p[1] for p in parts]), np.concatenate([p[0] for p in parts]))
 
 
-def _replan(run: _Run, epoch_s: float, steps_done: int) -> None:
-    """The plan came from a few timed steps; the first whole epoch, timed for real, replans the rest."""
-    planned = 1 + int((run.deadline - time.monotonic()) * 0.93 // epoch_s) if run.world.main else None
-    planned = max(1, min(gather(run.world, planned)[0], run.settings.epochs))
+def _replan(run: _Run, epoch_seconds: list[float]) -> None:
+    """The plan came from a few timed steps; each of the first whole epochs, timed for real, replans the rest.
+    The first epoch warms caches, so once there are later ones their median decides."""
+    epoch_s = float(np.median(epoch_seconds[1:] or epoch_seconds))
+    done = len(epoch_seconds)
+    planned = done + int((run.deadline - time.monotonic()) * 0.95 // epoch_s) if run.world.main else None
+    planned = max(done, min(gather(run.world, planned)[0], run.settings.epochs))
     if planned != run.state["epochs"]:
-        run.log(f"the first epoch took {epoch_s:.1f} s: replanned to {planned} epochs")
+        run.log(f"epochs take {epoch_s:.1f} s: replanned to {planned} epochs")
         run.state["epochs"] = planned
+        steps_done = run.scheduler.last_epoch
         run.scheduler = one_cycle(run.optimizer, run.settings, planned * run.steps_per_epoch, run.task.anneal)
         for _ in range(steps_done):  # fast-forward the new schedule to where training is
             run.scheduler.step()
