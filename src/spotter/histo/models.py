@@ -185,7 +185,7 @@ def efficientnet_lite(variant: str, pretrained: bool = True) -> EfficientNetLite
 
 MODELS: dict[str, Callable[[bool], nn.Module]] = {
     "seed": lambda pretrained: SeedCNN(),
-    # The default (histo.task.DEFAULT_MODEL): stride-2 stem, no max-pool, so stage 1 runs at 48x48.
+    # The from-scratch default (histo.task.SCRATCH_DEFAULT): stride-2 stem, no max-pool, so stage 1 runs at 48x48.
     "resnet-plain": lambda pretrained: ResNet(stem_pool=False),
     # The default before: a max-pool after the stem does a quarter of the work per image, and needs the epochs
     # that buys (README "Histology recipes"); two blocks per stage (2x the work) scored lower in 6 minutes.
