@@ -29,14 +29,16 @@ RECIPES = {
     # the default now (the issue's plain baseline): whole 96-px patches, flips only
     "plain-96-flips": ["--model", "resnet-plain"],
     "plain-96-mixup": ["--model", "resnet-plain", "--mixup", "0.4"],
-    # today's effnet-lite0 defaults: batch 64, peak 2e-3, decay 1e-2, no stain jitter (a plain fine-tune's)
-    "effnet": ["--model", "effnet-lite0"],
+    # the EfficientNets' plain fine-tune settings (batch 64, peak 2e-3, decay 1e-2, no stain jitter) without and
+    # with the weight average that is now their default
+    "effnet": ["--model", "effnet-lite0", "--ema", "0"],
     "effnet-ema": ["--model", "effnet-lite0", "--ema", "0.998"],
-    "effnet-mixup": ["--model", "effnet-lite0", "--mixup", "0.2"],
-    "effnet-lite1": ["--model", "effnet-lite1"],
-    "effnet-lite2": ["--model", "effnet-lite2"],
+    "effnet-mixup": ["--model", "effnet-lite0", "--ema", "0", "--mixup", "0.2"],
+    "effnet-lite1": ["--model", "effnet-lite1", "--ema", "0"],
+    "effnet-lite1-ema": ["--model", "effnet-lite1", "--ema", "0.998"],
+    "effnet-lite2": ["--model", "effnet-lite2", "--ema", "0"],
     "effnet-before": ["--model", "effnet-lite0", "--batch-size", "128", "--lr", "1e-3", "--weight-decay", "0.05",
-                      "--colour-jitter", "0.1"],
+                      "--colour-jitter", "0.1", "--ema", "0"],
 }
 
 
