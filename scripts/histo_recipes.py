@@ -29,6 +29,7 @@ RECIPES = {
     # the default now (the issue's plain baseline): whole 96-px patches, flips only
     "plain-96-flips": ["--model", "resnet-plain"],
     "plain-96-mixup": ["--model", "resnet-plain", "--mixup", "0.4"],
+    "plain-96-flips-ema": ["--model", "resnet-plain", "--ema", "0.998"],
     # the EfficientNets' plain fine-tune settings (batch 64, peak 2e-3, decay 1e-2, no stain jitter) without and
     # with the weight average that is now their default
     "effnet": ["--model", "effnet-lite0", "--ema", "0"],
