@@ -51,7 +51,8 @@ def histo_run(factory) -> Path:
         # fp32 named: with `auto`, each process (the CLI's, the server's) would time the precision for itself,
         # and under load two timings can choose differently (bf16 and fp32 differ by ~1e-3 in probability).
         assert main(["histo", "train", "--data", data, "--out", run, "--model", "resnet-plain", "--epochs", "6",
-                     "--device", "cpu", "--precision", "fp32", "--val-fraction", "0.2", "--pack-dir", root / "packs"]) == 0
+                     "--device", "cpu", "--precision", "fp32", "--val-fraction", "0.2",
+                     "--pack-dir", root / "packs"]) == 0
     return _once(root / "cnn", train)
 
 

@@ -90,7 +90,8 @@ def test_platt_calibration_and_combination():
 
 def test_the_default_is_lite1_and_without_its_weights_the_scratch_resnet(real_histo, tmp_path, monkeypatch, capsys):
     """With the pretrained extra installed (as `make install` does), `histo train` fine-tunes EfficientNet-Lite1
-    with its own defaults (a weight average among them); where its package cannot be imported it trains resnet-plain and says why."""
+    with its own defaults (a weight average among them); where its package cannot be imported it trains
+    resnet-plain and says why."""
     args = ["histo", "train", "--data", real_histo, "--epochs", "1", "--batch-size", "32", "--device", "cpu"]
     assert main([*args, "--out", tmp_path / "default"]) == 0
     settings = json.loads((tmp_path / "default" / "settings.json").read_text())

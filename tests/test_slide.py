@@ -31,8 +31,8 @@ def env(tmp_path_factory):
         mp.setenv("SPOTTER_CACHE", str(root / "cache"))
         data = histo_slice(root / "data", 400, seed=5)
         run = root / "run"
-        assert main(["histo", "train", "--data", data, "--out", run, "--epochs", "3", "--batch-size", "32",
-                     "--crop", "64", "--device", "cpu", "--val-fraction", "0.2"]) == 0
+        assert main(["histo", "train", "--data", data, "--out", run, "--model", "resnet-plain", "--epochs", "3",
+                     "--batch-size", "32", "--crop", "64", "--device", "cpu", "--val-fraction", "0.2"]) == 0
     labels = pd.read_csv(HISTO / "train_labels.csv")
     unseen = labels[~labels["id"].isin(pd.read_csv(data / "train_labels.csv")["id"])]
     return {"root": root, "run": run, "unseen": unseen, "predictor": slide.load_predictor(run, "cpu")}
