@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from spotter import engine, ensemble, pretrained
+from spotter import engine, ensemble, explain, pretrained
 from spotter.cli import main
 from spotter.metrics import roc_auc
 from spotter.histo.models import NORMALISATION, EfficientNetLite, create_model
@@ -107,7 +107,7 @@ def test_the_default_is_lite1_and_without_its_weights_the_scratch_resnet(real_hi
 
 def test_a_lite1_run_exports_and_explains(real_histo, tmp_path):
     """The default model through what follows training: its TorchScript and ONNX exports give Spotter's own
-    probabilities, and Grad-CAM gives one finite map per patch."""
+    probabilities, and its Grad-CAM maps are in logit units."""
     from spotter.histo import export, slide
     from spotter.histo.task import load_run
 
@@ -122,8 +122,15 @@ def test_a_lite1_run_exports_and_explains(real_histo, tmp_path):
                                            providers=["CPUExecutionProvider"])
     for logits in (scripted(x).detach().numpy(), session.run(None, {"image": x.numpy()})[0]):
         assert np.abs(1 / (1 + np.exp(-logits[:, 0].astype(np.float64))) - expected).max() < 1e-5
-    maps = load_run(run, "cpu").grad_cam(patches)
-    assert maps.shape == (8, 96, 96) and np.isfinite(maps).all()
+    predictor = load_run(run, "cpu")
+    assert predictor.grad_cam(patches).shape == (8, 96, 96)
+    # As for the ResNet (test_explain): under the pooled linear head the map is in logit units, its mean the logit.
+    features = []
+    predictor.model._features.register_forward_hook(lambda module, inputs, output: features.append(output))
+    maps, logits = explain.grad_cam(predictor.model, next(predictor._batches(patches))[0])
+    raw = torch.einsum("c,nchw->nhw", predictor.model._fc.weight[0], features[0]).detach()
+    torch.testing.assert_close(maps, raw.relu())
+    torch.testing.assert_close(raw.mean((1, 2)) + predictor.model._fc.bias, logits, atol=1e-4, rtol=1e-4)
 
 
 def test_histo_effnet_and_ensemble_end_to_end(real_histo, tmp_path):

@@ -45,8 +45,8 @@ def cam_layer(model: nn.Module) -> nn.Module:
     """The last convolutional stage of each histology CNN."""
     if hasattr(model, "stages"):  # ResNet
         return model.stages
-    if hasattr(model, "_bn1"):  # EfficientNet-Lite0: the head convolution's normalised output
-        return model._bn1
+    if hasattr(model, "_features"):  # EfficientNet-Lite: the activated head convolution, which is pooled
+        return model._features
     if hasattr(model, "features"):  # the write-up's CNN
         return model.features
     raise NotExplainable(f"no Grad-CAM layer known for {type(model).__name__}")

@@ -154,6 +154,7 @@ class EfficientNetLite(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = SameConv(c_in, 1280, 1)
         self._bn1 = _bn(1280)
+        self._features = nn.ReLU6()  # a module, so Grad-CAM can hook the features the head pools
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(1280, classes)
 
@@ -161,7 +162,7 @@ class EfficientNetLite(nn.Module):
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
-        x = F.relu6(self._bn1(self._conv_head(x))).mean((2, 3))
+        x = self._features(self._bn1(self._conv_head(x))).mean((2, 3))
         out = self._fc(self._dropout(x))
         return out.squeeze(1) if out.shape[1] == 1 else out
 
