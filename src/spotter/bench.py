@@ -304,19 +304,24 @@ def stage_tweets(data: str, quick: bool, device: str) -> dict[str, Any]:
 
 
 def stage_effnet(data: str, quick: bool, device: str) -> dict[str, Any]:
-    """EfficientNet-Lite0: training end to end (real pack, augmentation) and inference, with and without TTA."""
+    """The pretrained default (EfficientNet-Lite1) at its own batch size and learning rate: training end to end
+    (real pack, augmentation) and inference, with and without TTA."""
     from . import engine
     from .histo.models import create_model
     from .histo.preprocess import Augment, dihedral_views
-    from .histo.task import HistoSettings, iterate_batches
+    from .histo.task import PRETRAINED_DEFAULT as name, HistoSettings, iterate_batches, train_defaults
 
     dev, packed = _setup_histo(data, device)
-    model = create_model("effnet-lite0").to(dev, memory_format=torch.channels_last)
-    optimizer = engine.make_optimizer(model, engine.TrainSettings(lr=1e-3))
-    rows, crop, steps = np.arange(len(packed)), HistoSettings(model="effnet-lite0").crop, 4 if quick else 10
+    model = create_model(name).to(dev, memory_format=torch.channels_last)
+    defaults = train_defaults(name)
+    optimizer = engine.make_optimizer(model, engine.TrainSettings(lr=defaults["lr"],
+                                                                  weight_decay=defaults["weight_decay"]))
+    settings, batch = HistoSettings(model=name), defaults["batch_size"]
+    rows, crop, steps = np.arange(len(packed)), settings.crop, 4 if quick else 10
+    augment = Augment(settings.crop_jitter, settings.colour_jitter)
 
     def batches(seed: int):
-        return iterate_batches(packed, rows, 128, dev, crop, seed=seed, augment=Augment(), model="effnet-lite0")
+        return iterate_batches(packed, rows, batch, dev, crop, seed=seed, augment=augment, model=name)
 
     precision, why = _precision(dev, model, lambda: next(batches(0)))
     step = trainer(model, optimizer, dev, precision)
@@ -324,7 +329,7 @@ def stage_effnet(data: str, quick: bool, device: str) -> dict[str, Any]:
     timed_steps(step, batches(1), 2, dev)  # warm-up
     train = statistics.median(timed_steps(step, batches(s), steps, dev) for s in range(2, 3 if quick else 5))
     infer_rows = rows[:1024 if quick else 2048]
-    infer_batches = lambda: iterate_batches(packed, infer_rows, 256, dev, crop, model="effnet-lite0")  # noqa: E731
+    infer_batches = lambda: iterate_batches(packed, infer_rows, 256, dev, crop, model=name)  # noqa: E731
     infer_precision, infer_why = _precision(dev, model, lambda: next(infer_batches()), train=False)
 
     def infer(tta: bool) -> int:
@@ -334,6 +339,7 @@ def stage_effnet(data: str, quick: bool, device: str) -> dict[str, Any]:
 
     return {"effnet_train_img_per_s": train, "effnet_infer_img_per_s": _median_rate(lambda: infer(False), 2),
             "effnet_infer_tta_img_per_s": _median_rate(lambda: infer(True), 1), "effnet_crop": crop,
+            "effnet_model": name, "effnet_batch": batch,
             "effnet_precision": precision, "effnet_precision_reason": why,
             "effnet_infer_precision": infer_precision, "effnet_infer_precision_reason": infer_why}
 
@@ -568,12 +574,13 @@ def format_table(r: dict[str, Any]) -> str:
             lambda: f"{r['slide_tiles_per_s_end_to_end']:,.0f} tiles/s; tissue mask {r['slide_tissue_mask_s']:.1f} s"),
     ]
     if "effnet" in rss:
+        effnet = r.get("effnet_model", "effnet-lite0")
         rows += [
-            row("effnet", "effnet-lite0 training end to end (96 px, batch 128)",
+            row("effnet", f"{effnet} training end to end (96 px, batch {r.get('effnet_batch', 128)})",
                 lambda: f"{r['effnet_train_img_per_s']:,.0f} img/s ({r['effnet_precision']})", True),
-            row("effnet", "effnet-lite0 inference",
+            row("effnet", f"{effnet} inference",
                 lambda: f"{r['effnet_infer_img_per_s']:,.0f} img/s ({r['effnet_infer_precision']})"),
-            row("effnet", "effnet-lite0 inference, 8x TTA", lambda: f"{r['effnet_infer_tta_img_per_s']:,.0f} img/s"),
+            row("effnet", f"{effnet} inference, 8x TTA", lambda: f"{r['effnet_infer_tta_img_per_s']:,.0f} img/s"),
             row("minilm", "MiniLM fine-tuning (batch 32)",
                 lambda: f"{r['minilm_train_per_s']:,.0f} tweets/s ({r['minilm_precision']})", True),
             row("minilm", "MiniLM inference (= minilm-frozen's embedding pass)",
@@ -595,7 +602,7 @@ def format_table(r: dict[str, Any]) -> str:
 def _decisions(r: dict[str, Any]) -> list[str]:
     """The precision `auto` chose for each model in this run, and why."""
     decisions = [(what, r.get(p), r.get(f"{p}_reason")) for what, p in
-                 (("default CNN training", "precision"), ("default CNN inference", "infer_precision"),
-                  ("effnet-lite0 training", "effnet_precision"), ("effnet-lite0 inference", "effnet_infer_precision"),
+                 (("scratch CNN training", "precision"), ("scratch CNN inference", "infer_precision"),
+                  ("EfficientNet training", "effnet_precision"), ("EfficientNet inference", "effnet_infer_precision"),
                   ("MiniLM fine-tuning", "minilm_precision")) if r.get(p)]
     return ["", "precision auto:"] + [f"  {what}: {p} ({why})" for what, p, why in decisions] if decisions else []
