@@ -313,10 +313,9 @@ def stage_effnet(data: str, quick: bool, device: str) -> dict[str, Any]:
 
     dev, packed = _setup_histo(data, device)
     model = create_model(name).to(dev, memory_format=torch.channels_last)
-    defaults = train_defaults(name)
-    optimizer = engine.make_optimizer(model, engine.TrainSettings(lr=defaults["lr"],
-                                                                  weight_decay=defaults["weight_decay"]))
-    settings, batch = HistoSettings(model=name), defaults["batch_size"]
+    train_settings = engine.TrainSettings(**train_defaults(name))  # its learning rate, decay and batch size
+    optimizer = engine.make_optimizer(model, train_settings)
+    settings, batch = HistoSettings(model=name), train_settings.batch_size
     rows, crop, steps = np.arange(len(packed)), settings.crop, 4 if quick else 10
     augment = Augment(settings.crop_jitter, settings.colour_jitter)
 
