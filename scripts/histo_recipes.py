@@ -35,6 +35,7 @@ RECIPES = {
     "effnet": ["--model", "effnet-lite0", "--ema", "0"],
     "effnet-ema": ["--model", "effnet-lite0", "--ema", "0.998"],
     "effnet-mixup": ["--model", "effnet-lite0", "--ema", "0", "--mixup", "0.2"],
+    "effnet-ema-mixup": ["--model", "effnet-lite0", "--ema", "0.998", "--mixup", "0.2"],
     "effnet-lite1": ["--model", "effnet-lite1", "--ema", "0"],
     "effnet-lite1-ema": ["--model", "effnet-lite1", "--ema", "0.998"],
     "effnet-lite2": ["--model", "effnet-lite2", "--ema", "0"],
