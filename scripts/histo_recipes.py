@@ -1,7 +1,8 @@
 """Histology recipes side by side: train each with the CLI on the same time budget and validation splits
 (one per seed), score its validation split with 8x TTA, and print a table with bootstrap 95 % intervals.
 
-Runs already finished in --out are reused, so an interrupted comparison picks up where it stopped.
+Runs already finished in --out are reused, so an interrupted comparison picks up where it stopped. A distilled
+recipe trains its teacher's recipe first (or reuses it) on the same seed; the teacher's time is not in its row.
 
     PYTHONPATH=src python scripts/histo_recipes.py --budget 6 --seeds 0 1 --recipes resnet-pool plain-64 plain-96
 """
@@ -41,15 +42,22 @@ RECIPES = {
     "effnet-lite2": ["--model", "effnet-lite2", "--ema", "0"],
     "effnet-before": ["--model", "effnet-lite0", "--batch-size", "128", "--lr", "1e-3", "--weight-decay", "0.05",
                       "--colour-jitter", "0.1", "--ema", "0"],
+    # resnet-plain learning from the Lite1 run of the same split (its teacher, below)
+    "plain-96-distil": ["--model", "resnet-plain"],
 }
+TEACHERS = {"plain-96-distil": "effnet-lite1-ema"}
 
 
 def run_recipe(name: str, seed: int, budget: float, data: Path, out: Path) -> dict:
     run = out / f"{name}-seed{seed}"
     if not (run / "evaluation_tta.json").exists():
+        extra = []
+        if name in TEACHERS:
+            run_recipe(TEACHERS[name], seed, budget, data, out)
+            extra = ["--teacher", str(out / f"{TEACHERS[name]}-seed{seed}")]
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "spotter", "histo", "train", "--data", str(data), "--out", str(run),
-                        "--time-budget", str(budget), "--seed", str(seed), *RECIPES[name]], check=True)
+                        "--time-budget", str(budget), "--seed", str(seed), *RECIPES[name], *extra], check=True)
         wall = time.perf_counter() - start
         subprocess.run([sys.executable, "-m", "spotter", "histo", "evaluate", str(run), "--tta"], check=True)
         (run / "wall_seconds.txt").write_text(f"{wall:.1f}\n")

@@ -1,12 +1,15 @@
-"""Distillation (`tweets train --teacher RUN`): the augmentation rules, the fold check that keeps the
-student's cross-validation honest, and a student that learns from a teacher on the demo tweets."""
+"""Distillation (`tweets train --teacher RUN`, `histo train --teacher RUN`): the augmentation rules, the split
+checks that keep the students' validation honest, and students that learn from a teacher on the demo data."""
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
 from spotter import demo
 from spotter.cli import main
+from spotter.histo import task as histo
 from spotter.tweets.distil import Augmenter, glove_neighbours
 
 
@@ -54,3 +57,30 @@ def test_student_learns_from_a_teacher_on_its_folds(demo_tweets, tmp_path):
                  "--folds", "3", "--epochs", "1"]) == 2  # a teacher of other tweets
     assert main(["tweets", "train", "--data", demo_tweets, "--out", tmp_path / "refused", "--model", "tfidf",
                  "--teacher", teacher]) == 2  # only the RNNs learn from a teacher
+
+
+def test_histo_student_learns_only_from_its_teacher(tmp_path):
+    data = demo.make_histo_dataset(tmp_path / "histo", n_train=320, n_test=2)
+    common = ["--data", data, "--batch-size", "32", "--crop", "64", "--val-fraction", "0.25", "--device", "cpu"]
+    teacher = tmp_path / "teacher"
+    assert main(["histo", "train", "--out", teacher, "--model", "resnet", "--epochs", "4", *common]) == 0
+    # Soft weight 1: the student never sees a label, only the teacher's probabilities.
+    student = tmp_path / "student"
+    assert main(["histo", "train", "--out", student, "--model", "resnet", "--epochs", "4", "--teacher", teacher,
+                 "--soft-weight", "1", *common]) == 0
+    auc = pd.read_csv(student / "metrics.csv")["val_auc"].max()
+    assert auc > 0.9, auc  # random weights: about 0.5 (the teacher's own is near 1 on the demo patches)
+    saved = json.loads((student / "settings.json").read_text())["task"]["histo"]
+    assert saved["teacher"] == str(teacher.resolve()) and saved["soft_weight"] == 1
+
+    # The targets: labels on every row the student does not train on, the blend on the rest.
+    settings = histo.HistoSettings(data=str(data), model="resnet", teacher=str(teacher), soft_weight=0.25)
+    pack = histo.pack_folder(data)["train"]
+    train_rows, val_rows = histo.split_train_val(pack.labels, 0.25, 0)
+    targets = histo.teacher_targets(settings, pack, train_rows, pack.ids[val_rows], torch.device("cpu"))
+    teacher_probs = histo.load_run(teacher, "cpu").predict_pack(pack, train_rows)
+    np.testing.assert_allclose(targets[train_rows], 0.75 * pack.labels[train_rows] + 0.25 * teacher_probs, atol=1e-6)
+    np.testing.assert_array_equal(targets[val_rows], pack.labels[val_rows])
+    # A teacher that trained on the student's validation patches is refused.
+    assert main(["histo", "train", "--out", tmp_path / "refused", "--teacher", teacher, "--epochs", "1",
+                 "--seed", "1", *common]) == 2

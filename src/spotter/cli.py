@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "0.1 for seed, resnet and resnet-deep)")
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="blend each training batch with a shuffled copy, weight ~ Beta(ALPHA, ALPHA) (0: off)")
+    p.add_argument("--teacher", type=Path, help="distil: a finished histo run (or ensemble) on the same data and "
+                                                "split, whose probabilities on the training patches the model learns")
+    p.add_argument("--soft-weight", type=float, default=0.5,
+                   help="distil: weight of the teacher's probability against the label (0-1)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (inductor); default: only where measured to pay off within a "
                         "15-minute budget, compile time included (see README)")
@@ -283,6 +287,8 @@ def run(args: argparse.Namespace) -> None:
                                            pack_root=str(args.pack_dir) if args.pack_dir else None,
                                            skip_bad=args.skip_bad, augment=not args.no_augment, compile=args.compile,
                                            mpp=args.mpp, colour_jitter=args.colour_jitter, mixup=args.mixup,
+                                           teacher=str(args.teacher) if args.teacher else None,
+                                           soft_weight=args.soft_weight,
                                            **({"crop": args.crop} if args.crop else {}))
             defaults = {**histo.train_defaults(args.model), **({"ema": args.ema} if args.ema is not None else {}),
                         **({"epochs": 1000} if args.time_budget else {})}

@@ -53,6 +53,10 @@ class HistoSettings:
     crop_jitter: int = 8  # random shift of the crop in training (only when crop < 96)
     colour_jitter: float | None = None  # stain variation strength (None: 0 for FLIPS_ONLY, else 0.1)
     mixup: float = 0.0  # Beta(a, a) of mixup in training (0: off; measured +0.006 and -0.011 AUC: README)
+    # Distillation: a finished run (or ensemble) trained on this run's split labels the training patches; its
+    # probability is blended with the label at `soft_weight`.
+    teacher: str | None = None
+    soft_weight: float = 0.5
     val_fraction: float = 0.1
     pack_root: str | None = None
     skip_bad: bool = False
@@ -83,6 +87,9 @@ class HistoSettings:
             raise BadInput(f"mixup must be 0 (off) or a positive Beta parameter, got {self.mixup}")
         if not 0 < self.val_fraction < 1:
             raise BadInput(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if not 0 <= self.soft_weight <= 1:
+            raise BadInput(f"soft_weight must be between 0 and 1, got {self.soft_weight}")
+        self.teacher = str(Path(self.teacher).resolve()) if self.teacher else self.teacher
 
 
 def train_defaults(model: str) -> dict:
@@ -99,9 +106,10 @@ def train_defaults(model: str) -> dict:
 
 def iterate_batches(pack: PackedSet, indices: np.ndarray, batch_size: int, device: torch.device, crop: int, *,
                     seed: int | None = None, augment: Augment | None = None, drop_last: bool = False,
-                    shard: tuple[int, int] = (0, 1), model: str = "resnet",
-                    mixup: float = 0.0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    shard: tuple[int, int] = (0, 1), model: str = "resnet", mixup: float = 0.0,
+                    targets: np.ndarray | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Batches of (preprocessed images, labels) on `device`, shuffled and augmented when `seed` is given.
+    `targets` (one per pack row, e.g. a teacher's soft labels) replace the pack's labels.
     With `mixup` > 0 each batch is blended with a shuffled copy of itself, images and labels alike, by a
     weight drawn from Beta(mixup, mixup) (Zhang et al. 2018); the labels become soft.
 
@@ -110,6 +118,7 @@ def iterate_batches(pack: PackedSet, indices: np.ndarray, batch_size: int, devic
     Pixels are normalised as `model` expects.
     """
     norm = normalisation(model)
+    targets = pack.labels if targets is None else targets
     order = np.asarray(indices)
     generator = None
     if seed is not None:
@@ -119,7 +128,7 @@ def iterate_batches(pack: PackedSet, indices: np.ndarray, batch_size: int, devic
     for rows in engine.shard_batches(order, batch_size, shard, drop_last=drop_last, even=seed is not None):
         rows = np.sort(rows)  # sorted rows read the file sequentially; order inside a batch does not matter
         pixels = torch.from_numpy(pack.read(rows))
-        labels = torch.from_numpy(pack.labels[rows].astype(np.float32))
+        labels = torch.from_numpy(targets[rows].astype(np.float32))
         if device.type == "cuda":
             pixels, labels = pixels.pin_memory(), labels.pin_memory()
         pixels = pixels.to(device, non_blocking=True)
@@ -166,6 +175,15 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         histo = replace(histo, val_split="valid")
     data, train_rows, val_data, val_rows = _split(packed, histo, settings.seed)
     device = engine.pick_device(settings.device, world)
+    targets = None
+    if histo.teacher:
+        start = time.perf_counter()
+        targets = teacher_targets(histo, data, train_rows, val_data.ids[val_rows], device)
+        seconds = time.perf_counter() - start
+        log(f"teacher {histo.teacher} labelled {len(train_rows)} training patches in {seconds:.0f} s"
+            f"{' (taken from the time budget)' if settings.time_budget_min else ''}; soft weight {histo.soft_weight}")
+        if settings.time_budget_min and not resume:
+            settings = replace(settings, time_budget_min=settings.time_budget_min - seconds / 60)
     model = create_model(histo.model).to(memory_format=torch.channels_last)
     from ..compiled import compile_in_place, default_for
     if histo.compile is None:
@@ -188,7 +206,7 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         model=model,
         train_batches=lambda epoch, rank, world: iterate_batches(
             data, train_rows, bs, device, histo.crop, seed=settings.seed * 100_003 + epoch, augment=augment,
-            drop_last=True, shard=(rank, world), model=histo.model, mixup=histo.mixup),
+            drop_last=True, shard=(rank, world), model=histo.model, mixup=histo.mixup, targets=targets),
         val_batches=lambda rank, world: iterate_batches(val_data, val_rows[rank::world], bs * 2, device, histo.crop,
                                                         model=histo.model),
         score=score, main_metric="auc",
@@ -203,6 +221,26 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         plots.training_curves(run_dir / "metrics.csv", run_dir / "history.png",
                               [("loss", "loss"), ("auc", "ROC AUC")])
     return result
+
+
+def teacher_targets(histo: HistoSettings, data: PackedSet, train_rows: np.ndarray, val_ids: np.ndarray,
+                    device: torch.device) -> np.ndarray:
+    """Each pack row's training target: its label blended with the teacher's probability (training rows only).
+    The teacher must not have trained on this run's validation patches, or validation would flatter the student:
+    it must be a run on the same data and split (same --seed and --val-fraction)."""
+    teacher = Path(histo.teacher)
+    ids_file = teacher / "val_ids.txt"
+    if not ids_file.exists():
+        raise BadInput(f"{teacher}: not a finished histo run (no val_ids.txt)")
+    predictor = load_run(teacher, str(device))
+    if predictor.settings.data != histo.data or set(ids_file.read_text().split()) != set(val_ids):
+        raise BadInput(f"{teacher}: the teacher was trained on another split (data {predictor.settings.data}); "
+                       "it would have seen this run's validation patches. Train the student with the teacher's "
+                       "--data, --seed and --val-fraction")
+    soft = predictor.predict_pack(data, train_rows)
+    targets = data.labels.astype(np.float32)
+    targets[train_rows] = (1 - histo.soft_weight) * targets[train_rows] + histo.soft_weight * soft
+    return targets
 
 
 def _split(packed: dict[str, PackedSet], histo: HistoSettings, seed: int):
