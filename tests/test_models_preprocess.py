@@ -20,6 +20,15 @@ def test_every_model_gives_one_logit_per_image(name, crop):
     assert model(x).shape == (3,)
 
 
+def test_enlarged_effnet_is_the_same_weights_on_a_resized_patch():
+    enlarged = create_model("effnet-lite0-128").eval()
+    plain = create_model("effnet-lite0").eval()
+    plain.load_state_dict(enlarged.state_dict())  # the same weights: the new head is random in each
+    x = torch.randn(2, 3, 96, 96)
+    resized = torch.nn.functional.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(enlarged(x), plain(resized))
+
+
 def test_unknown_model_names_the_choices():
     with pytest.raises(ValueError, match="choose one of: seed"):
         create_model("nope")

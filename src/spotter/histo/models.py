@@ -137,10 +137,15 @@ class MBConv(nn.Module):
 
 class EfficientNetLite(nn.Module):
     """EfficientNet-Lite with the parameter names of `efficientnet_pytorch`, so the packaged ImageNet
-    weights load with strict checking. Inputs are normalised to [-1, 1] (`NORMALISATION` below)."""
+    weights load with strict checking. Inputs are normalised to [-1, 1] (`NORMALISATION` below).
 
-    def __init__(self, variant: str = "lite0", classes: int = 1, dropout: float = 0.2, drop_path: float = 0.2):
+    With `input_size` the model first resizes its input to that many pixels a side (bilinear): the ImageNet
+    weights learnt their filters on 224-px images, and at 96 px the last stage sees a 3x3 map."""
+
+    def __init__(self, variant: str = "lite0", classes: int = 1, dropout: float = 0.2, drop_path: float = 0.2,
+                 input_size: int | None = None):
         super().__init__()
+        self.input_size = input_size
         self._conv_stem = SameConv(3, 32, 3, 2)
         self._bn0 = _bn(32)
         stages = LITE_STAGES[variant]
@@ -159,6 +164,8 @@ class EfficientNetLite(nn.Module):
         self._fc = nn.Linear(1280, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_size is not None:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)
@@ -171,8 +178,8 @@ class EfficientNetLite(nn.Module):
         return {"_fc.": 10.0}
 
 
-def efficientnet_lite(variant: str, pretrained: bool = True) -> EfficientNetLite:
-    model = EfficientNetLite(variant)
+def efficientnet_lite(variant: str, pretrained: bool = True, input_size: int | None = None) -> EfficientNetLite:
+    model = EfficientNetLite(variant, input_size=input_size)
     if pretrained:
         from ..pretrained import efficientnet_lite_file
 
@@ -195,8 +202,11 @@ MODELS: dict[str, Callable[[bool], nn.Module]] = {
     "effnet-lite0": lambda pretrained: efficientnet_lite("lite0", pretrained),
     "effnet-lite1": lambda pretrained: efficientnet_lite("lite1", pretrained),
     "effnet-lite2": lambda pretrained: efficientnet_lite("lite2", pretrained),
+    # the same, on patches enlarged to 128 px (1.8x the work per image)
+    "effnet-lite0-128": lambda pretrained: efficientnet_lite("lite0", pretrained, 128),
+    "effnet-lite1-128": lambda pretrained: efficientnet_lite("lite1", pretrained, 128),
 }
-PRETRAINED = ("effnet-lite0", "effnet-lite1", "effnet-lite2")
+PRETRAINED = ("effnet-lite0", "effnet-lite1", "effnet-lite2", "effnet-lite0-128", "effnet-lite1-128")
 
 # Input normalisation (mean, std per channel, on [0, 1] pixels): the data's own for models trained here,
 # the pretraining's for pretrained ones. EfficientNet-Lite was trained on (x - 127) / 128: with it the stem's
