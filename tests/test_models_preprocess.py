@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from spotter import precision
 from spotter.histo.models import MODELS, count_parameters, create_model
 from spotter.histo.preprocess import Augment, dihedral_views, preprocess
 
@@ -27,6 +28,9 @@ def test_enlarged_effnet_is_the_same_weights_on_a_resized_patch():
     x = torch.randn(2, 3, 96, 96)
     resized = torch.nn.functional.interpolate(x, size=(128, 128), mode="bilinear", align_corners=False)
     torch.testing.assert_close(enlarged(x), plain(resized))
+    # so `--precision auto` times it on its own, not on the plain model's cached timings
+    keys = {precision.cache_key(m, x, torch.device("cpu"), train=True) for m in (enlarged, plain)}
+    assert len(keys) == 2
 
 
 def test_unknown_model_names_the_choices():

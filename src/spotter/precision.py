@@ -69,11 +69,13 @@ def _shapes(inputs: Any) -> list[list[int]]:
 
 
 def cache_key(model: nn.Module, inputs: Any, device: torch.device, train: bool) -> str:
-    """What the decision depends on: the model (class, size, compiled or not), the input shape (crop and batch), the device
+    """What the decision depends on: the model (class, size, input resizing, compiled or not), the input shape (crop and batch), the device
     and thread count, the torch version and whether it trains or only predicts."""
     params = sum(p.numel() for p in model.parameters())
     compiled = getattr(model, "_compiled_call_impl", None) is not None  # nn.Module.compile()
-    return json.dumps({"model": f"{type(model).__name__}/{params}{' compiled' if compiled else ''}",
+    resized = getattr(model, "input_size", None)  # a model that enlarges its input does more work per image
+    return json.dumps({"model": f"{type(model).__name__}/{params}{f'@{resized}' if resized else ''}"
+                                f"{' compiled' if compiled else ''}",
                        "inputs": _shapes(inputs),
                        "device": device_name(device), "torch": torch.__version__,
                        "mode": "train" if train else "infer"}, sort_keys=True)

@@ -183,7 +183,7 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         log(f"teacher {histo.teacher} labelled {len(train_rows)} training patches in {seconds:.0f} s"
             f"{' (taken from the time budget)' if settings.time_budget_min else ''}; soft weight {histo.soft_weight}")
         if settings.time_budget_min and not resume:
-            settings = replace(settings, time_budget_min=settings.time_budget_min - seconds / 60)
+            settings = replace(settings, time_budget_min=round(settings.time_budget_min - seconds / 60, 2))
     model = create_model(histo.model).to(memory_format=torch.channels_last)
     from ..compiled import compile_in_place, default_for
     if histo.compile is None:
