@@ -41,6 +41,7 @@ RECIPES = {
     "effnet-ema-mixup": ["--model", "effnet-lite0", "--ema", "0.998", "--mixup", "0.2"],
     "effnet-lite1": ["--model", "effnet-lite1", "--ema", "0"],
     "effnet-lite1-ema": ["--model", "effnet-lite1", "--ema", "0.998"],
+    "effnet-lite1-ema-14": ["--model", "effnet-lite1", "--ema", "0.998", "--epochs", "14"],
     "effnet-lite2": ["--model", "effnet-lite2", "--ema", "0"],
     # the same fine-tunes on patches enlarged to 128 px inside the model
     "effnet-128": ["--model", "effnet-lite0-128"],
