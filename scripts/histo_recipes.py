@@ -43,9 +43,8 @@ RECIPES = {
     "effnet-lite1-ema": ["--model", "effnet-lite1", "--ema", "0.998"],
     "effnet-lite1-ema-14": ["--model", "effnet-lite1", "--ema", "0.998", "--epochs", "14"],
     "effnet-lite2": ["--model", "effnet-lite2", "--ema", "0"],
-    # the same fine-tunes on patches enlarged to 128 px inside the model
+    # Lite0 on patches enlarged to 128 px inside the model
     "effnet-128": ["--model", "effnet-lite0-128"],
-    "effnet-lite1-128": ["--model", "effnet-lite1-128"],
     "effnet-before": ["--model", "effnet-lite0", "--batch-size", "128", "--lr", "1e-3", "--weight-decay", "0.05",
                       "--colour-jitter", "0.1", "--ema", "0"],
     # resnet-plain learning from the Lite1 run of the same split (its teacher, below)

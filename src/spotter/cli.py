@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", choices=list(MODELS),
                    help="default: effnet-lite1 (ImageNet-pretrained, the best in 15 CPU minutes; needs the "
                         "pretrained extra), else resnet-plain (from scratch: no stem max-pool, whole patches). "
-                        "Also effnet-lite0/2, effnet-lite0/1-128 (patches enlarged to 128 px inside the model), "
+                        "Also effnet-lite0/2, effnet-lite0-128 (patches enlarged to 128 px inside the model), "
                         "resnet (max-pool, 80-px crop), resnet-deep, seed (the write-up's CNN)")
     p.add_argument("--time-budget", type=float, metavar="MIN", help="plan the schedule to end within MIN minutes")
     p.add_argument("--crop", type=int,

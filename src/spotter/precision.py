@@ -69,8 +69,8 @@ def _shapes(inputs: Any) -> list[list[int]]:
 
 
 def cache_key(model: nn.Module, inputs: Any, device: torch.device, train: bool) -> str:
-    """What the decision depends on: the model (class, size, input resizing, compiled or not), the input shape (crop and batch), the device
-    and thread count, the torch version and whether it trains or only predicts."""
+    """What the decision depends on: the model (class, size, input resizing, compiled or not), the input shape
+    (crop and batch), the device and thread count, the torch version and whether it trains or only predicts."""
     params = sum(p.numel() for p in model.parameters())
     compiled = getattr(model, "_compiled_call_impl", None) is not None  # nn.Module.compile()
     resized = getattr(model, "input_size", None)  # a model that enlarges its input does more work per image
