@@ -49,8 +49,9 @@ RECIPES = {
                       "--colour-jitter", "0.1", "--ema", "0"],
     # resnet-plain learning from the Lite1 run of the same split (its teacher, below)
     "plain-96-distil": ["--model", "resnet-plain"],
+    "plain-96-distil-0.8": ["--model", "resnet-plain", "--soft-weight", "0.8"],
 }
-TEACHERS = {"plain-96-distil": "effnet-lite1-ema"}
+TEACHERS = {"plain-96-distil": "effnet-lite1-ema", "plain-96-distil-0.8": "effnet-lite1-ema"}
 
 
 def run_recipe(name: str, seed: int, budget: float, data: Path, out: Path) -> dict:
