@@ -70,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "0.1 for seed, resnet and resnet-deep)")
     p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="blend each training batch with a shuffled copy, weight ~ Beta(ALPHA, ALPHA) (0: off)")
-    p.add_argument("--teacher", type=Path, help="distil: a finished histo run (or ensemble) on the same data and "
-                                                "split, whose probabilities on the training patches the model learns")
-    p.add_argument("--soft-weight", type=float, default=0.5,
+    p.add_argument("--teacher", type=Path, metavar="RUN",
+                   help="distil: a finished histo run (or ensemble) on the same data and split, whose "
+                        "probabilities on the training patches the model learns")
+    p.add_argument("--soft-weight", type=float, default=0.5, metavar="W",
                    help="distil: weight of the teacher's probability against the label (0-1)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (inductor); default: only where measured to pay off within a "
