@@ -175,15 +175,7 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         histo = replace(histo, val_split="valid")
     data, train_rows, val_data, val_rows = _split(packed, histo, settings.seed)
     device = engine.pick_device(settings.device, world)
-    targets = None
-    if histo.teacher:
-        start = time.perf_counter()
-        targets = teacher_targets(histo, data, train_rows, val_data.ids[val_rows], device)
-        seconds = time.perf_counter() - start
-        log(f"teacher {histo.teacher} labelled {len(train_rows)} training patches in {seconds:.0f} s"
-            f"{' (taken from the time budget)' if settings.time_budget_min else ''}; soft weight {histo.soft_weight}")
-        if settings.time_budget_min and not resume:
-            settings = replace(settings, time_budget_min=round(settings.time_budget_min - seconds / 60, 2))
+    targets, settings = _distilled(histo, settings, data, train_rows, val_data.ids[val_rows], device, resume, log)
     model = create_model(histo.model).to(memory_format=torch.channels_last)
     from ..compiled import compile_in_place, default_for
     if histo.compile is None:
@@ -221,6 +213,23 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         plots.training_curves(run_dir / "metrics.csv", run_dir / "history.png",
                               [("loss", "loss"), ("auc", "ROC AUC")])
     return result
+
+
+def _distilled(histo: HistoSettings, settings: engine.TrainSettings, data: PackedSet, train_rows: np.ndarray,
+               val_ids: np.ndarray, device: torch.device, resume: bool,
+               log) -> tuple[np.ndarray | None, engine.TrainSettings]:
+    """The teacher's training targets (None without a teacher), and the training settings with the labelling
+    time taken from the time budget (once: a resumed run's saved budget already paid it)."""
+    if not histo.teacher:
+        return None, settings
+    start = time.perf_counter()
+    targets = teacher_targets(histo, data, train_rows, val_ids, device)
+    seconds = time.perf_counter() - start
+    log(f"teacher {histo.teacher} labelled {len(train_rows)} training patches in {seconds:.0f} s"
+        f"{' (taken from the time budget)' if settings.time_budget_min else ''}; soft weight {histo.soft_weight}")
+    if settings.time_budget_min and not resume:
+        settings = replace(settings, time_budget_min=round(settings.time_budget_min - seconds / 60, 2))
+    return targets, settings
 
 
 def teacher_targets(histo: HistoSettings, data: PackedSet, train_rows: np.ndarray, val_ids: np.ndarray,
