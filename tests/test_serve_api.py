@@ -140,12 +140,13 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(application
             async def bad(i):  # bad requests in between change nothing for the good ones
                 r = await c.post("/api/histo/cnn/predict", files=[("files", (f"x{i}.tif", b"II*\x00" + b"\x00" * 50))])
                 return r.status_code
-            before = (application.state.models["cnn"].batcher.batches, application.state.models["cnn"].batcher.requests)
+            cnn = application.state.server.models["cnn"].batcher
+            before = (cnn.batches, cnn.requests)
             results = await asyncio.gather(*[one(p) for p in paths], *[bad(i) for i in range(8)])
             together = await c.post("/api/histo/cnn/predict", files=[("files", (p.name, p.read_bytes())) for p in paths])
             return before, results, together.json()
     before, results, together = asyncio.run(run())
-    batcher = application.state.models["cnn"].batcher
+    batcher = application.state.server.models["cnn"].batcher
     batches, requests = batcher.batches - before[0], batcher.requests - before[1]
     assert requests == 25 and batches < 24  # 24 single-patch requests and one of 24, in fewer forward passes
     np.testing.assert_allclose(results[:24], [r["probability"] for r in together["results"]], atol=2e-5)
@@ -154,7 +155,7 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(application
 
 def test_grad_cam_hooks_are_removed(application, tmp_path_factory):
     from spotter.explain import cam_layer
-    predictor = application.state.models["cnn"].predictor
+    predictor = application.state.server.models["cnn"].predictor
     pixels = np.stack([np.asarray(Image.open(p)) for p in sorted((serve_runs.histo_data(tmp_path_factory) / "test").glob("*.tif"))[:2]])
     for _ in range(3):
         predictor.grad_cam(pixels)

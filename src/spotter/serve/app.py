@@ -154,109 +154,74 @@ def model_info(name: str, task: str, run_dir: Path, predictor) -> dict:
     return info
 
 
-# ---------------------------------------------------------------- the application
+# ---------------------------------------------------------------- what the routes share
 
-def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None = None,
-               limits: Limits = Limits(), log=print) -> FastAPI:
-    """Load every run (failing early with a clear error) and build the application."""
-    models: dict[str, Served] = {}
-    inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
-    explaining = ThreadPoolExecutor(1, thread_name_prefix="explain")
-    slides = ThreadPoolExecutor(1, thread_name_prefix="slides")
-    for run_dir in map(Path, run_dirs):
+class Server:
+    """The loaded runs (each behind a batcher), the threads that run them, and the whole-slide jobs."""
+
+    def __init__(self, run_dirs: list[Path], device: str, limits: Limits, log):
+        self.models: dict[str, Served] = {}
+        self.limits = limits
+        self.inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self.explaining = ThreadPoolExecutor(1, thread_name_prefix="explain")
+        self.slides = ThreadPoolExecutor(1, thread_name_prefix="slides")
+        for run_dir in map(Path, run_dirs):
+            self.load(run_dir, device, log)
+        self.jobs: dict[str, Job] = {}
+        self.jobs_root = Path(tempfile.mkdtemp(prefix="spotter-serve-"))
+
+    def load(self, run_dir: Path, device: str, log) -> None:
         name = run_dir.resolve().name
-        if name in models:
-            raise BadInput(f"two runs are named {name!r} ({models[name].run_dir} and {run_dir}); "
-                             "give each a folder of its own name")
+        if name in self.models:
+            raise BadInput(f"two runs are named {name!r} ({self.models[name].run_dir} and {run_dir}); "
+                           "give each a folder of its own name")
         task, predictor = runs.load_model(run_dir, device)
         if task == "histo":
             batch_fn = lambda pixels, tta, p=predictor: p.predict_proba(pixels, tta=tta)  # noqa: E731
         else:
             batch_fn = lambda pairs, _, p=predictor: p.predict_proba([t for t, _ in pairs],  # noqa: E731
                                                                      [k for _, k in pairs])
-        batcher = Batcher(batch_fn, inference, max_batch=limits.max_batch, max_wait=limits.max_wait_ms / 1000)
-        models[name] = Served(name, task, run_dir, predictor, batcher, model_info(name, task, run_dir, predictor))
+        batcher = Batcher(batch_fn, self.inference, max_batch=self.limits.max_batch,
+                          max_wait=self.limits.max_wait_ms / 1000)
+        self.models[name] = Served(name, task, run_dir, predictor, batcher,
+                                   model_info(name, task, run_dir, predictor))
         log(f"loaded {task} model {name!r} ({predictor.name}) from {run_dir}")
-    jobs: dict[str, Job] = {}
-    jobs_root = Path(tempfile.mkdtemp(prefix="spotter-serve-"))
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
-        yield
-        for served in models.values():
+    def close(self) -> None:
+        for served in self.models.values():
             served.batcher.close()
-        shutil.rmtree(jobs_root, ignore_errors=True)  # the slides' uploads and outputs
+        shutil.rmtree(self.jobs_root, ignore_errors=True)  # the slides' uploads and outputs
 
-    app = FastAPI(title="Spotter", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Tumour in histopathology patches and disaster tweets: predictions with explanations.")
-    app.state.models, app.state.jobs, app.state.limits = models, jobs, limits
+    def served(self, name: str, task: str | None = None) -> Served:
+        if name not in self.models:
+            raise HTTPException(404, f"no model named {name!r}; this server has: {', '.join(self.models) or 'none'}")
+        if task and self.models[name].task != task:
+            raise HTTPException(404, f"{name!r} is a {self.models[name].task} model, not a {task} one")
+        return self.models[name]
 
-    def authorised(request: Request) -> None:
-        if token is None:
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            raise HTTPException(401, "this server needs 'Authorization: Bearer <token>'",
-                                headers={"WWW-Authenticate": "Bearer"})
-
-    def served(name: str, task: str | None = None) -> Served:
-        if name not in models:
-            raise HTTPException(404, f"no model named {name!r}; this server has: {', '.join(models) or 'none'}")
-        if task and models[name].task != task:
-            raise HTTPException(404, f"{name!r} is a {models[name].task} model, not a {task} one")
-        return models[name]
-
-    api = APIRouter(dependencies=[Depends(authorised)])
-
-    @api.get("/api/health")
-    async def health() -> dict:
-        return {"status": "ok", "models": list(models)}
-
-    @api.get("/api/models")
-    async def list_models() -> dict:
-        return {"models": [m.info for m in models.values()], "cam_scale_logits": explain.CAM_SCALE,
-                "slides": importlib.util.find_spec("spotter.histo.slide") is not None,
-                "limits": {k: getattr(limits, k) for k in ("max_upload_mb", "max_files", "max_texts",
-                                                           "max_text_chars")}}
-
-    async def read_patches(request: Request) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+    async def read_patches(self, request: Request) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(415, "send the patches as multipart/form-data, field 'files'")
-        form = await request.form(max_files=limits.max_files + 1, max_fields=16)
+        form = await request.form(max_files=self.limits.max_files + 1, max_fields=16)
         files = [(f.filename or f"file{i + 1}", await f.read()) for i, f in enumerate(form.getlist("files"))
                  if not isinstance(f, str)]
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         await form.close()
         if not files:
             raise HTTPException(422, "no files: send one or more patch images in the multipart field 'files'")
-        if len(files) > limits.max_files:
-            raise HTTPException(422, f"at most {limits.max_files} patches per request")
+        if len(files) > self.limits.max_files:
+            raise HTTPException(422, f"at most {self.limits.max_files} patches per request")
         return files, fields
 
-    def flag(name: str, request: Request, fields: dict[str, str]) -> bool:
-        value = fields.get(name, request.query_params.get(name, "false")).strip().lower()
-        if value not in ("true", "false", "1", "0", "yes", "no", "on", "off", ""):
-            raise HTTPException(422, f"{name} must be true or false, got {value[:20]!r}")
-        return value in ("true", "1", "yes", "on")
-
-    @api.post("/api/histo/{model}/predict", openapi_extra={"requestBody": {"content": {"multipart/form-data": {
-        "schema": {"type": "object", "properties": {
-            "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-            "tta": {"type": "boolean"}, "explain": {"type": "boolean"},
-            "thumbnail": {"type": "boolean"}}}}}}})
-    async def predict_patches(model: str, request: Request) -> dict:
-        """Probability of tumour in the centre 32x32 of each patch (96x96; larger images: their centre 96x96)."""
-        return await patches(model, request)
-
-    async def patches(model: str, request: Request, always_explain: bool = False) -> dict:
-        m = served(model, "histo")
-        files, fields = await read_patches(request)
+    async def predict_patches(self, model: str, request: Request, always_explain: bool = False) -> dict:
+        m = self.served(model, "histo")
+        files, fields = await self.read_patches(request)
         tta, want_cam = flag("tta", request, fields), always_explain or flag("explain", request, fields)
         thumbnails = flag("thumbnail", request, fields)
         decoded = []
         for name, data in files:
             try:
-                decoded.append(uploads.decode_patch(data, name, limits.max_patch_pixels))
+                decoded.append(uploads.decode_patch(data, name, self.limits.max_patch_pixels))
             except uploads.UploadError as err:
                 raise HTTPException(err.status, str(err)) from None
         pixels = np.stack([p for p, _ in decoded])
@@ -275,14 +240,12 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
                          "max_logit": float(cam.max()),
                          "centre_share": float(cam[32:64, 32:64].sum() / max(cam.sum(), 1e-12))}
                         for px, cam, p in zip(pixels, m.predictor.grad_cam(pixels), probs)]
-            for r, e in zip(results, await asyncio.get_running_loop().run_in_executor(explaining, explanations)):
+            for r, e in zip(results, await asyncio.get_running_loop().run_in_executor(self.explaining, explanations)):
                 r["explanation"] = e
         return {"model": model, "threshold": m.predictor.threshold, "tta": tta, "results": results}
 
-    @api.post("/api/tweets/{model}/predict")
-    async def predict_tweets(model: str, body: TweetsRequest) -> dict:
-        """Probability that each tweet is about a real disaster, and the decision at the run's tuned threshold."""
-        m = served(model, "tweets")
+    async def predict_tweets(self, model: str, body: TweetsRequest) -> dict:
+        m = self.served(model, "tweets")
         keywords = body.keywords or [""] * len(body.texts)
         probs = await m.batcher.submit(list(zip(body.texts, keywords)))
         results = [{"text": t, "keyword": k, "probability": float(p), "label": int(p >= m.predictor.threshold)}
@@ -290,14 +253,123 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
         if body.explain:
             try:
                 parts = await asyncio.get_running_loop().run_in_executor(
-                    explaining, m.predictor.explain, body.texts, keywords)
+                    self.explaining, m.predictor.explain, body.texts, keywords)
             except explain.NotExplainable as err:
                 raise HTTPException(422, str(err)) from None
             for r, e in zip(results, parts):
                 r["explanation"] = e
         return {"model": model, "threshold": m.predictor.threshold, "results": results}
 
-    # ---------------------------------------------------------------- whole slides, as jobs
+    def start_slide(self, m: Served, data: bytes, kind: str, options: dict) -> Job:
+        """Save an uploaded slide under a job folder and queue its inference on the slides thread."""
+        from ..histo.slide import slide as run_slide
+
+        job = Job(uuid.uuid4().hex[:16], m.name, self.jobs_root / uuid.uuid4().hex)
+        job.folder.mkdir(parents=True)
+        image = job.folder / f"slide.{ {'jpeg': 'jpg'}.get(kind, kind) }"  # our name, never the caller's
+        image.write_bytes(data)
+        self.jobs[job.id] = job
+
+        def progress(*args) -> None:
+            numbers = [a for a in args if isinstance(a, (int, float))]
+            if len(numbers) >= 2 and numbers[1]:
+                job.progress = min(1.0, numbers[0] / numbers[1])
+            elif numbers:
+                job.progress = min(1.0, float(numbers[0]))
+
+        def work() -> None:
+            job.status = "running"
+            try:
+                job.summary = run_slide(m.run_dir, image, job.folder / "out", on_progress=progress, **options)
+                job.status, job.progress = "done", 1.0
+            except Exception as err:  # noqa: BLE001 - reported through the job
+                job.status, job.message = "failed", str(err)[:500]
+
+        self.slides.submit(work)
+        return job
+
+
+def flag(name: str, request: Request, fields: dict[str, str]) -> bool:
+    """A true/false option from the form or the query string (422 for anything else)."""
+    value = fields.get(name, request.query_params.get(name, "false")).strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", "on", "off", ""):
+        raise HTTPException(422, f"{name} must be true or false, got {value[:20]!r}")
+    return value in ("true", "1", "yes", "on")
+
+
+# ---------------------------------------------------------------- the application
+
+def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None = None,
+               limits: Limits = Limits(), log=print) -> FastAPI:
+    """Load every run (failing early with a clear error) and build the application."""
+    server = Server(run_dirs, device, limits, log)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        server.close()
+
+    app = FastAPI(title="Spotter", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Tumour in histopathology patches and disaster tweets: predictions with explanations.")
+    app.state.server = server
+    api = APIRouter(dependencies=[Depends(bearer(token))])
+    for add_routes in (prediction_routes, slide_routes, torchserve_routes):
+        add_routes(api, server)
+    app.include_router(api)
+    page_routes(app)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+        log(f"error on {request.method} {request.url.path}: {type(err).__name__}: {err}")
+        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+
+    app.add_middleware(BodyLimit, max_bytes=limits.max_bytes)
+    return app
+
+
+def bearer(token: str | None):
+    """The API's guard: with a token, every call must send 'Authorization: Bearer <token>'."""
+    def authorised(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            raise HTTPException(401, "this server needs 'Authorization: Bearer <token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+    return authorised
+
+
+def prediction_routes(api: APIRouter, server: Server) -> None:
+    limits = server.limits
+
+    @api.get("/api/health")
+    async def health() -> dict:
+        return {"status": "ok", "models": list(server.models)}
+
+    @api.get("/api/models")
+    async def list_models() -> dict:
+        return {"models": [m.info for m in server.models.values()], "cam_scale_logits": explain.CAM_SCALE,
+                "slides": importlib.util.find_spec("spotter.histo.slide") is not None,
+                "limits": {k: getattr(limits, k) for k in ("max_upload_mb", "max_files", "max_texts",
+                                                           "max_text_chars")}}
+
+    @api.post("/api/histo/{model}/predict", openapi_extra={"requestBody": {"content": {"multipart/form-data": {
+        "schema": {"type": "object", "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+            "tta": {"type": "boolean"}, "explain": {"type": "boolean"},
+            "thumbnail": {"type": "boolean"}}}}}}})
+    async def predict_patches(model: str, request: Request) -> dict:
+        """Probability of tumour in the centre 32x32 of each patch (96x96; larger images: their centre 96x96)."""
+        return await server.predict_patches(model, request)
+
+    @api.post("/api/tweets/{model}/predict")
+    async def predict_tweets(model: str, body: TweetsRequest) -> dict:
+        """Probability that each tweet is about a real disaster, and the decision at the run's tuned threshold."""
+        return await server.predict_tweets(model, body)
+
+
+def slide_routes(api: APIRouter, server: Server) -> None:
+    """Whole slides, as jobs: upload, then poll for progress and the outputs."""
 
     @api.post("/api/histo/{model}/slides", status_code=202, openapi_extra={"requestBody": {"content": {
         "multipart/form-data": {"schema": {"type": "object", "properties": {
@@ -306,7 +378,7 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
             "stride": {"type": "integer", "description": "model pixels between patch centres (32 or 96)"}}}}}}})
     async def start_slide(model: str, request: Request) -> dict:
         """Start whole-slide inference on an uploaded slide or large image; poll /api/jobs/{id}."""
-        m = served(model, "histo")
+        m = server.served(model, "histo")
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(415, "send the slide as multipart/form-data, field 'file'")
         form = await request.form(max_files=2, max_fields=4)
@@ -324,40 +396,18 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
         data = await upload.read()
         await form.close()
         try:
-            kind = uploads.check_slide(data, upload.filename or "slide", limits.max_slide_pixels)
+            kind = uploads.check_slide(data, upload.filename or "slide", server.limits.max_slide_pixels)
         except uploads.UploadError as err:
             raise HTTPException(err.status, str(err)) from None
-        try:  # the whole-slide stage is its own module (and issue); bad uploads are refused before this
-            from ..histo.slide import slide as run_slide
+        try:  # the whole-slide stage is its own module; bad uploads are refused before this
+            job = server.start_slide(m, data, kind, options)
         except ImportError:
             raise HTTPException(501, "whole-slide inference is not in this Spotter yet (spotter.histo.slide)") from None
-        job = Job(uuid.uuid4().hex[:16], model, jobs_root / uuid.uuid4().hex)
-        job.folder.mkdir(parents=True)
-        image = job.folder / f"slide.{ {'jpeg': 'jpg'}.get(kind, kind) }"  # our name, never the caller's
-        image.write_bytes(data)
-        jobs[job.id] = job
-
-        def progress(*args) -> None:
-            numbers = [a for a in args if isinstance(a, (int, float))]
-            if len(numbers) >= 2 and numbers[1]:
-                job.progress = min(1.0, numbers[0] / numbers[1])
-            elif numbers:
-                job.progress = min(1.0, float(numbers[0]))
-
-        def work() -> None:
-            job.status = "running"
-            try:
-                job.summary = run_slide(m.run_dir, image, job.folder / "out", on_progress=progress, **options)
-                job.status, job.progress = "done", 1.0
-            except Exception as err:  # noqa: BLE001 - reported through the job
-                job.status, job.message = "failed", str(err)[:500]
-
-        slides.submit(work)
         return {"job": job.id, "status_url": f"/api/jobs/{job.id}"}
 
     @api.get("/api/jobs/{job_id}")
     async def job_status(job_id: str) -> dict:
-        job = jobs.get(job_id)
+        job = server.jobs.get(job_id)
         if job is None:
             raise HTTPException(404, f"no job {job_id[:40]!r}")
         out = {"job": job.id, "model": job.model, "status": job.status, "progress": round(job.progress, 4),
@@ -370,26 +420,27 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
 
     @api.get("/api/jobs/{job_id}/files/{name}")
     async def job_file(job_id: str, name: str) -> FileResponse:
-        job = jobs.get(job_id)
+        job = server.jobs.get(job_id)
         if job is None or job.status != "done" or name not in SLIDE_OUTPUTS or not (job.folder / "out" / name).exists():
             raise HTTPException(404, "no such output")
         return FileResponse(job.folder / "out" / name, filename=name)
 
-    # ---------------------------------------------------------------- TorchServe's names
+
+def torchserve_routes(api: APIRouter, server: Server) -> None:
+    """TorchServe's names for the same predictions, so its clients work unchanged."""
 
     @api.get("/ping")
     async def ping() -> dict:
         return {"status": "Healthy"}
 
     async def torchserve(model: str, request: Request, explain_it: bool) -> dict:
-        m = served(model)
-        if m.task == "tweets":
+        if server.served(model).task == "tweets":
             try:
                 body = TweetsRequest(**{**json.loads(await request.body()), **({"explain": True} if explain_it else {})})
             except (ValueError, TypeError) as err:
                 raise HTTPException(422, f"expected {{\"texts\": [...]}}: {str(err)[:300]}") from None
-            return await predict_tweets(model, body)
-        return await patches(model, request, explain_it)
+            return await server.predict_tweets(model, body)
+        return await server.predict_patches(model, request, explain_it)
 
     @api.post("/predictions/{model}")
     async def predictions(model: str, request: Request) -> dict:
@@ -399,9 +450,11 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
     async def explanations(model: str, request: Request) -> dict:
         return await torchserve(model, request, True)
 
-    app.include_router(api)
 
-    # ---------------------------------------------------------------- the page
+def page_routes(app: FastAPI) -> None:
+    """The page, its colour legend, and the API docs with Swagger UI from a package, not a CDN (offline too)."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from swagger_ui_bundle import swagger_ui_path
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -412,11 +465,6 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
         return Response(explain.colour_scale_png(), media_type="image/png")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    # The API docs with Swagger UI from a package, not a CDN: they work offline too.
-    from fastapi.openapi.docs import get_swagger_ui_html
-    from swagger_ui_bundle import swagger_ui_path
-
     app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
@@ -425,14 +473,6 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
                                    swagger_js_url="/docs-assets/swagger-ui-bundle.js",
                                    swagger_css_url="/docs-assets/swagger-ui.css",
                                    swagger_favicon_url="/docs-assets/favicon-32x32.png")
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, err: Exception) -> JSONResponse:
-        log(f"error on {request.method} {request.url.path}: {type(err).__name__}: {err}")
-        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
-
-    app.add_middleware(BodyLimit, max_bytes=limits.max_bytes)
-    return app
 
 
 # ---------------------------------------------------------------- request size cap
