@@ -50,8 +50,12 @@ RECIPES = {
     # resnet-plain learning from the Lite1 run of the same split (its teacher, below)
     "plain-96-distil": ["--model", "resnet-plain"],
     "plain-96-distil-0.8": ["--model", "resnet-plain", "--soft-weight", "0.8"],
+    # resnet-plain with the stain jitter of the models that crop, alone and distilled
+    "plain-96-jitter": ["--model", "resnet-plain", "--colour-jitter", "0.1"],
+    "plain-96-jitter-0.2": ["--model", "resnet-plain", "--colour-jitter", "0.2"],
+    "plain-96-distil-jitter": ["--model", "resnet-plain", "--colour-jitter", "0.1"],
 }
-TEACHERS = {"plain-96-distil": "effnet-lite1-ema", "plain-96-distil-0.8": "effnet-lite1-ema"}
+TEACHERS = {name: "effnet-lite1-ema" for name in ("plain-96-distil", "plain-96-distil-0.8", "plain-96-distil-jitter")}
 
 
 def run_recipe(name: str, seed: int, budget: float, data: Path, out: Path) -> dict:
