@@ -192,8 +192,17 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
         pictures["duplicates.png"] = figures.patch_grid(
             pack.read(s.rows[firsts]), [_copies_caption(s.labels[g]) for g in shown], "duplicated patches (one copy shown)")
 
-    page = Page(f"Histology data: {name or pack.path.name}",
-                f"{len(s.ids):,} labelled patches from the pack {pack.path}")
+    page = _explore_page(f"Histology data: {name or pack.path.name}", pack.path, s, numbers, pictures,
+                         conflicting + agreeing)
+    numbers["seconds"]["total"] = time.perf_counter() - start
+    return Report(numbers, pictures, page)
+
+
+def _explore_page(title: str, pack_path: Path, s: PackScan, numbers: dict, pictures: dict,
+                  groups: list[np.ndarray]) -> Page:
+    """The explore report's page; `groups` are the duplicate groups, those with both labels first."""
+    page = Page(title, f"{len(s.ids):,} labelled patches from the pack {pack_path}")
+    counts = [numbers["count"]["0"], numbers["count"]["1"]]
     sec = page.section("Counts and balance")
     sec.facts({"patches": len(s.ids), CLASS_NAMES[0]: counts[0], CLASS_NAMES[1]: counts[1],
                "tumour share": f"{numbers['positive_share']:.1%}"})
@@ -206,8 +215,8 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
     sec.text(f"Pixel values per channel on {sample} random patches of each class; the swatches are each class's "
              "mean colour over all its patches.")
     sec.image(pictures["colour.png"], "RGB histograms per class")
-    sec.text(f"Stain: colour deconvolution into haematoxylin, eosin and DAB (Ruifrok & Johnston, as scikit-image's "
-             f"rgb2hed) of the same patches.")
+    sec.text("Stain: colour deconvolution into haematoxylin, eosin and DAB (Ruifrok & Johnston, as scikit-image's "
+             "rgb2hed) of the same patches.")
     sec.image(pictures["stain.png"], "stain histograms per class")
     sec = page.section("Background")
     sec.text(f"A pixel is tissue when its HSV saturation is at least {TISSUE_SATURATION} (glass is bright and "
@@ -217,9 +226,9 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
     sec.image(pictures["tissue.png"], "tissue share and brightness per class")
     sec = page.section("Exact duplicates (identical pixels)")
     sec.facts({"duplicate groups": len(groups), "patches in them": numbers["duplicate_patches"],
-               "groups with both labels": len(conflicting)})
+               "groups with both labels": len(numbers["conflicting_groups"])})
     sec.table(pd.DataFrame([{"ids": ", ".join(s.ids[g]), "labels": ", ".join(map(str, s.labels[g]))}
-                            for g in (conflicting + agreeing)[:20]]), empty="No two patches have identical pixels.")
+                            for g in groups[:20]]), empty="No two patches have identical pixels.")
     if len(groups) > 20:
         sec.note(f"... and {len(groups) - 20} more groups (all listed in report.json when they carry both labels).")
     if "duplicates.png" in pictures:
@@ -229,8 +238,7 @@ def explore(pack: PackedSet, *, name: str = "", seed: int = 0, progress: bool = 
     sec.table(pd.DataFrame({"channel": ["red", "green", "blue"], "mean": numbers["normalisation"]["mean"],
                             "std": numbers["normalisation"]["std"], "training mean": list(MEAN),
                             "training std": list(STD)}))
-    numbers["seconds"]["total"] = time.perf_counter() - start
-    return Report(numbers, pictures, page)
+    return page
 
 
 def _short_id(patch_id: str) -> str:
@@ -313,7 +321,7 @@ def auc_by_strata(labels: np.ndarray, probs: np.ndarray, tissue: np.ndarray, bri
         ("tissue", f"{BACKGROUND_CUT:.0%} to 90%", (tissue >= BACKGROUND_CUT) & (tissue < 0.9)),
         ("tissue", "90% or more", tissue >= 0.9),
         ("brightness", f"dark third (< {cuts[0]:.0f})", brightness < cuts[0]),
-        ("brightness", f"middle third", (brightness >= cuts[0]) & (brightness < cuts[1])),
+        ("brightness", "middle third", (brightness >= cuts[0]) & (brightness < cuts[1])),
         ("brightness", f"bright third (>= {cuts[1]:.0f})", brightness >= cuts[1]),
     ]
     rows = []
@@ -382,16 +390,24 @@ def errors(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, th
     pictures["calibration.png"] = figures.reliability_figure(calibration, f"calibration on {len(ids):,} patches")
     pictures["strata.png"] = _strata_figure(strata)
 
-    page = Page(f"Histology errors: {run_dir.name}", f"{run_dir} on {where}{' with 8x TTA' if tta else ''}")
+    page = _errors_page(run_dir, numbers, pictures, strata, explained=explain is not None)
+    return Report(numbers, pictures, page)
+
+
+def _errors_page(run_dir: Path, numbers: dict, pictures: dict, strata: pd.DataFrame, *, explained: bool) -> Page:
+    """The errors report's page."""
+    threshold = numbers["threshold"]
+    page = Page(f"Histology errors: {run_dir.name}",
+                f"{run_dir} on {numbers['data']}{' with 8x TTA' if numbers['tta'] else ''}")
     sec = page.section("Summary")
-    sec.facts({"patches": len(ids), "ROC AUC": f"{numbers['auc']:.4f}",
+    sec.facts({"patches": numbers["patches"], "ROC AUC": f"{numbers['auc']:.4f}",
                f"accuracy at {threshold:.3g}": f"{numbers['accuracy']:.4f}",
                "false positives": numbers["false_positives"], "false negatives": numbers["false_negatives"],
                "calibration error": f"{numbers['ece']:.3f}"})
     sec = page.section("The most confident mistakes")
-    sec.text(f"False positives: normal patches the model calls tumour with the highest probability; false "
-             f"negatives: tumour patches it scores lowest. The box is the labelled centre 32x32.")
-    if explain is not None:
+    sec.text("False positives: normal patches the model calls tumour with the highest probability; false "
+             "negatives: tumour patches it scores lowest. The box is the labelled centre 32x32.")
+    if explained:
         sec.note("Overlays: where the evidence for tumour lies (Grad-CAM, one fixed scale for every patch).")
     sec.image(pictures["false_positives.png"], "most confident false positives")
     sec.image(pictures["false_negatives.png"], "most confident false negatives")
@@ -405,7 +421,7 @@ def errors(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, th
     sec = page.section("Where the model is weak: AUC by stratum")
     sec.image(pictures["strata.png"], "AUC by stratum")
     sec.table(strata)
-    return Report(numbers, pictures, page)
+    return page
 
 
 def _roc_figure(roc, labels: np.ndarray, called: np.ndarray, threshold: float, auc: float) -> bytes:

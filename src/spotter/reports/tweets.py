@@ -107,9 +107,18 @@ def explore(df: pd.DataFrame, *, name: str = "", options: NormaliseOptions = Nor
                 "features.png": _features_figure(numbers["feature_share"]),
                 "indicative.png": _indicative_figure(indicative)}
 
-    page = Page(f"Tweets data: {name or 'train.csv'}", f"{len(df):,} labelled tweets")
+    page = _explore_page(f"Tweets data: {name or 'train.csv'}", numbers, pictures, exact, near, len(frequent))
+    return Report(numbers, pictures, page)
+
+
+def _explore_page(title: str, numbers: dict, pictures: dict, exact: pd.DataFrame, near: pd.DataFrame,
+                  frequent: int) -> Page:
+    """The explore report's page: `exact` and `near` are the duplicate groups, `frequent` the number of
+    keywords with enough tweets to rate."""
+    counts = [numbers["count"]["0"], numbers["count"]["1"]]
+    page = Page(title, f"{numbers['rows']:,} labelled tweets")
     sec = page.section("Counts and balance")
-    sec.facts({"tweets": len(df), CLASS_NAMES[0]: counts[0], CLASS_NAMES[1]: counts[1],
+    sec.facts({"tweets": numbers["rows"], CLASS_NAMES[0]: counts[0], CLASS_NAMES[1]: counts[1],
                "disaster share": f"{numbers['positive_share']:.1%}",
                "no keyword": numbers["missing_keyword"], "no location": numbers["missing_location"]})
     sec = page.section("Length, links, mentions, hashtags, numbers")
@@ -118,8 +127,8 @@ def explore(df: pd.DataFrame, *, name: str = "", options: NormaliseOptions = Nor
     sec.images((pictures["lengths.png"], "token length per class"),
                (pictures["features.png"], "share of tweets with links, mentions, hashtags, numbers"))
     sec = page.section("Keywords")
-    sec.text(f"{len(keywords)} distinct keywords; {numbers['missing_keyword']:,} tweets have none. Disaster rate "
-             f"of the keywords with at least {MIN_KEYWORD_ROWS} tweets ({len(frequent)} of them):")
+    sec.text(f"{numbers['keywords']} distinct keywords; {numbers['missing_keyword']:,} tweets have none. Disaster "
+             f"rate of the keywords with at least {MIN_KEYWORD_ROWS} tweets ({frequent} of them):")
     sec.image(pictures["keywords.png"], "keywords with the highest and lowest disaster rates")
     sec = page.section("Duplicates with conflicting labels")
     sec.facts({"duplicated texts": len(exact), "rows in them": numbers["duplicate_rows"],
@@ -135,12 +144,12 @@ def explore(df: pd.DataFrame, *, name: str = "", options: NormaliseOptions = Nor
              "normalisation.")
     sec.table(pd.DataFrame([{"text": label, "distinct words": c["distinct_words"], "words covered": f"{c['vocabulary']:.1%}",
                              "tokens covered": f"{c['tokens']:.1%}"}
-                            for label, c in (("raw", raw_cover), ("normalised", cover))]))
+                            for label, c in numbers["glove_coverage"].items()]))
     sec = page.section("Most indicative words and n-grams")
     sec.text("Weights of a logistic regression on binary word 1-2-gram features (seen in at least 3 tweets) of the "
              "normalised text.")
     sec.image(pictures["indicative.png"], "most indicative n-grams per class")
-    return Report(numbers, pictures, page)
+    return page
 
 
 def _group_table(sec, groups: pd.DataFrame, empty: str, limit: int = 15) -> None:
@@ -295,11 +304,19 @@ def errors(run_dir: Path, csv: Path | None = None, *, top: int = 20, device: str
     if not keywords.empty:
         pictures["keyword_errors.png"] = _keyword_errors_figure(keywords, float((called != labels).mean()))
 
-    page = Page(f"Tweets errors: {run_dir.name}", f"{run_dir} on {where}")
+    page = _errors_page(run_dir, numbers, pictures, keywords, min_keyword_rows)
+    return Report(numbers, pictures, page)
+
+
+def _errors_page(run_dir: Path, numbers: dict, pictures: dict, keywords: pd.DataFrame, min_keyword_rows: int) -> Page:
+    """The errors report's page."""
+    page = Page(f"Tweets errors: {run_dir.name}", f"{run_dir} on {numbers['data']}")
+    threshold = numbers["threshold"]
     sec = page.section("Summary")
-    sec.facts({"tweets": len(df), "threshold": f"{threshold:.3f}", "F1": f"{report['f1']:.4f}",
-               "precision": f"{report['precision']:.4f}", "recall": f"{report['recall']:.4f}",
-               "ROC AUC": f"{report['auc']:.4f}", "false positives": report["fp"], "false negatives": report["fn"]})
+    sec.facts({"tweets": numbers["tweets"], "threshold": f"{threshold:.3f}", "F1": f"{numbers['f1']:.4f}",
+               "precision": f"{numbers['precision']:.4f}", "recall": f"{numbers['recall']:.4f}",
+               "ROC AUC": f"{numbers['auc']:.4f}", "false positives": numbers["fp"],
+               "false negatives": numbers["fn"]})
     for title, key in (("Most confident false positives", "top_false_positives"),
                        ("Most confident false negatives", "top_false_negatives")):
         sec = page.section(title)
@@ -320,7 +337,7 @@ def errors(run_dir: Path, csv: Path | None = None, *, top: int = 20, device: str
                             "false negatives": keywords["false_negatives"],
                             "error rate": keywords["error_rate"].map("{:.0%}".format)}).head(25),
               empty=f"No keyword has {min_keyword_rows} tweets here.")
-    return Report(numbers, pictures, page)
+    return page
 
 
 def _run_options(run_dir: Path) -> NormaliseOptions:

@@ -94,8 +94,6 @@ def open_checked(data: bytes, name: str, max_pixels: int):
 
 def decode_patch(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, str | None]:
     """(96 x 96 x 3 uint8 pixels, a note saying what was done to the image, or None)."""
-    from PIL import Image
-
     image = open_checked(data, name, max_pixels)
     width, height = image.size
     if width < PATCH or height < PATCH:
