@@ -129,6 +129,7 @@ def test_tweets_explanations_follow_the_original_words(client):
 
 def test_concurrent_requests_share_batches_and_get_their_own_answers(application, tmp_path_factory):
     paths = sorted((serve_runs.histo_data(tmp_path_factory) / "test").glob("*.tif"))[:24]
+    batcher = application.state.server.models["cnn"].batcher
 
     async def run():
         transport = httpx.ASGITransport(app=application)
@@ -140,13 +141,11 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(application
             async def bad(i):  # bad requests in between change nothing for the good ones
                 r = await c.post("/api/histo/cnn/predict", files=[("files", (f"x{i}.tif", b"II*\x00" + b"\x00" * 50))])
                 return r.status_code
-            cnn = application.state.server.models["cnn"].batcher
-            before = (cnn.batches, cnn.requests)
+            before = (batcher.batches, batcher.requests)
             results = await asyncio.gather(*[one(p) for p in paths], *[bad(i) for i in range(8)])
             together = await c.post("/api/histo/cnn/predict", files=[("files", (p.name, p.read_bytes())) for p in paths])
             return before, results, together.json()
     before, results, together = asyncio.run(run())
-    batcher = application.state.server.models["cnn"].batcher
     batches, requests = batcher.batches - before[0], batcher.requests - before[1]
     assert requests == 25 and batches < 24  # 24 single-patch requests and one of 24, in fewer forward passes
     np.testing.assert_allclose(results[:24], [r["probability"] for r in together["results"]], atol=2e-5)

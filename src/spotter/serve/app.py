@@ -200,8 +200,7 @@ class Server:
         return self.models[name]
 
     async def read_patches(self, request: Request) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise HTTPException(415, "send the patches as multipart/form-data, field 'files'")
+        require_multipart(request, "the patches", "files")
         form = await request.form(max_files=self.limits.max_files + 1, max_fields=16)
         files = [(f.filename or f"file{i + 1}", await f.read()) for i, f in enumerate(form.getlist("files"))
                  if not isinstance(f, str)]
@@ -287,6 +286,11 @@ class Server:
 
         self.slides.submit(work)
         return job
+
+
+def require_multipart(request: Request, what: str, field_name: str) -> None:
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise HTTPException(415, f"send {what} as multipart/form-data, field '{field_name}'")
 
 
 def flag(name: str, request: Request, fields: dict[str, str]) -> bool:
@@ -379,8 +383,7 @@ def slide_routes(api: APIRouter, server: Server) -> None:
     async def start_slide(model: str, request: Request) -> dict:
         """Start whole-slide inference on an uploaded slide or large image; poll /api/jobs/{id}."""
         m = server.served(model, "histo")
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            raise HTTPException(415, "send the slide as multipart/form-data, field 'file'")
+        require_multipart(request, "the slide", "file")
         form = await request.form(max_files=2, max_fields=4)
         upload = form.get("file")
         if upload is None or isinstance(upload, str):
