@@ -8,7 +8,7 @@ from PIL import Image
 import serve_runs
 from spotter import explain
 from spotter.histo.task import load_run as load_histo_run
-from spotter.tweets import tfidf
+from spotter.tweets import attributions, tfidf
 from spotter.tweets.task import load_run as load_tweets_run
 from spotter.tweets.text import NormaliseOptions, normalise, tokenize
 
@@ -92,15 +92,15 @@ def test_tfidf_contributions_are_exact(tfidf_run, tmp_path_factory):
     fold = folds[0]
     for text, keyword in zip(test["text"], test["keyword"]):
         from spotter.tweets.text import keyword_text
-        e = explain.tfidf_contributions(fold, text, keyword_text(keyword), NormaliseOptions())
+        e = tfidf.contributions(fold, text, keyword_text(keyword), NormaliseOptions())
         total = sum(w["attribution"] for w in e["words"]) + (e["keyword"] or 0)
         assert total == pytest.approx(e["logit"] - e["baseline_logit"], abs=1e-9)
         assert [w["text"] for w in e["words"]] == text.split()
     # the logit is the model's own
     probs = tfidf_run.predict_proba(test["text"].tolist(), test["keyword"].tolist())
-    logits = [np.mean([explain.tfidf_contributions(f, t, keyword_text(k), NormaliseOptions())["logit"]
+    logits = [np.mean([tfidf.contributions(f, t, keyword_text(k), NormaliseOptions())["logit"]
                        for f in folds]) for t, k in zip(test["text"], test["keyword"])]
-    fold_probs = [np.mean([1 / (1 + np.exp(-explain.tfidf_contributions(f, t, keyword_text(k), NormaliseOptions())["logit"]))
+    fold_probs = [np.mean([1 / (1 + np.exp(-tfidf.contributions(f, t, keyword_text(k), NormaliseOptions())["logit"]))
                            for f in folds]) for t, k in zip(test["text"], test["keyword"])]
     np.testing.assert_allclose(fold_probs, probs, atol=1e-9)
     assert np.corrcoef(logits, probs)[0, 1] > 0.9
@@ -113,7 +113,7 @@ def test_minilm_integrated_gradients_are_complete_and_on_the_words():
     model = minilm.TransformerClassifier(minilm.load_encoder()).eval()
     tokenizer = minilm.load_tokenizer()
     text = "Forest fire near La Ronge Sask. Canada #wildfire http://t.co/abc"
-    e = explain.minilm_attributions(model, tokenizer, text, "wildfire", NormaliseOptions(), steps=64)
+    e = attributions.minilm_attributions(model, tokenizer, text, "wildfire", NormaliseOptions(), steps=64)
     assert [w["text"] for w in e["words"]] == text.split()
     total = sum(w["attribution"] for w in e["words"]) + e["keyword"]
     assert total == pytest.approx(e["logit"] - e["baseline_logit"], abs=0.05 * abs(e["logit"] - e["baseline_logit"]) + 0.01)

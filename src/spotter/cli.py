@@ -333,8 +333,8 @@ def _run_histo(args: argparse.Namespace) -> None:
         from .histo import export
         export.export(args.run, args.format, args.out)
     elif args.command == "explain":
-        from . import explain
-        explain.explain_folder(args.run, args.images, args.out, device=args.device)
+        from .histo import gradcam
+        gradcam.explain_folder(args.run, args.images, args.out, device=args.device)
 
 
 def _run_tweets(args: argparse.Namespace) -> None:

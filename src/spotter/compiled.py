@@ -19,7 +19,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import files
+from . import engine, files
+from .precision import rng_untouched
 
 # Models compiled by default for runs with a time budget of at least MIN_BUDGET_MIN minutes, where
 # bench/compile_bench.py measured that compiling pays for its own time (see the README's benchmarks).
@@ -69,9 +70,6 @@ def warm_up(task, settings, device: torch.device, log: Callable[[str], None] = p
     first epoch time compiled steps, not compiling. The time this takes comes off the time budget, which
     stays the whole run's. Returns the settings to train with. Model weights, BatchNorm statistics and
     random streams are left as they were."""
-    from . import engine
-    from .precision import _rng_untouched
-
     start = time.monotonic()
     requested = task.precision if settings.precision == "auto" and task.precision else settings.precision
     model = task.model.to(device)
@@ -79,7 +77,7 @@ def warm_up(task, settings, device: torch.device, log: Callable[[str], None] = p
     # Decided here and cached, so engine.fit finds the same decision (and records why).
     precision = engine.pick_precision(device, requested, model=model, batch=batch, log=log)
     saved = copy.deepcopy(model.state_dict())
-    with _rng_untouched(device):
+    with rng_untouched(device):
         model.train()
         inputs, targets = batch
         with engine.autocast(device, precision):

@@ -15,7 +15,6 @@ Under torchrun (WORLD_SIZE > 1) the same loop runs on every rank with Distribute
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import functools
@@ -37,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import precision as precision_choice
+from .steps import autocast, call_model, train_step  # noqa: F401 (the engine's step API)
 from .errors import BadInput, UserError
 from .files import atomic_path, write_text_atomic
 
@@ -239,17 +239,6 @@ def pick_precision(device: torch.device, requested: str = "auto", *, model: nn.M
     return precision_choice.choose(device, requested, model=model, batch=batch, train=train, log=log).precision
 
 
-def autocast(device: torch.device, precision: str):
-    """The one precision path: bf16 autocast or nothing."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def call_model(model: nn.Module, inputs: Any) -> torch.Tensor:
-    return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
-
-
 # ---------------------------------------------------------------- one epoch, evaluation
 
 class WeightAverage:
@@ -272,18 +261,6 @@ class WeightAverage:
         torch._foreach_lerp_([a for a, _ in averaged], [b for _, b in averaged], 1 - keep)
         for a, b in counted:
             a.copy_(b)
-
-
-def train_step(model: nn.Module, inputs: Any, targets: torch.Tensor, optimizer: torch.optim.Optimizer,
-               device: torch.device, precision: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step with BCE on logits; returns the (detached) logits and loss."""
-    with autocast(device, precision):
-        logits = call_model(model, inputs)
-    loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float())
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return logits.detach(), loss.detach()
 
 
 def train_one_epoch(model: nn.Module, batches: Iterable[Batch], optimizer: torch.optim.Optimizer,

@@ -3,7 +3,8 @@
 Members are calibrated one by one (Platt scaling: a logistic regression on each member's logit, fitted on
 the validation predictions all members share), then their calibrated probabilities are averaged with
 equal weights: no weight is tuned on the validation set. An ensemble folder holds `ensemble.json`
-(members, calibration, threshold) and `validation_predictions.csv`, and is used like any run.
+(members, calibration, threshold), `summary.json` and `validation_predictions.csv` (runs.py), and is used like
+any run; its members may be ensembles too.
 """
 from __future__ import annotations
 
@@ -15,18 +16,12 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
-from . import engine, files
+from . import files, runs
 from .errors import BadInput
 from .metrics import binary_report, intervals
 
-FILE = "ensemble.json"
-
 # (ids, labels, probabilities) of a run's validation predictions
 Validation = tuple[np.ndarray, np.ndarray, np.ndarray]
-
-
-def is_ensemble(run_dir: Path) -> bool:
-    return (Path(run_dir) / FILE).exists()
 
 
 def _logit(probs: np.ndarray) -> np.ndarray:
@@ -84,27 +79,18 @@ def build(kind: str, members: list[Path], out: Path, validation: Callable[[Path]
                "tuned_on": "calibration and threshold are fitted on the validation rows they are scored on "
                            "(two parameters per member and one threshold: a small optimism)"}
     out.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"id": ids, "target": labels, "prob": probs}).to_csv(out / "validation_predictions.csv",
-                                                                      index=False)
-    files.write_text_atomic(out / FILE, json.dumps(summary, indent=2))
+    pd.DataFrame({"id": ids, "target": labels, "prob": probs}).to_csv(out / runs.PREDICTIONS, index=False)
+    files.write_text_atomic(out / runs.ENSEMBLE, json.dumps(summary, indent=2))
+    try:  # the validation rows, as the members recorded them (tweets runs made before folds.csv did not)
+        files.write_csv_atomic(runs.open_run(members[0], kind).folds(), out / runs.FOLDS)
+    except runs.RunError:
+        pass
+    # What every consumer reads from any run: the threshold and the scores.
+    files.write_text_atomic(out / runs.SUMMARY, json.dumps(
+        {"model": "ensemble", "threshold": cut, "validation": summary["validation"], "members": summary["members"]},
+        indent=2))
     for member, value in zip(members, summary["member_scores"]):
         log(f"  {member}: validation {main_metric} {value:.4f}")
     log(f"ensemble of {len(members)}: validation {main_metric} {summary['validation'][main_metric]:.4f} "
         f"on {len(ids)} rows; written to {out}")
     return summary
-
-
-def load(run_dir: Path, kind: str) -> dict:
-    spec = json.loads((Path(run_dir) / FILE).read_text())
-    if spec.get("task") != kind:
-        raise engine.CheckpointError(f"{run_dir}: this is a {spec.get('task')} ensemble, not a {kind} one")
-    return spec
-
-
-def saved_validation(run_dir: Path) -> Validation:
-    """The validation predictions a run wrote (tweets runs and every ensemble do)."""
-    path = Path(run_dir) / "validation_predictions.csv"
-    if not path.exists():
-        raise engine.CheckpointError(f"{run_dir}: no validation_predictions.csv; is it a finished run?")
-    table = pd.read_csv(path, dtype={"id": str})
-    return table["id"].to_numpy(), table["target"].to_numpy(), table["prob"].to_numpy()

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from . import files
+from .steps import autocast, call_model, train_step
 
 PRECISIONS = ("fp32", "bf16")
 # bf16 rounds activations and gradients; take it only when it is clearly faster, not within timing noise.
@@ -134,8 +135,6 @@ def step_timer(model: nn.Module, batch: tuple[Any, torch.Tensor], device: torch.
                train: bool) -> Callable[[str], list[float]]:
     """A function timing one training step (or one forward pass without gradients) of a copy of `model` on
     `batch` in a given precision, warming each precision up first. The caller's model is not touched."""
-    from . import engine  # engine imports this module
-
     inputs, targets = batch
     probe: dict[str, Any] = {}  # the model's copy and its optimizer, made on first use (not on a cache hit)
     warmed: set[str] = set()
@@ -150,10 +149,10 @@ def step_timer(model: nn.Module, batch: tuple[Any, torch.Tensor], device: torch.
             probe["optimizer"] = torch.optim.AdamW(probe["model"].parameters(), lr=1e-6)
         start = time.perf_counter()
         if train:
-            engine.train_step(probe["model"], inputs, targets, probe["optimizer"], device, precision)
+            train_step(probe["model"], inputs, targets, probe["optimizer"], device, precision)
         else:
-            with torch.no_grad(), engine.autocast(device, precision):
-                engine.call_model(probe["model"], inputs)
+            with torch.no_grad(), autocast(device, precision):
+                call_model(probe["model"], inputs)
         sync()
         return time.perf_counter() - start
 
@@ -178,12 +177,12 @@ def choose(device: torch.device, requested: str = "auto", *, model: nn.Module | 
         return Choice("fp32", "auto without a model to time: fp32")
     # The probe must not move any random stream the run uses (dropout draws from torch's global
     # generator): a cached decision and a fresh one must give the same run.
-    with _rng_untouched(device):
+    with rng_untouched(device):
         batch = batch() if callable(batch) else batch
         return decide(cache_key(model, batch[0], device, train), step_timer(model, batch, device, train), log=log)
 
 
-class _rng_untouched:
+class rng_untouched:
     """Restore torch's (CPU and CUDA), NumPy's and Python's global random states on exit."""
 
     def __init__(self, device: torch.device):

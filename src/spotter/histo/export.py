@@ -4,7 +4,7 @@ The exported model takes what WSInfer's `ToTensor` gives: float RGB in [0, 1], s
 the run's µm per pixel, and returns one logit per patch, shape (N, 1) (probability = sigmoid(logit)).
 The run's centre crop and normalisation are inside the model, so they cannot drift from training; an
 ensemble's members are calibrated and averaged inside too (the output is then the logit of the mean
-probability). Weights are exported in fp32.
+probability; an ensemble of ensembles nests the same way). Weights are exported in fp32.
 """
 from __future__ import annotations
 
@@ -17,44 +17,52 @@ from torch import nn
 from .. import files
 from ..errors import BadInput
 from ..files import atomic_path
-from .slide import PATCH, Predictor, load_predictor
+from .predictor import HistoPredictor, load_run
+from .slide import PATCH
 
 FORMATS = ("wsinfer", "torchscript", "onnx")
 LOGIT_LIMIT = 13.815510557964274  # logit(1 - 1e-6): ensemble.combine clips probabilities there
 
 
 class ExportedModel(nn.Module):
-    """uint8-free, self-contained inference: [0, 1] RGB (N, 3, 96, 96) -> logits (N, 1)."""
+    """uint8-free, self-contained inference: [0, 1] RGB (N, 3, 96, 96) -> logits (N,)."""
 
-    def __init__(self, predictor: Predictor):
+    def __init__(self, predictor: HistoPredictor):
         super().__init__()
-        self.models = nn.ModuleList(m.model.float().eval() for m in predictor.members)
-        self.crops = [m.crop for m in predictor.members]
-        for k, m in enumerate(predictor.members):
-            self.register_buffer(f"mean{k}", torch.tensor(m.norm[0]).view(1, 3, 1, 1))
-            self.register_buffer(f"std{k}", torch.tensor(m.norm[1]).view(1, 3, 1, 1))
-        self.calibration = predictor.calibration
+        self.model = predictor.model.float().eval() if predictor.model is not None else None
+        self.members = nn.ModuleList(ExportedModel(m) for m in predictor.members)
+        self.crop, self.calibration = predictor.crop, predictor.calibration
+        if self.model is not None:  # a run: its crop and normalisation are inside, so they cannot drift
+            self.register_buffer("mean", torch.tensor(predictor.norm[0]).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(predictor.norm[1]).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = []
-        for k, model in enumerate(self.models):
-            start = (PATCH - self.crops[k]) // 2
-            crop = x[:, :, start:start + self.crops[k], start:start + self.crops[k]]
-            logits.append(model((crop - getattr(self, f"mean{k}")) / getattr(self, f"std{k}")))
-        if self.calibration is None:
-            return logits[0].unsqueeze(1)
-        probs = [torch.sigmoid(a * z.clamp(-LOGIT_LIMIT, LOGIT_LIMIT) + b)
-                 for z, (a, b) in zip(logits, self.calibration)]
+        if self.model is not None:
+            start = (PATCH - self.crop) // 2
+            return self.model((x[:, :, start:start + self.crop, start:start + self.crop] - self.mean) / self.std)
+        probs = [torch.sigmoid(a * member(x).clamp(-LOGIT_LIMIT, LOGIT_LIMIT) + b)
+                 for member, (a, b) in zip(self.members, self.calibration)]
         p = torch.stack(probs).mean(0).clamp(1e-7, 1 - 1e-7)
-        return torch.log(p / (1 - p)).unsqueeze(1)
+        return torch.log(p / (1 - p))
+
+
+class Exported(nn.Module):
+    """The file's entry point: logits of shape (N, 1), one per patch, as WSInfer expects."""
+
+    def __init__(self, predictor: HistoPredictor):
+        super().__init__()
+        self.net = ExportedModel(predictor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).unsqueeze(1)
 
 
 def export(run: Path, fmt: str, out: Path, *, log=print) -> Path:
     """Write the run as `fmt` to `out` (a folder for wsinfer, a file otherwise); returns the model file."""
     if fmt not in FORMATS:
         raise BadInput(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
-    predictor = load_predictor(Path(run), "cpu", precision="fp32")
-    module = ExportedModel(predictor).eval()
+    predictor = load_run(Path(run), "cpu", precision="fp32")
+    module = Exported(predictor).eval()
     example = torch.rand(2, 3, PATCH, PATCH)
     out = Path(out)
     if fmt == "wsinfer":
@@ -75,9 +83,9 @@ def export(run: Path, fmt: str, out: Path, *, log=print) -> Path:
     return out
 
 
-def wsinfer_config(predictor: Predictor) -> dict:
+def wsinfer_config(predictor: HistoPredictor) -> dict:
     """WSInfer's model configuration (spec 1.0): one output, sigmoid, class `tumor`."""
-    names = "+".join(m.name for m in predictor.members)
+    names = "+".join(m.name for m in predictor.leaves())
     return {"spec_version": "1.0", "architecture": f"spotter-{names}", "num_classes": 1, "class_names": ["tumor"],
             "patch_size_pixels": PATCH, "spacing_um_px": predictor.mpp,
             "transform": [{"name": "Resize", "arguments": {"size": PATCH}}, {"name": "ToTensor"}]}

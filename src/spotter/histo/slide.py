@@ -2,7 +2,7 @@
 
 Stages: open the slide (`wsi`) -> tissue mask on a thumbnail (`tissue`) -> the grid of cells -> blocks of
 about 2048x2048 model pixels read and resampled by background workers (each opens the slide itself) ->
-patches cut from each block in memory and scored in batches of 256 by the run's own inference path ->
+patches cut from each block in memory and scored in batches of 256 by the run's HistoPredictor ->
 probabilities averaged into a preallocated grid -> outputs (`slide_outputs`).
 
 The grid. The model sees 96x96 patches at its training resolution ("model pixels", 0.972 µm for
@@ -29,87 +29,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .. import engine, ensemble, files
+from .. import engine, files
 from ..errors import BadInput
 from . import slide_outputs, wsi
-from .models import normalisation
-from .preprocess import dihedral_views, preprocess
+from .predictor import HistoPredictor, load_run
 from .tissue import tissue_mask
 
 PATCH = 96  # model input, in model pixels
 CENTRE = 32  # the labelled centre
-KAGGLE_MPP = 0.972  # µm per pixel of Kaggle / PatchCamelyon patches (Camelyon16 at 10x)
 BLOCK = 2048  # model pixels a side read at once
 THUMBNAIL = 2048
 
 ProgressCallback = Callable[[int, int], None]
-
-
-# ---------------------------------------------------------------- the model
-# The one place that knows how a run is loaded. It takes each member's model, crop, normalisation and
-# precision from histo.task.load_run, whether that returns a tuple or a HistoPredictor (export needs the
-# bare models); scoring follows the same preprocess -> autocast -> sigmoid path as `predict`.
-
-@dataclass
-class _Member:
-    model: torch.nn.Module
-    crop: int
-    norm: tuple
-    name: str
-    precision: str
-    mpp: float
-
-
-class Predictor:
-    """Tumour probabilities of uint8 (N, 96, 96, 3) patches: one run, or an ensemble's calibrated mean,
-    through the same preprocessing, channels_last model and precision as `histo predict`."""
-
-    def __init__(self, run: Path, members: list[_Member], calibration: list | None, device: torch.device):
-        self.run, self.members, self.calibration, self.device = Path(run), members, calibration, device
-        self.mpp = members[0].mpp
-
-    def predict_proba(self, pixels: np.ndarray, tta: bool = False) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(pixels))
-        if self.device.type == "cuda":
-            x = x.pin_memory()
-        x = x.to(self.device, non_blocking=True)
-        probs = []
-        for m in self.members:
-            inputs = preprocess(x, m.crop, norm=m.norm)
-            views = dihedral_views(inputs) if tta else [inputs]
-            with torch.inference_mode(), engine.autocast(self.device, m.precision):
-                p = torch.stack([torch.sigmoid(m.model(v).float()) for v in views]).mean(0)
-            probs.append(p.float().cpu().numpy())
-        if self.calibration is None:
-            return probs[0]
-        return ensemble.combine(probs, self.calibration).astype(np.float32)
-
-    def describe(self) -> dict:
-        return {"run": str(self.run.resolve()), "models": [m.name for m in self.members],
-                "crop": [m.crop for m in self.members], "precision": self.members[0].precision,
-                "ensemble": self.calibration is not None, "model_mpp": self.mpp, "device": str(self.device)}
-
-
-def load_predictor(run: Path, device: str = "auto", precision: str | None = None) -> Predictor:
-    """A histo run or ensemble folder as a Predictor; `precision` overrides the run's (e.g. "fp32")."""
-    from . import task
-
-    run = Path(run)
-    if ensemble.is_ensemble(run):
-        spec = ensemble.load(run, task.KIND)
-        paths, calibration = [Path(p) for p in spec["members"]], spec["calibration"]
-    else:
-        paths, calibration = [run], None
-    members = []
-    for path in paths:
-        loaded = task.load_run(path, device)
-        histo = loaded.settings
-        members.append(_Member(loaded.model, histo.crop, normalisation(histo.model), histo.model,
-                               precision or loaded.precision, float(histo.mpp)))
-        dev = loaded.device
-    if len({m.mpp for m in members}) > 1:
-        raise BadInput(f"{run}: the ensemble's members were trained at different resolutions")
-    return Predictor(run, members, calibration, dev)
 
 
 # ---------------------------------------------------------------- the grid
@@ -259,7 +190,7 @@ class RegionReader(torch.utils.data.Dataset):
 
 def slide(run: Path | str, image: Path | str, out: Path | str, *, mpp: float | None = None, stride: int = 32,
           tta: bool = False, batch_size: int = 256, device: str = "auto", threshold: float = 0.5,
-          level: int | None = None, workers: int | None = None, predictor: Predictor | None = None,
+          level: int | None = None, workers: int | None = None, predictor: HistoPredictor | None = None,
           on_progress: ProgressCallback | None = None, log=print) -> dict:
     """Score one slide with a histo run (or ensemble) and write heatmaps, QuPath GeoJSON, WSInfer CSV and
     `slide.json` (written last: its presence means the outputs are complete) to `out`; returns the summary.
@@ -269,13 +200,14 @@ def slide(run: Path | str, image: Path | str, out: Path | str, *, mpp: float | N
         stride: model pixels between patch centres (32: one cell per labelled centre; 96: 9x faster).
         level: pyramid level to read (default: the coarsest not coarser than the model's resolution).
         workers: reading processes (default: half the cores, at least 1; 0 reads in this process).
-        predictor: a model already loaded with `load_predictor` (a server keeps one), else `run` is loaded.
+        predictor: a model already loaded with `predictor.load_run` (a server keeps one), else `run` is loaded.
         on_progress: called as on_progress(tiles_done, tiles_total) after each batch.
     """
     start = time.perf_counter()
     if not 0 < threshold < 1:
         raise BadInput(f"--threshold {threshold}: use a probability between 0 and 1")
-    predictor = predictor or load_predictor(Path(run), device)
+    predictor = predictor or load_run(Path(run), device)
+    predictor.check_tta(tta)  # an ensemble calibrated with (or without) TTA is refused the other way, up front
     source = wsi.open_slide(image, mpp)
     out = Path(out)
     try:
@@ -288,7 +220,7 @@ def slide(run: Path | str, image: Path | str, out: Path | str, *, mpp: float | N
         source.close()
 
 
-def _score_slide(predictor: Predictor, source: wsi.Slide, out: Path, *, stride: int, tta: bool,
+def _score_slide(predictor: HistoPredictor, source: wsi.Slide, out: Path, *, stride: int, tta: bool,
                  batch_size: int, threshold: float, level: int | None, workers: int | None,
                  on_progress: ProgressCallback | None, start: float, log) -> dict:
     model_mpp = predictor.mpp
@@ -337,7 +269,7 @@ def _score_slide(predictor: Predictor, source: wsi.Slide, out: Path, *, stride: 
     return summary
 
 
-def _infer(predictor: Predictor, source: wsi.Slide, grid: Grid, level: int, scored: np.ndarray, *, tta: bool,
+def _infer(predictor: HistoPredictor, source: wsi.Slide, grid: Grid, level: int, scored: np.ndarray, *, tta: bool,
            batch_size: int, workers: int | None, on_progress: ProgressCallback | None) -> tuple[np.ndarray, np.ndarray]:
     """Sum and count grids of the probabilities of every scored patch."""
     blocks = make_blocks(grid, scored)
@@ -359,7 +291,7 @@ def _infer(predictor: Predictor, source: wsi.Slide, grid: Grid, level: int, scor
 
     def flush() -> None:
         nonlocal filled, done
-        probs = predictor.predict_proba(batch[:filled], tta=tta)
+        probs = predictor.predict_proba(batch[:filled], tta=tta).astype(np.float32)
         rows, cols = where[:filled, 0], where[:filled, 1]
         for di in range(grid.span):
             for dj in range(grid.span):
@@ -410,7 +342,7 @@ def slides(run: Path | str, images: Path | str, out: Path | str, *, device: str 
     paths = wsi.list_slides(images)
     world = engine.join_world(device)
     dev = engine.pick_device(device, world)
-    predictor = load_predictor(Path(run), str(dev))
+    predictor = load_run(Path(run), str(dev))
     out = Path(out)
     stems = [p.name.split(".")[0] for p in paths]
     names = {p: stem if stems.count(stem) == 1 else p.name for p, stem in zip(paths, stems)}  # a.svs, a.tif

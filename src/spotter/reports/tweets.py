@@ -12,10 +12,12 @@ import pandas as pd
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from ..errors import BadInput, UserError
+from .. import runs
+from ..errors import BadInput
 from ..metrics import binary_report
 from ..tweets.text import (_HASHTAG_RE, _MENTION_RE, _NUMBER_RE, _URL_RE, NormaliseOptions, keyword_text, normalise,
                            read_tweets, tokenize)
+from ..tweets.predictor import load_run
 from . import figures
 from .common import Report, confident_mistakes
 from .figures import CLASS_COLOURS, plt, png
@@ -232,28 +234,19 @@ def _indicative_figure(indicative: dict[str, pd.DataFrame]) -> bytes:
 
 # ---------------------------------------------------------------- errors
 
-def run_settings(run_dir: Path):
-    """The TweetSettings a run (or an ensemble's first member) was trained with."""
-    from ..tweets.task import saved_settings
-
-    saved = run_data_dir(run_dir) / "run.json"
-    if not saved.exists():
-        raise BadInput(f"{run_dir}: no run.json; not a tweets run (train it first)")
-    return saved_settings(saved)[0]
-
-
-def run_data(run_dir: Path) -> Path:
-    """The train.csv a run (or an ensemble's first member) was trained on."""
-    return Path(run_settings(run_dir).data) / "train.csv"
+def run_data(run: runs.Run) -> Path:
+    """The train.csv a run (or an ensemble's first run) was trained on."""
+    return Path(run.settings.get("data", "")) / "train.csv"
 
 
 def validation_frame(run_dir: Path) -> pd.DataFrame:
     """The run's out-of-fold predictions (validation_predictions.csv: id, target, prob) joined with the
     text, keyword and location of its train.csv. `target` is the label the run was scored against (after
     conflicting duplicates took their group's majority)."""
-    run_dir = Path(run_dir)
-    preds = pd.read_csv(run_dir / "validation_predictions.csv", dtype={"id": str})
-    source = run_data(run_dir)
+    run = runs.open_run(Path(run_dir), "tweets")
+    ids, targets, probs = run.validation_predictions()
+    preds = pd.DataFrame({"id": ids, "target": targets, "prob": probs})
+    source = run_data(run)
     df = read_tweets(source, labelled=True, skip_bad=True).drop(columns="target")
     merged = preds.merge(df, on="id", how="left", validate="one_to_one")
     if merged["text"].isna().any():
@@ -267,21 +260,20 @@ def errors(run_dir: Path, csv: Path | None = None, *, top: int = 20, device: str
     """The most confident false positives and negatives of a run with their text, F1 / precision / recall
     against the threshold, a reliability diagram and per-keyword error rates; on the run's out-of-fold
     predictions, or on a labelled `csv` (predicted with the run's models, as `evaluate` does)."""
-    from ..tweets import task as tweets_task
-
     run_dir = Path(run_dir)
-    threshold = float(tweets_task.load_summary(run_dir)["threshold"])
+    run = runs.open_run(run_dir, "tweets")
+    threshold = run.threshold
     if csv is None:
         df = validation_frame(run_dir)
         probs = df["prob"].to_numpy(np.float64)
-        where = "out-of-fold validation predictions of " + str(run_data(run_dir))
+        where = "out-of-fold validation predictions of " + str(run_data(run))
     else:
         df = read_tweets(Path(csv), labelled=True)
-        probs = tweets_task.load_run(run_dir, device).predict_proba(df["text"].tolist(), df["keyword"].tolist())
+        probs = load_run(run, device).predict_proba(df["text"].tolist(), df["keyword"].tolist())
         probs = probs.astype(np.float64)
         where = str(csv)
     if options is None:
-        options = _run_options(run_dir)
+        options = _run_options(run)
     labels = df["target"].to_numpy().astype(int)
     ids = df["id"].astype(str).to_numpy()
     fp, fn = confident_mistakes(ids, labels, probs, threshold, top)
@@ -340,20 +332,12 @@ def _errors_page(run_dir: Path, numbers: dict, pictures: dict, keywords: pd.Data
     return page
 
 
-def _run_options(run_dir: Path) -> NormaliseOptions:
+def _run_options(run: runs.Run) -> NormaliseOptions:
     """The normalisation the run used (shown beside each mistake's text)."""
     try:
-        return NormaliseOptions(**run_settings(run_dir).normalise)
-    except (UserError, OSError, KeyError, TypeError, ValueError):
+        return NormaliseOptions(**run.settings["normalise"])
+    except (KeyError, TypeError):
         return NormaliseOptions()
-
-
-def run_data_dir(run_dir: Path) -> Path:
-    """The run folder holding run.json: the run itself, or an ensemble's first member."""
-    from .. import ensemble
-
-    run_dir = Path(run_dir)
-    return run_data_dir(Path(ensemble.load(run_dir, "tweets")["members"][0])) if ensemble.is_ensemble(run_dir) else run_dir
 
 
 def threshold_sweep(labels: np.ndarray, probs: np.ndarray, steps: int = 99) -> pd.DataFrame:

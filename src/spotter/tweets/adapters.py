@@ -17,6 +17,7 @@ import torch
 from .. import engine, explain, plots
 from ..metrics import best_f1_threshold, binary_report, log_loss
 from . import distil, encoders, minilm, tfidf
+from .attributions import minilm_attributions, rnn_attributions
 from .embeddings import coverage, embedding_matrix, load_glove
 from .models import RNN_MODELS, create_rnn
 from .text import Corpus, NormaliseOptions, Vocabulary, encode_texts, tokenize
@@ -29,7 +30,7 @@ RNN_DEFAULTS = {"epochs": 12, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.01
 @dataclass
 class FoldModel:
     """A fold loaded for prediction: `fold(inputs)` gives probabilities from the adapter's `inputs`;
-    `fold.explain(text, keyword, options)` one tweet's word attributions (explain.py), None where the kind
+    `fold.explain(text, keyword, options)` one tweet's word attributions (attributions.py), None where the kind
     has none."""
 
     predict: Callable[[Any], np.ndarray]
@@ -215,7 +216,7 @@ class GloveRNN(TweetModel):
             return engine.predict_probs(model, iterate_batches(data, 512, device), device, precision)[0]
 
         def attributions(text: str, keyword: str, options) -> dict:
-            return explain.rnn_attributions(model, vocab, keyword_list, length, text, keyword, options)
+            return rnn_attributions(model, vocab, keyword_list, length, text, keyword, options)
 
         return FoldModel(predict, attributions)
 
@@ -240,7 +241,7 @@ class TfidfModel(TweetModel):
     def load_fold(self, fold_dir, device):
         fold = tfidf.load_fold(fold_dir)
         return FoldModel(lambda features: tfidf.predict(features, fold),
-                         lambda text, keyword, options: explain.tfidf_contributions(fold, text, keyword, options))
+                         lambda text, keyword, options: tfidf.contributions(fold, text, keyword, options))
 
 
 # ---------------------------------------------------------------- transformer fine-tuned (MiniLM by default)
@@ -298,7 +299,7 @@ class TransformerModel(TweetModel):
         tokenizer = minilm.load_tokenizer(self.folder)
 
         def attributions(text: str, keyword: str, options) -> dict:
-            return explain.minilm_attributions(model, tokenizer, text, keyword, options,
+            return minilm_attributions(model, tokenizer, text, keyword, options,
                                                max_tokens=self.settings.max_tokens)
 
         return FoldModel(predict, attributions)

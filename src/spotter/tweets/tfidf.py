@@ -5,6 +5,7 @@ checkpoint loaded with weights_only, like every other Spotter model: nothing is 
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,11 @@ import torch
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import normalize
+from sklearn.utils import murmurhash3_32
 
 from .. import engine
+from ..explain import align_to_words
+from .text import normalise
 
 _WORDS = HashingVectorizer(ngram_range=(1, 2), n_features=2**18, alternate_sign=False, norm=None,
                            token_pattern=r"(?u)\b\w+\b|[!?]")
@@ -60,3 +64,46 @@ def predict(features: sp.csr_matrix, fold: tuple[np.ndarray, np.ndarray, float])
     idf, coef, intercept = fold
     logits = _tfidf(features, idf) @ coef + intercept
     return 1 / (1 + np.exp(-logits))
+
+
+def contributions(fold: tuple[np.ndarray, np.ndarray, float], text: str, keyword: str, options) -> dict:
+    """The exact decomposition of the TF-IDF model's logit: feature j adds x_j * coef_j, shared equally by
+    its occurrences; a word gets its unigram, half of each word bigram it is in, and its character n-grams.
+    `fold` is a fold's (idf, coefficients, intercept), as `load_fold` returns it."""
+    normalised = normalise(text, options)
+    doc = f"{keyword} {normalised}" if keyword else normalised
+    lower = _WORDS.build_preprocessor()(doc)
+    doc_words = lower.split(" ")
+    n_features = _WORDS.n_features
+    occurrences: list[tuple[int, list[int]]] = []  # (feature column, doc words it belongs to)
+
+    def column(gram: str, offset: int) -> int:
+        return offset + abs(murmurhash3_32(gram, seed=0)) % n_features
+
+    tokens = [(m.group(), lower[:m.start()].count(" ")) for m in re.finditer(_WORDS.token_pattern, lower)]
+    for gram, w in tokens:
+        occurrences.append((column(gram, 0), [w]))
+    for (a, wa), (b, wb) in zip(tokens, tokens[1:]):
+        occurrences.append((column(f"{a} {b}", 0), [wa, wb]))
+    chars = _CHARS.build_analyzer()
+    for w, word in enumerate(doc_words):
+        for gram in chars(word):
+            occurrences.append((column(gram, n_features), [w]))
+
+    doc_counts = counts([normalised], [keyword])
+    mine = np.bincount([c for c, _ in occurrences], minlength=doc_counts.shape[1])
+    if not np.array_equal(mine, doc_counts.toarray()[0]):  # would mean sklearn changed how it hashes
+        raise RuntimeError("TF-IDF contributions: n-gram enumeration does not match the vectorizer")
+    idf, coef, intercept = fold
+    x = _tfidf(doc_counts, idf).toarray()[0]
+    per_occurrence = np.divide(x * coef, np.maximum(mine, 1))
+    per_word = np.zeros(len(doc_words))
+    for col, owners in occurrences:
+        for w in owners:
+            per_word[w] += per_occurrence[col] / len(owners)
+    n_kw = len(keyword.split()) if keyword else 0
+    text_scores = per_word[n_kw:]
+    words = align_to_words(text, normalised.split(), text_scores, lambda w: normalise(w, options).split())
+    return {"words": words, "keyword": float(per_word[:n_kw].sum()) if keyword else None,
+            "logit": float(x @ coef + intercept), "baseline_logit": float(intercept),
+            "method": "exact TF-IDF contributions (feature value x coefficient)"}
