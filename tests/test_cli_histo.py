@@ -27,7 +27,7 @@ def weights(run):
 def test_train_evaluate_predict(real_histo, tmp_path):
     run = tmp_path / "run"
     assert main(["histo", "train", "--data", real_histo, "--out", run, *TRAIN]) == 0
-    for name in ("best.pt", "last.pt", "metrics.csv", "settings.json", "history.png", "val_ids.txt"):
+    for name in ("best.pt", "last.pt", "metrics.csv", "settings.json", "history.png", "folds.csv", "summary.json"):
         assert (run / name).exists(), name
     metrics = pd.read_csv(run / "metrics.csv")
     assert list(metrics["epoch"]) == [1, 2, 3] and metrics["val_auc"].between(0, 1).all()
@@ -109,7 +109,7 @@ def test_a_run_of_the_other_task_is_named(real_histo, tmp_path, capsys):
     assert main(["histo", "train", "--data", real_histo, "--out", run, "--epochs", "1", "--batch-size", "32"]) == 0
     (tmp_path / "t.csv").write_text("id,text\n1,fire\n")
     assert main(["tweets", "predict", run, "--csv", tmp_path / "t.csv", "--out", tmp_path / "o.csv"]) == 2
-    assert "histo checkpoint, not a tweets one" in capsys.readouterr().err
+    assert "histo run, not a tweets one" in capsys.readouterr().err
     (tmp_path / "rnn").mkdir()
     (tmp_path / "rnn" / "summary.json").write_text("{}")
     assert main(["histo", "predict", tmp_path / "rnn", "--images", real_histo / "test", "--out", tmp_path / "s.csv"]) == 2

@@ -45,7 +45,7 @@ def test_any_encoder_folder_trains_records_itself_and_refuses_another(kind, tmp_
     summary = json.loads((run / "summary.json").read_text())
     sha = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     assert summary["encoder"] == {"name": str(folder), "folder": str(folder.resolve()), "sha256": sha}
-    settings = json.loads((run / "run.json").read_text())["tweets"]
+    settings = json.loads((run / "settings.json").read_text())["task"]["tweets"]
     assert (settings["pooling"], settings["max_tokens"]) == ("cls", 48)
 
     out = tmp_path / "sub.csv"

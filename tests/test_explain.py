@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 import serve_runs
-from spotter import explain
+from spotter import explain, runs
 from spotter.histo.task import load_run as load_histo_run
 from spotter.tweets import attributions, tfidf
 from spotter.tweets.task import load_run as load_tweets_run
@@ -19,7 +19,7 @@ def histo(tmp_path_factory):
     run = serve_runs.histo_run(tmp_path_factory)
     data = serve_runs.histo_data(tmp_path_factory)
     labels = pd.read_csv(data / "train_labels.csv", dtype={"id": str}).set_index("id")["label"]
-    val_ids = (run / "val_ids.txt").read_text().split()
+    val_ids = runs.open_run(run).validation_ids().tolist()
     pixels = np.stack([np.asarray(Image.open(data / "train" / f"{i}.tif")) for i in val_ids])
     predictor = load_histo_run(run, "cpu")
     return predictor, pixels, labels[val_ids].to_numpy(), predictor.predict_proba(pixels)

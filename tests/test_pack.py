@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from spotter import runs
 from spotter.histo.data import DataError, find_sources, pack_folder
 from spotter.histo.tiff import read_patch
 
@@ -157,7 +158,7 @@ def test_pcam_runs_validate_on_valid_and_evaluate_on_test(tmp_path):
     run = tmp_path / "run"
     assert main(["histo", "train", "--data", tmp_path, "--out", run, "--model", "seed", "--epochs", "1",
                  "--batch-size", "16", "--device", "cpu"]) == 0
-    val_ids = (run / "val_ids.txt").read_text().split()
+    val_ids = runs.open_run(run).validation_ids().tolist()
     assert val_ids == [f"valid_{i}" for i in range(16)]
     assert main(["histo", "evaluate", run]) == 0
     assert json.loads((run / "evaluation.json").read_text())["images"] == 16

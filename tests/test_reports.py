@@ -17,6 +17,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 import conftest
+from spotter import runs
 from spotter.cli import main
 
 ARTEFACTS = Path(os.environ.get("SPOTTER_ARTEFACTS", Path(__file__).resolve().parents[1] / "test-artefacts")) / "reports"
@@ -135,7 +136,7 @@ def test_histo_explore_numbers_are_the_data(histo_data, tmp_path):
 def test_histo_errors_lists_the_runs_top_mistakes(histo_data, histo_run, tmp_path):
     data, root = histo_data
     # The run's validation patches through `predict`, independently of the report.
-    val_ids = (histo_run / "val_ids.txt").read_text().split()
+    val_ids = runs.open_run(histo_run).validation_ids().tolist()
     images = tmp_path / "val_images"
     images.mkdir()
     for i in val_ids:

@@ -17,6 +17,7 @@ from shapely.geometry import box, shape
 from conftest import HISTO, histo_slice
 from spotter.cli import main
 from spotter.histo import mosaic, slide, tissue, wsi
+from spotter.histo.predictor import load_run
 from spotter.metrics import roc_auc
 
 MARGIN = 192  # model pixels of white around each mosaic: 2 cells at stride 96, 6 at stride 32
@@ -35,7 +36,7 @@ def env(tmp_path_factory):
                      "--batch-size", "32", "--crop", "64", "--device", "cpu", "--val-fraction", "0.2"]) == 0
     labels = pd.read_csv(HISTO / "train_labels.csv")
     unseen = labels[~labels["id"].isin(pd.read_csv(data / "train_labels.csv")["id"])]
-    return {"root": root, "run": run, "unseen": unseen, "predictor": slide.load_predictor(run, "cpu")}
+    return {"root": root, "run": run, "unseen": unseen, "predictor": load_run(run, "cpu")}
 
 
 def write(path, patches, rows, cols, **options):
@@ -270,7 +271,7 @@ def test_exported_model_matches_spotter(env, unseen_patches, tmp_path, fmt):
     from spotter.histo import export
 
     path = export.export(env["run"], fmt, tmp_path / f"model.{fmt}")
-    expected = slide.load_predictor(env["run"], "cpu", precision="fp32").predict_proba(unseen_patches)
+    expected = load_run(env["run"], "cpu", precision="fp32").predict_proba(unseen_patches)
     x = as_tensor_input(unseen_patches)
     if fmt == "torchscript":
         logits = torch.jit.load(str(path)).eval()(x).detach().numpy()
@@ -301,7 +302,7 @@ def test_wsinfer_model_folder(env, unseen_patches, tmp_path):
     with torch.no_grad():
         logits = model(as_tensor_input(unseen_patches))  # Resize(96) leaves a 96-px patch as it is
     probs = torch.sigmoid(logits.squeeze(1)).numpy()  # wsinfer/modellib/run_inference.py, one class
-    spotter = slide.load_predictor(env["run"], "cpu").predict_proba(unseen_patches)  # the run's own precision
+    spotter = load_run(env["run"], "cpu").predict_proba(unseen_patches)  # the run's own precision
     assert np.abs(probs - spotter).max() < 0.02
 
 
@@ -325,7 +326,7 @@ def test_an_ensemble_scores_slides_and_exports(env, one_tumour, unseen_patches, 
 
     path = export.export(ens, "torchscript", tmp_path / "ens.pt")
     logits = torch.jit.load(str(path))(as_tensor_input(unseen_patches)).detach().numpy()[:, 0]
-    expected = slide.load_predictor(ens, "cpu", precision="fp32").predict_proba(unseen_patches)
+    expected = load_run(ens, "cpu", precision="fp32").predict_proba(unseen_patches)
     assert np.abs(1 / (1 + np.exp(-logits.astype(np.float64))) - expected).max() < 1e-5
 
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from spotter import demo
+from spotter import demo, runs
 from spotter.cli import main
 from spotter.errors import BadInput, UserError
 from spotter.histo import task as histo
@@ -33,11 +33,11 @@ def test_validation_ids_must_all_be_found(tmp_path):
     ids = (data / "train_labels.csv").read_text().split()[1:4]
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "val_ids.txt").write_text("\n".join(i.split(",")[0] for i in ids) + "\n")
-    _, rows = histo.validation_rows(tmp_path / "run", settings)
+    _, rows = histo.validation_rows(runs.Run(tmp_path / "run", "histo"), settings)
     assert len(rows) == 3
     (tmp_path / "run" / "val_ids.txt").write_text("\n".join([*(i.split(",")[0] for i in ids), "gone"]) + "\n")
     with pytest.raises(DataError, match="1 of the 4 validation ids.*e.g. gone"):
-        histo.validation_rows(tmp_path / "run", settings)
+        histo.validation_rows(runs.Run(tmp_path / "run", "histo"), settings)
 
 
 def test_relative_data_paths_are_stored_absolute(tmp_path, monkeypatch):
