@@ -43,7 +43,7 @@ def combine(member_probs: list[np.ndarray], calibration: list[tuple[float, float
 
 def build(kind: str, members: list[Path], out: Path, validation: Callable[[Path], Validation],
           score: Callable[[np.ndarray, np.ndarray], dict], main_metric: str, *, threshold: Callable | None = None,
-          record: dict | None = None, log=print) -> dict:
+          record: dict | None = None, overwrite: bool = False, log=print) -> dict:
     """Calibrate and combine `members` into the run folder `out`; returns the validation summary.
 
     `validation(run)` gives a member's validation predictions; every member must have predicted the same
@@ -54,8 +54,9 @@ def build(kind: str, members: list[Path], out: Path, validation: Callable[[Path]
     if len(members) < 2:
         raise BadInput("an ensemble needs at least two runs")
     out = Path(out)
-    if any((out / name).exists() for name in ("best.pt", "run.json", "settings.json")):
+    if any((out / name).exists() for name in ("best.pt", "run.json", runs.SETTINGS)):
         raise BadInput(f"{out}: already holds a trained run; give the ensemble a folder of its own")
+    runs.claim(out, overwrite=overwrite)
     preds = [validation(Path(m)) for m in members]
     ids, labels = preds[0][0], preds[0][1]
     aligned = []

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from . import extras
 from .errors import UserError
 
 # Logit units drawn at full colour (a location that alone would make p = 0.9997). Chosen so that strong evidence
@@ -159,7 +160,8 @@ def mean_explanations(parts: list[dict]) -> dict:
 def integrated_gradients(forward, layers, inputs: tuple, baselines: tuple, extra: tuple, steps: int = IG_STEPS):
     """captum's layer integrated gradients of `forward`'s output on the outputs of `layers` (one attribution
     tensor per layer)."""
-    from captum.attr import LayerIntegratedGradients
+    extras.require("serve", "captum", what="word attributions (integrated gradients)")
+    from captum.attr import LayerIntegratedGradients  # optional: the serve extra
 
     with warnings.catch_warnings():  # "several layers": the word and keyword embeddings are independent
         warnings.simplefilter("ignore", UserWarning)

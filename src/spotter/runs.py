@@ -19,6 +19,7 @@ validation ids in `val_ids.txt` and had no summary.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,3 +158,29 @@ def open_run(path: Path | str, task: str | None = None) -> Run:
         legacy.get("tweets", {}).setdefault("fold_groups", "raw")  # how runs made before that setting split
         saved = {"train": legacy.get("train", {}), "task": {"tweets": legacy.get("tweets", {})}}
     return Run(path, found, dict(saved.get("task", {}).get(found, {})), dict(saved.get("train", {})), summary)
+
+
+# What a run writes into its folder; --overwrite removes these and nothing else.
+_RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "history.png", SETTINGS, SUMMARY, FOLDS, PREDICTIONS, ENSEMBLE,
+              _LEGACY_TWEETS_SETTINGS, _LEGACY_VAL_IDS, "skipped.txt", "evaluation*.json", "roc*.png",
+              "*precision_recall.png", "fold[0-9]*")
+
+
+def holds_run(path: Path) -> bool:
+    """Whether `path` holds a run or ensemble, finished or not."""
+    return any((Path(path) / name).exists() for name in ("best.pt", "last.pt", SETTINGS, ENSEMBLE,
+                                                          _LEGACY_TWEETS_SETTINGS))
+
+
+def claim(path: Path, *, resume: bool = False, overwrite: bool = False) -> None:
+    """Make sure writing a new run into `path` loses nothing by accident: a folder that holds a run needs
+    --resume (continue it) or --overwrite (replace it: its run files are removed first)."""
+    path = Path(path)
+    if resume or not holds_run(path):
+        return
+    if not overwrite:
+        raise RunError(f"{path}: holds a run already; use --resume to continue it, a new --out, or --overwrite "
+                       "to replace it")
+    for pattern in _RUN_FILES:
+        for old in path.glob(pattern):
+            shutil.rmtree(old) if old.is_dir() else old.unlink()

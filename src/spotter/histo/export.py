@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import files
+from .. import extras, files
 from ..errors import BadInput
 from ..files import atomic_path
 from .predictor import HistoPredictor, load_run
@@ -73,6 +73,8 @@ def export(run: Path, fmt: str, out: Path, *, log=print) -> Path:
         log(f"WSInfer model folder written to {out} (model.pt + config.json); run it with "
             f"`wsinfer run --model-path {model_file} --config {out / 'config.json'} ...` or QuPath's WSInfer extension")
         return model_file
+    if fmt == "onnx":
+        extras.require("export", "onnx", "onnxscript", what="histo export --format onnx")
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "torchscript":
         _torchscript(module, example, out)

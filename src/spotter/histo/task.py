@@ -83,8 +83,10 @@ def score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
 # ---------------------------------------------------------------- train
 
 def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *, resume: bool = False,
-          repack: bool = False, log=print) -> dict:
+          overwrite: bool = False, repack: bool = False, log=print) -> dict:
     run_dir = Path(run_dir)
+    # rank 0 alone judges the folder (under torchrun the others follow it)
+    runs.claim(run_dir, resume=resume or not engine.join_world(settings.device).main, overwrite=overwrite)
     if resume and (run_dir / "settings.json").exists():
         # A resumed run keeps the settings it started with; only the device may change.
         saved = json.loads((run_dir / "settings.json").read_text())
@@ -213,7 +215,8 @@ def validation_rows(run: runs.Run, histo: HistoSettings) -> tuple[PackedSet, np.
     return data, rows
 
 
-def build_ensemble(members: list[Path], out: Path, *, tta: bool = False, device: str = "auto", log=print) -> dict:
+def build_ensemble(members: list[Path], out: Path, *, tta: bool = False, device: str = "auto",
+                   overwrite: bool = False, log=print) -> dict:
     """Calibrate and average finished histo runs or ensembles (for example the ResNet and EfficientNet) on their
     shared validation split."""
     def validation(path: Path) -> ensemble.Validation:
@@ -224,7 +227,8 @@ def build_ensemble(members: list[Path], out: Path, *, tta: bool = False, device:
         data, rows = validation_rows(run, predictor.settings)
         return data.ids[rows], data.labels[rows].astype(np.float32), predictor.predict_pack(data, rows, tta)
 
-    return ensemble.build(KIND, members, out, validation, score, "auc", log=log, record={"tta": tta})
+    return ensemble.build(KIND, members, out, validation, score, "auc", log=log, record={"tta": tta},
+                          overwrite=overwrite)
 
 
 def evaluate(run_dir: Path, data_dir: Path | None = None, *, split: str | None = None, tta: bool = False,

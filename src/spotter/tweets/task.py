@@ -32,10 +32,12 @@ KIND = adapters.KIND
 # ---------------------------------------------------------------- train
 
 def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir: Path, *, resume: bool = False,
-          log=print) -> dict:
+          overwrite: bool = False, log=print) -> dict:
     """Train every fold of `settings.model` into `run_dir`, then tune the F1 threshold on the out-of-fold
     predictions and write summary.json, validation_predictions.csv and precision_recall.png."""
     run_dir = Path(run_dir)
+    # rank 0 alone judges the folder (under torchrun the others follow it)
+    runs.claim(run_dir, resume=resume or not engine.join_world(train_settings.device).main, overwrite=overwrite)
     if resume and ((run_dir / runs.SETTINGS).exists() or (run_dir / "run.json").exists()):
         settings, train_settings = run_settings(runs.open_run(run_dir, KIND), train_settings.device)
     engine.seed_everything(train_settings.seed)
@@ -144,11 +146,11 @@ def _write_outputs(run_dir: Path, settings: TweetSettings, ids: pd.Series, targe
 
 # ---------------------------------------------------------------- ensembles
 
-def build_ensemble(members: list[Path], out: Path, *, log=print) -> dict:
+def build_ensemble(members: list[Path], out: Path, *, overwrite: bool = False, log=print) -> dict:
     """Calibrate and average finished tweets runs or ensembles on their out-of-fold predictions (the members
     must share train.csv, seed and folds), and tune the F1 threshold of the average."""
     return ensemble.build(KIND, members, out, lambda m: runs.open_run(m, KIND).validation_predictions(), score,
-                          "f1_best", threshold=best_f1_threshold, log=log)
+                          "f1_best", threshold=best_f1_threshold, overwrite=overwrite, log=log)
 
 
 # ---------------------------------------------------------------- evaluate and predict
