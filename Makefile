@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # CPU build by default (a local wheel on the project's machines); set TORCH= to keep an installed torch.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test bench install mpnet
+.PHONY: demo test docs bench install mpnet
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -19,6 +19,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest
+
+# The documentation site from docs/ into site/; --strict turns a broken link or a page missing from the nav into an error.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: install
 	$(PY) bench/histo_bench.py

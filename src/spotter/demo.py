@@ -1,4 +1,6 @@
-"""`spotter demo`: builds small, clearly synthetic datasets in the Kaggle layouts and runs every stage.
+"""`spotter demo`: builds small, clearly synthetic datasets in the Kaggle layouts and shows the product on them:
+train, evaluate and predict for both tasks, a heatmap of a small demo slide, the explore reports, and the
+command that serves both runs.
 
 The histology patches are drawn, not real: pink eosin background with small purple nuclei everywhere,
 and for label 1 a cluster of large, dark, crowded "tumour" nuclei that reaches into the centre 32x32
@@ -12,6 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+from . import engine
+from .histo import data as histo_data, slide as histo_slide, task as histo, wsi
+from .histo.mosaic import mosaic_image, write_mosaic
+from .histo.tiff import PATCH_SIZE
+from .reports import histo as histo_report, tweets as tweets_report
+from .tweets import task as tweets
+from .tweets.text import read_tweets
 
 SYNTHETIC_NOTE = ("SYNTHETIC DEMO DATA made by `spotter demo`: drawn H&E-like patches, not real tissue. "
                   "Scores on it say nothing about real performance.\n")
@@ -124,12 +134,21 @@ def make_tweets_dataset(folder: Path, n_train: int = 600, n_test: int = 150, see
     return folder
 
 
-def run(out: Path, device: str = "auto") -> None:
-    from . import engine
-    from .histo import data as histo_data, task as histo
+def make_demo_slide(path: Path, rows: int = 12, cols: int = 16, seed: int = 1) -> Path:
+    """A small tiled pyramidal TIFF: an oval of synthetic tissue on white glass with a tumour region off its
+    centre, one drawn patch per 96x96 cell (level 0 at half the patches' 0.972 µm/px, as a 20x scan)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:rows, :cols] + 0.5
+    tissue = ((yy - rows / 2) / (rows * 0.45)) ** 2 + ((xx - cols / 2) / (cols * 0.45)) ** 2 <= 1
+    tumour = ((yy - rows * 0.4) / (rows * 0.2)) ** 2 + ((xx - cols * 0.62) / (cols * 0.16)) ** 2 <= 1
+    glass = np.full((PATCH_SIZE, PATCH_SIZE, 3), wsi.WHITE, np.uint8)
+    patches = [synthetic_patch(rng, bool(t)) if on else glass for on, t in zip(tissue.ravel(), tumour.ravel())]
+    # A margin of one whole patch keeps the patches on the stride-96 grid of `histo slide`.
+    write_mosaic(Path(path), mosaic_image(np.stack(patches), rows, cols, margin=PATCH_SIZE))
+    return Path(path)
 
-    out = Path(out)
-    start = time.perf_counter()
+
+def _histo_demo(out: Path, device: str) -> tuple[histo_data.PackedSet, Path]:
     print(f"== histopathology demo (synthetic patches) in {out}")
     data_dir = make_histo_dataset(out / "histo-data")
     packed = histo_data.pack_folder(data_dir, pack_root=out / "packs")
@@ -140,19 +159,54 @@ def run(out: Path, device: str = "auto") -> None:
     histo.train(settings, engine.TrainSettings(epochs=8, lr=3e-3, device=device), run_dir)
     histo.evaluate(run_dir, tta=True, device=device)
     histo.predict(run_dir, data_dir / "test", out / "histo-submission.csv", tta=True, device=device)
+    return packed["train"], run_dir
 
-    from .tweets import task as tweets
+
+def _tweets_demo(out: Path, device: str) -> tuple[Path, Path]:
     print(f"\n== disaster tweets demo (synthetic corpus) in {out}")
-    tweet_data = make_tweets_dataset(out / "tweets-data")
-    tweet_run = out / "tweets-run"
-    tweets.train(tweets.TweetSettings(data=str(tweet_data), folds=3),
+    data_dir = make_tweets_dataset(out / "tweets-data")
+    run_dir = out / "tweets-run"
+    tweets.train(tweets.TweetSettings(data=str(data_dir), folds=3),
                  engine.TrainSettings(epochs=6, batch_size=64, lr=3e-3, weight_decay=0.01, patience=3,
-                                      device=device), tweet_run)
-    tweets.evaluate(tweet_run, tweet_data / "test_labels.csv", device=device)
-    tweets.predict(tweet_run, tweet_data / "test.csv", out / "tweets-submission.csv", device=device)
+                                      device=device), run_dir)
+    tweets.evaluate(run_dir, data_dir / "test_labels.csv", device=device)
+    tweets.predict(run_dir, data_dir / "test.csv", out / "tweets-submission.csv", device=device)
+    return data_dir, run_dir
 
-    print(f"\nhistology outputs: {run_dir}/ (metrics.csv, history.png, roc_tta.png, best.pt, last.pt, settings.json)")
-    print(f"                   {out / 'histo-submission.csv'}")
-    print(f"tweets outputs:    {tweet_run}/ (summary.json, precision_recall.png, fold*/history.png, fold*/best.pt)")
-    print(f"                   {out / 'tweets-submission.csv'}")
+
+def _slide_demo(out: Path, run_dir: Path, device: str) -> Path:
+    print("\n== whole slide: a tumour heatmap of a small demo slide")
+    image = make_demo_slide(out / "demo-slide.tif")
+    slide_dir = out / "slide"
+    # Stride 96: one cell per drawn patch, whose label is its own centre's.
+    histo_slide.slide(run_dir, image, slide_dir, stride=96, device=device)
+    return slide_dir
+
+
+def _explore_demo(out: Path, histo_train: histo_data.PackedSet, tweets_data_dir: Path) -> tuple[Path, Path]:
+    print("\n== explore reports on the demo data")
+    histo_page = histo_report.explore(histo_train, name=str(out / "histo-data"), progress=False).write(
+        out / "reports" / "histo-explore")
+    csv = tweets_data_dir / "train.csv"
+    tweets_page = tweets_report.explore(read_tweets(csv, labelled=True), name=str(csv)).write(
+        out / "reports" / "tweets-explore")
+    return histo_page, tweets_page
+
+
+def run(out: Path, device: str = "auto") -> None:
+    out = Path(out)
+    start = time.perf_counter()
+    histo_train, histo_run = _histo_demo(out, device)
+    tweets_data_dir, tweets_run = _tweets_demo(out, device)
+    slide_dir = _slide_demo(out, histo_run, device)
+    reports = _explore_demo(out, histo_train, tweets_data_dir)
+
+    print(f"\nhistology run:  {histo_run}/ (metrics.csv, history.png, roc_tta.png, best.pt, last.pt, settings.json)")
+    print(f"tweets run:     {tweets_run}/ (summary.json, precision_recall.png, fold*/history.png, fold*/best.pt)")
+    print(f"submissions:    {out / 'histo-submission.csv'}, {out / 'tweets-submission.csv'}")
+    print(f"slide heatmap:  {slide_dir / 'heatmap.png'} and {slide_dir / 'overlay.png'} "
+          f"(QuPath: {slide_dir / 'regions.geojson'})")
+    print(f"explore:        {reports[0]}\n                {reports[1]}")
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
+    print(f"\nserve both demo runs (web page and JSON API at http://127.0.0.1:8000/):\n"
+          f"    spotter serve {histo_run} {tweets_run}")
