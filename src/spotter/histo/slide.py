@@ -38,7 +38,7 @@ from .tissue import tissue_mask
 
 PATCH = 96  # model input, in model pixels
 CENTRE = 32  # the labelled centre
-KAGGLE_MPP = 0.972  # µm per pixel of Kaggle / PatchCamelyon patches (Camelyon16 at 10x)
+from .settings import KAGGLE_MPP  # noqa: E402,F401 (said once, in settings.py; read here by slide_bench)
 BLOCK = 2048  # model pixels a side read at once
 THUMBNAIL = 2048
 
