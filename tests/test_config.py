@@ -119,6 +119,15 @@ def test_config_reads_every_saved_shape(tmp_path):
         config.saved_settings(tmp_path / "h.json", "tweets")
 
 
+def test_a_tweets_run_saved_before_fold_groups_replays_with_raw_groups(tmp_path):
+    """Runs made before `fold_groups` existed grouped their folds by raw text; a replay must too."""
+    (tmp_path / "run.json").write_text(json.dumps({"tweets": {"data": str(tmp_path), "model": "tfidf"},
+                                                   "train": {"epochs": 2}}))
+    args = parse("tweets", "train", "--config", tmp_path / "run.json", "--out", tmp_path / "again")
+    tweets, train = cli._settings(args, TweetSettings, "tweets", lambda model: {})
+    assert (tweets.fold_groups, tweets.model, train.epochs) == ("raw", "tfidf", 2)
+
+
 def test_histo_run_replays_from_its_settings(real_histo, tmp_path):
     first, again = tmp_path / "first", tmp_path / "again"
     assert main(["histo", "train", "--data", real_histo, "--out", first, "--model", "seed", "--epochs", "1",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import config, engine
 from .errors import BadInput, UserError
-from .histo.settings import HistoSettings
+from .histo.settings import HistoSettings, train_defaults as histo_defaults
 from .tweets.settings import TweetSettings
 
 EPILOG = "Data layouts and examples: see README.md."
@@ -32,7 +32,9 @@ def _settings(args: argparse.Namespace, cls: type, kind: str, model_defaults, im
     """(task settings, training settings) of `train`: the dataclass defaults, the model's own training
     defaults, the saved settings of --config, `implied` values, then the flags given (later ones win)."""
     saved_train, saved_task = config.saved_settings(args.config, kind) if args.config else ({}, {})
-    where = f"--config {args.config}"
+    if args.config:  # settings the run saved before they existed had the value it ran with
+        saved_task = {**getattr(cls, "saved_before", {}), **saved_task}
+    where = f"--config {args.config}" if args.config else "the command line"
     task_settings = config.build(cls, saved_task, config.given(args, cls), where=where)
     train = config.build(engine.TrainSettings, model_defaults(task_settings.model), saved_train, implied or {},
                          config.given(args, engine.TrainSettings), where=where)
@@ -245,7 +247,7 @@ def _run_histo(args: argparse.Namespace) -> None:
     elif args.command == "train":
         # --time-budget plans the epochs; the cap is 1000 unless --epochs is given.
         implied = {"epochs": 1000} if "time_budget_min" in args and "epochs" not in args else {}
-        settings, train = _settings(args, HistoSettings, histo.KIND, histo.train_defaults, implied)
+        settings, train = _settings(args, HistoSettings, histo.KIND, histo_defaults, implied)
         result = histo.train(settings, train, args.out, resume=args.resume, repack=args.repack)
         print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
     elif args.command == "evaluate":

@@ -3,6 +3,7 @@ generated from them: config.py)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 from pathlib import Path
 
 from ..config import setting
@@ -18,6 +19,7 @@ MODEL_NAMES = ("blend", "bigru", "seed-gru", "tfidf", "minilm", "transformer", "
 class TweetSettings:
     """Settings of the tweets task (the training loop's own are in engine.TrainSettings)."""
 
+    saved_before: ClassVar[dict] = {"fold_groups": "raw"}  # the value of a setting for runs saved before it existed
     data: str = setting("", required=True, help="folder with Kaggle's train.csv")
     model: str = setting("blend", help="blend (default: bigru and tfidf averaged), bigru, seed-gru (the write-up's), "
                                        "tfidf, minilm (fine-tuned), minilm-frozen (head on fixed MiniLM embeddings), "
