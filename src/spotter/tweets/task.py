@@ -23,10 +23,15 @@ from . import adapters
 from .adapters import encode, iterate_batches, score  # noqa: F401 (encode, iterate_batches: used by bench.py)
 from .data import corpus_of, fold_splits, prepare, training_rows  # noqa: F401 (prepare: used by bench.py)
 from .predictor import Teacher, TweetsPredictor, load_run, run_settings
-from .settings import MODEL_NAMES, TweetSettings, train_defaults  # noqa: F401 (the task's public names)
+from .settings import MODEL_NAMES, TweetSettings  # noqa: F401 (the task's public names)
 from .text import read_tweets
 
 KIND = adapters.KIND
+
+
+def train_defaults(model: str) -> dict:
+    """Training settings of a model kind (the command line overrides them)."""
+    return adapters.MODELS[model].defaults
 
 
 # ---------------------------------------------------------------- train
