@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import config, engine
+from . import config, engine, extras
 from .errors import BadInput, UserError
 from .histo.settings import HistoSettings, train_defaults as histo_defaults
 from .tweets.settings import TweetSettings
@@ -13,6 +13,7 @@ from .tweets.settings import TweetSettings
 EPILOG = "Data layouts and examples: see README.md."
 DEVICE = config.same_as(engine.TrainSettings, "device")  # --device of the commands that do not train
 REPACK = "pack again even if the files' names, sizes and times match"
+OVERWRITE = "replace the run that --out holds (without it, a folder holding a run is refused)"
 
 
 def _add_train_command(cmds, name: str, help: str, settings: type) -> argparse.ArgumentParser:
@@ -25,6 +26,7 @@ def _add_train_command(cmds, name: str, help: str, settings: type) -> argparse.A
     config.add_options(p, settings)
     config.add_options(p, engine.TrainSettings)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     return p
 
 
@@ -82,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", type=Path, nargs="+", help="finished runs sharing data, seed and validation split")
     p.add_argument("--out", type=Path, required=True, help="ensemble run folder")
     p.add_argument("--tta", action="store_true", help="calibrate on 8x TTA validation predictions")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
     p.add_argument("--device", **DEVICE)
 
     # whole slides and exports (histo/slide.py, histo/export.py)
@@ -113,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path)
     p.add_argument("--images", type=Path, required=True, help="folder of patches (.tif, .png, .jpg)")
     p.add_argument("--out", type=Path, required=True, help="folder for <id>.png overlays and explanations.csv")
+    p.add_argument("--tta", action="store_true", help="probabilities averaged over the 8 rotations and reflections "
+                                                      "(the maps stay those of the patch as it is)")
     p.add_argument("--device", **DEVICE)
 
     tweets = tasks.add_parser("tweets", help="disaster tweets (Kaggle NLP with Disaster Tweets)")
@@ -138,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmds.add_parser("ensemble", help="calibrate and average finished runs; tunes the F1 threshold")
     p.add_argument("runs", type=Path, nargs="+", help="finished runs sharing train.csv, seed and folds")
     p.add_argument("--out", type=Path, required=True, help="ensemble run folder")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE)
 
     _add_report_commands(histo_cmds, cmds)
     p = tasks.add_parser("serve", help="serve runs through a JSON API and a web page, with explanations")
@@ -226,6 +232,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.task == "tweets":
         _run_tweets(args)
     elif args.task == "serve":
+        extras.require("serve", what="spotter serve")
         from .serve import app
         app.serve(args.runs, host=args.host, port=args.port, token=args.token, device=args.device,
                   limits=app.Limits(max_upload_mb=args.max_upload_mb))
@@ -248,7 +255,8 @@ def _run_histo(args: argparse.Namespace) -> None:
         # --time-budget plans the epochs; the cap is 1000 unless --epochs is given.
         implied = {"epochs": 1000} if "time_budget_min" in args and "epochs" not in args else {}
         settings, train = _settings(args, HistoSettings, histo.KIND, histo_defaults, implied)
-        result = histo.train(settings, train, args.out, resume=args.resume, repack=args.repack)
+        result = histo.train(settings, train, args.out, resume=args.resume, overwrite=args.overwrite,
+                             repack=args.repack)
         print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
     elif args.command == "evaluate":
         histo.evaluate(args.run, args.data, split=args.split, tta=args.tta, threshold=args.threshold,
@@ -256,7 +264,7 @@ def _run_histo(args: argparse.Namespace) -> None:
     elif args.command == "predict":
         histo.predict(args.run, args.images, args.out, tta=args.tta, device=args.device, skip_bad=args.skip_bad)
     elif args.command == "ensemble":
-        histo.build_ensemble(args.runs, args.out, tta=args.tta, device=args.device)
+        histo.build_ensemble(args.runs, args.out, tta=args.tta, device=args.device, overwrite=args.overwrite)
     elif args.command == "slide":
         from .histo import slide
         options = dict(mpp=args.mpp, stride=args.stride, tta=args.tta, batch_size=args.batch_size,
@@ -270,20 +278,20 @@ def _run_histo(args: argparse.Namespace) -> None:
         export.export(args.run, args.format, args.out)
     elif args.command == "explain":
         from .histo import gradcam
-        gradcam.explain_folder(args.run, args.images, args.out, device=args.device)
+        gradcam.explain_folder(args.run, args.images, args.out, tta=args.tta, device=args.device)
 
 
 def _run_tweets(args: argparse.Namespace) -> None:
     from .tweets import task as tweets
     if args.command == "train":
         settings, train = _settings(args, TweetSettings, tweets.KIND, tweets.train_defaults)
-        tweets.train(settings, train, args.out, resume=args.resume)
+        tweets.train(settings, train, args.out, resume=args.resume, overwrite=args.overwrite)
     elif args.command == "evaluate":
         tweets.evaluate(args.run, args.csv, device=args.device, skip_bad=args.skip_bad)
     elif args.command == "predict":
         tweets.predict(args.run, args.csv, args.out, proba=args.proba, device=args.device, skip_bad=args.skip_bad)
     elif args.command == "ensemble":
-        tweets.build_ensemble(args.runs, args.out)
+        tweets.build_ensemble(args.runs, args.out, overwrite=args.overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:

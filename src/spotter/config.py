@@ -19,6 +19,7 @@ from dataclasses import MISSING, Field, field, fields
 from pathlib import Path
 from typing import Any
 
+from . import runs
 from .errors import BadInput
 
 TYPES = {"int": int, "float": float, "str": str}
@@ -111,8 +112,11 @@ def saved_settings(path: Path, task: str) -> tuple[dict[str, Any], dict[str, Any
     settings file: `settings.json` ({"train": .., "task": {task: .., ..}, ..}, both tasks) or a tweets run's
     `run.json` ({task: .., "train": ..})."""
     path = Path(path)
-    if path.is_dir():
-        path = next((path / n for n in ("settings.json", "run.json") if (path / n).exists()), path / "settings.json")
+    if path.is_dir():  # a run folder, opened the one way (runs.py), whatever its layout
+        run = runs.open_run(path, task)
+        if run.is_ensemble:
+            raise BadInput(f"--config {path}: an ensemble is not trained; replay one of its runs")
+        return run.train, run.settings
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError) as err:

@@ -13,7 +13,8 @@ from .data import DataError
 from .predictor import load_run
 
 
-def explain_folder(run_dir, images, out, *, device: str = "auto", batch_size: int = 64, log=print):
+def explain_folder(run_dir, images, out, *, tta: bool = False, device: str = "auto", batch_size: int = 64,
+                   log=print):
     """`spotter histo explain`: `<id>.png` overlays and `explanations.csv` (probability, strongest location
     in logits, share of the map on the labelled centre) for every patch in `images`."""
     images, out = Path(images), Path(out)
@@ -22,6 +23,7 @@ def explain_folder(run_dir, images, out, *, device: str = "auto", batch_size: in
     if not paths:
         raise DataError(f"{images}: no .tif, .png or .jpg patches there")
     predictor = load_run(Path(run_dir), device)
+    predictor.check_tta(tta)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for start in tqdm(range(0, len(paths), batch_size), desc="explain", unit="batch", disable=len(paths) <= batch_size):
@@ -30,7 +32,7 @@ def explain_folder(run_dir, images, out, *, device: str = "auto", batch_size: in
             pixels = np.stack([uploads.decode_patch(p.read_bytes(), str(p), 10**8)[0] for p in chunk])
         except uploads.UploadError as err:
             raise DataError(str(err)) from None
-        probs = predictor.predict_proba(pixels)
+        probs = predictor.predict_proba(pixels, tta)
         cams = predictor.grad_cam(pixels)
         for path, px, cam, p in zip(chunk, pixels, cams, probs):
             (out / f"{path.stem}.png").write_bytes(explain.overlay_png(px, cam, float(p)))
