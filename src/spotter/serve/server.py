@@ -1,0 +1,148 @@
+"""The served runs: each loaded once behind a batcher, the threads that run them, and the slide jobs.
+Routes call these methods; they raise `HTTPException` with the 4xx a caller can act on."""
+from __future__ import annotations
+
+import asyncio
+import base64
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import HTTPException, Request
+
+from .. import explain
+from ..errors import BadInput
+from . import runs, uploads
+from .batcher import Batcher
+from .dependencies import Limits, flag, require_multipart
+from .info import model_info
+from .jobs import Job, JobStore
+from .schemas import TweetsRequest
+
+
+@dataclass
+class Served:
+    name: str
+    task: str
+    run_dir: Path
+    predictor: Any
+    batcher: Batcher
+    info: dict
+
+
+class Server:
+    """The loaded runs (each behind a batcher), the threads that run them, and the whole-slide jobs."""
+
+    def __init__(self, run_dirs: list[Path], device: str, limits: Limits, log):
+        self.models: dict[str, Served] = {}
+        self.limits = limits
+        self.inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self.explaining = ThreadPoolExecutor(1, thread_name_prefix="explain")
+        for run_dir in map(Path, run_dirs):
+            self.load(run_dir, device, log)
+        self.jobs = JobStore()
+
+    def load(self, run_dir: Path, device: str, log) -> None:
+        name = run_dir.resolve().name
+        if name in self.models:
+            raise BadInput(f"two runs are named {name!r} ({self.models[name].run_dir} and {run_dir}); "
+                           "give each a folder of its own name")
+        task, predictor = runs.load_model(run_dir, device)
+        if task == "histo":
+            batch_fn = lambda pixels, tta, p=predictor: p.predict_proba(pixels, tta=tta)  # noqa: E731
+        else:
+            batch_fn = lambda pairs, _, p=predictor: p.predict_proba([t for t, _ in pairs],  # noqa: E731
+                                                                     [k for _, k in pairs])
+        batcher = Batcher(batch_fn, self.inference, max_batch=self.limits.max_batch,
+                          max_wait=self.limits.max_wait_ms / 1000)
+        self.models[name] = Served(name, task, run_dir, predictor, batcher,
+                                   model_info(name, task, run_dir, predictor))
+        log(f"loaded {task} model {name!r} ({predictor.name}) from {run_dir}")
+
+    def close(self) -> None:
+        for served in self.models.values():
+            served.batcher.close()
+        self.jobs.close()
+
+    def served(self, name: str, task: str | None = None) -> Served:
+        if name not in self.models:
+            raise HTTPException(404, f"no model named {name!r}; this server has: {', '.join(self.models) or 'none'}")
+        if task and self.models[name].task != task:
+            raise HTTPException(404, f"{name!r} is a {self.models[name].task} model, not a {task} one")
+        return self.models[name]
+
+    # ---------------------------------------------------------------- patches
+
+    async def read_patches(self, request: Request) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+        require_multipart(request, "the patches", "files")
+        form = await request.form(max_files=self.limits.max_files + 1, max_fields=16)
+        files = [(f.filename or f"file{i + 1}", await f.read()) for i, f in enumerate(form.getlist("files"))
+                 if not isinstance(f, str)]
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        await form.close()
+        if not files:
+            raise HTTPException(422, "no files: send one or more patch images in the multipart field 'files'")
+        if len(files) > self.limits.max_files:
+            raise HTTPException(422, f"at most {self.limits.max_files} patches per request")
+        return files, fields
+
+    async def predict_patches(self, model: str, request: Request, always_explain: bool = False) -> dict:
+        m = self.served(model, "histo")
+        files, fields = await self.read_patches(request)
+        tta, want_cam = flag("tta", request, fields), always_explain or flag("explain", request, fields)
+        thumbnails = flag("thumbnail", request, fields)
+        decoded = []
+        for name, data in files:
+            try:
+                decoded.append(uploads.decode_patch(data, name, self.limits.max_patch_pixels))
+            except uploads.UploadError as err:
+                raise HTTPException(err.status, str(err)) from None
+        pixels = np.stack([p for p, _ in decoded])
+        probs = await m.batcher.submit(pixels, tta)
+        results = [{"name": name, "probability": float(p), "label": int(p >= m.predictor.threshold),
+                    **({"note": note} if note else {})}
+                   for (name, _), (_, note), p in zip(files, decoded, probs)]
+        if thumbnails:  # browsers do not show TIFF: the page gets the patch as PNG
+            for r, px in zip(results, pixels):
+                r["thumbnail_png"] = base64.b64encode(uploads.encode_png(px)).decode()
+        if want_cam:
+            def explanations() -> list[dict]:  # maps and PNGs off the event loop
+                crop = getattr(getattr(m.predictor, "settings", None), "crop", None)
+                return [{"method": "Grad-CAM, last convolutional stage, logit units", "crop": crop,
+                         "overlay_png": base64.b64encode(explain.overlay_png(px, cam, float(p))).decode(),
+                         "max_logit": float(cam.max()),
+                         "centre_share": float(cam[32:64, 32:64].sum() / max(cam.sum(), 1e-12))}
+                        for px, cam, p in zip(pixels, m.predictor.grad_cam(pixels), probs)]
+            for r, e in zip(results, await asyncio.get_running_loop().run_in_executor(self.explaining, explanations)):
+                r["explanation"] = e
+        return {"model": model, "threshold": m.predictor.threshold, "tta": tta, "results": results}
+
+    # ---------------------------------------------------------------- tweets
+
+    async def predict_tweets(self, model: str, body: TweetsRequest) -> dict:
+        m = self.served(model, "tweets")
+        keywords = body.keywords or [""] * len(body.texts)
+        probs = await m.batcher.submit(list(zip(body.texts, keywords)))
+        results = [{"text": t, "keyword": k, "probability": float(p), "label": int(p >= m.predictor.threshold)}
+                   for t, k, p in zip(body.texts, keywords, probs)]
+        if body.explain:
+            try:
+                parts = await asyncio.get_running_loop().run_in_executor(
+                    self.explaining, m.predictor.explain, body.texts, keywords)
+            except explain.NotExplainable as err:
+                raise HTTPException(422, str(err)) from None
+            for r, e in zip(results, parts):
+                r["explanation"] = e
+        return {"model": model, "threshold": m.predictor.threshold, "results": results}
+
+    # ---------------------------------------------------------------- slides
+
+    def start_slide(self, m: Served, data: bytes, kind: str, options: dict) -> Job:
+        """Queue whole-slide inference of an uploaded slide; ImportError when the slide stage is missing."""
+        from ..histo.slide import slide as run_slide  # optional stage: its absence is a 501, not a crash
+
+        def score(image: Path, out: Path, on_progress) -> dict:
+            return run_slide(m.run_dir, image, out, on_progress=on_progress, **options)
+        return self.jobs.start(m.name, data, kind, score)
