@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,10 @@ class Served:
     predictor: Any
     batcher: Batcher
     info: dict
+    # Held by every use of the model, forward passes and explanations alike: Grad-CAM and integrated
+    # gradients install hooks on the module and switch its modes, which a forward pass on another thread
+    # would see (issue 27: mixed requests answered 500 or wrong probabilities).
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class Server:
@@ -50,15 +55,17 @@ class Server:
             raise BadInput(f"two runs are named {name!r} ({self.models[name].run_dir} and {run_dir}); "
                            "give each a folder of its own name")
         task, predictor = runs.load_model(run_dir, device)
-        if task == "histo":
-            batch_fn = lambda pixels, tta, p=predictor: p.predict_proba(pixels, tta=tta)  # noqa: E731
-        else:
-            batch_fn = lambda pairs, _, p=predictor: p.predict_proba([t for t, _ in pairs],  # noqa: E731
-                                                                     [k for _, k in pairs])
+        lock = threading.Lock()
+
+        def batch_fn(items, key):
+            with lock:
+                if task == "histo":
+                    return predictor.predict_proba(items, tta=key)
+                return predictor.predict_proba([t for t, _ in items], [k for _, k in items])
         batcher = Batcher(batch_fn, self.inference, max_batch=self.limits.max_batch,
                           max_wait=self.limits.max_wait_ms / 1000)
         self.models[name] = Served(name, task, run_dir, predictor, batcher,
-                                   model_info(name, task, run_dir, predictor))
+                                   model_info(name, task, run_dir, predictor), lock)
         log(f"loaded {task} model {name!r} ({predictor.name}) from {run_dir}")
 
     def close(self) -> None:
@@ -110,11 +117,13 @@ class Server:
         if want_cam:
             def explanations() -> list[dict]:  # maps and PNGs off the event loop
                 crop = getattr(getattr(m.predictor, "settings", None), "crop", None)
+                with m.lock:
+                    cams = m.predictor.grad_cam(pixels)
                 return [{"method": "Grad-CAM, last convolutional stage, logit units", "crop": crop,
                          "overlay_png": base64.b64encode(explain.overlay_png(px, cam, float(p))).decode(),
                          "max_logit": float(cam.max()),
                          "centre_share": float(cam[32:64, 32:64].sum() / max(cam.sum(), 1e-12))}
-                        for px, cam, p in zip(pixels, m.predictor.grad_cam(pixels), probs)]
+                        for px, cam, p in zip(pixels, cams, probs)]
             for r, e in zip(results, await asyncio.get_running_loop().run_in_executor(self.explaining, explanations)):
                 r["explanation"] = e
         return {"model": model, "threshold": m.predictor.threshold, "tta": tta, "results": results}
@@ -130,12 +139,17 @@ class Server:
         if body.explain:
             try:
                 parts = await asyncio.get_running_loop().run_in_executor(
-                    self.explaining, m.predictor.explain, body.texts, keywords)
+                    self.explaining, self._explain_tweets, m, body.texts, keywords)
             except explain.NotExplainable as err:
                 raise HTTPException(422, str(err)) from None
             for r, e in zip(results, parts):
                 r["explanation"] = e
         return {"model": model, "threshold": m.predictor.threshold, "results": results}
+
+    @staticmethod
+    def _explain_tweets(m: Served, texts: list[str], keywords: list[str]) -> list[dict]:
+        with m.lock:
+            return m.predictor.explain(texts, keywords)
 
     # ---------------------------------------------------------------- slides
 
