@@ -64,3 +64,75 @@ def test_concurrent_explanations_do_not_change_predictions(client, tmp_path_fact
     worst = max(abs(prob - alone[key]) for key, _, (_, prob) in answers)
     assert worst <= 1e-6, worst
 
+
+
+# ---------------------------------------------------------------- 8. read from the code, confirmed
+
+def test_batcher_hands_any_failure_to_the_waiting_requests_and_keeps_going():
+    """A batch whose results cannot be split (here: `run` returns None) used to kill the worker outside its
+    `try`, leaving that request and every later one waiting for ever."""
+    calls = []
+
+    def run(items, key):
+        calls.append(len(items))
+        return None if key == "broken" else np.asarray(items) * 2
+
+    async def scenario():
+        batcher = Batcher(run, ThreadPoolExecutor(1), max_wait=0.001)
+        with pytest.raises(Exception):
+            await asyncio.wait_for(batcher.submit(np.array([1.0]), "broken"), 5)
+        after = await asyncio.wait_for(batcher.submit(np.array([1.0, 2.0])), 5)
+        batcher.close()
+        return after
+    np.testing.assert_array_equal(asyncio.run(scenario()), [2.0, 4.0])
+
+
+def test_model_settings_shown_are_allow_listed(tmp_path):
+    """Absolute teacher paths, local encoder folders, data and pack folders are never shown."""
+    histo = tmp_path / "histo-run"
+    histo.mkdir()
+    (histo / "settings.json").write_text(json.dumps({"train": {"epochs": 3, "lr": 0.1, "secret_path": "/x"},
+                                                      "task": {"histo": {"model": "resnet", "teacher": "/abs/teacher",
+                                                                         "data": "/d", "pack_root": "/p",
+                                                                         "crop": 80, "mpp": 0.972}}}))
+    tweets = tmp_path / "tweets-run"
+    tweets.mkdir()
+    (tweets / "run.json").write_text(json.dumps({"tweets": {"model": "transformer", "encoder": "/home/me/encoder",
+                                                            "teacher": "/abs/teacher", "embeddings": "/g.txt",
+                                                            "folds": 2, "normalise": {}},
+                                                 "train": {"epochs": 2}}))
+    predictor = types.SimpleNamespace(name="m", threshold=0.5)
+    shown = model_info("h", "histo", histo, predictor)["settings"]
+    assert shown == {"epochs": 3, "lr": 0.1, "model": "resnet", "crop": 80, "mpp": 0.972}
+    shown = model_info("t", "tweets", tweets, predictor)["settings"]
+    assert shown == {"epochs": 2, "model": "transformer", "folds": 2}
+    (tweets / "run.json").write_text(json.dumps({"tweets": {"model": "transformer", "encoder": "minilm"}}))
+    assert model_info("t", "tweets", tweets, predictor)["settings"] == {"model": "transformer", "encoder": "minilm"}
+
+
+def test_close_shuts_its_threads_down():
+    server = serve_app.Server([], "cpu", serve_app.Limits(), lambda message: None)
+    executors = [server.inference, server.explaining, server.jobs.executor]
+    server.close()
+    for executor in executors:
+        with pytest.raises(RuntimeError):
+            executor.submit(print)
+    assert not server.jobs.root.exists()
+
+
+def test_forms_are_closed_when_a_request_is_refused_early(client, monkeypatch):
+    from starlette.datastructures import FormData
+    closed = []
+    real_close = FormData.close
+
+    async def close(self):
+        closed.append(True)
+        await real_close(self)
+    monkeypatch.setattr(FormData, "close", close)
+    slide = {"file": ("s.tif", b"II*\x00" + b"\x00" * 100)}
+    cases = [("/api/histo/cnn/slides", dict(files=slide, data={"mpp": "fast"}), 422),  # bad number
+             ("/api/histo/cnn/slides", dict(files={"other": ("s.tif", b"x")}), 422)]  # no file field
+    for path, kwargs, status in cases:
+        closed.clear()
+        assert client.post(path, **kwargs).status_code == status
+        assert closed, path

@@ -7,6 +7,24 @@ from typing import Any
 
 import pandas as pd
 
+# Training settings a caller may see. An allow-list, not a deny-list: settings that hold paths on the server
+# (data, pack_root, embeddings, teacher) and any setting added later stay private until named here.
+SHOWN_SETTINGS = {
+    "train": ("epochs", "batch_size", "lr", "weight_decay", "time_budget_min", "patience", "seed", "device",
+              "precision", "ema"),
+    "histo": ("model", "crop", "crop_jitter", "colour_jitter", "mixup", "soft_weight", "val_fraction", "skip_bad",
+              "augment", "compile", "val_split", "mpp"),
+    "tweets": ("model", "folds", "val_fraction", "resolve_duplicates", "skip_bad", "unfreeze_epoch", "encoder",
+               "pooling", "max_tokens", "fold_groups", "keyword", "soft_weight", "transfer_copies"),
+}
+
+
+def _shown(settings: dict, group: str) -> dict:
+    shown = {k: settings[k] for k in SHOWN_SETTINGS[group] if k in settings}
+    if "/" in str(shown.get("encoder", "")) or "\\" in str(shown.get("encoder", "")):
+        del shown["encoder"]  # a packaged encoder's name is shown, a local folder is not
+    return shown
+
 
 def _read_json(path: Path) -> dict | None:
     try:
@@ -26,7 +44,8 @@ def model_info(name: str, task: str, run_dir: Path, predictor) -> dict:
         info["validation"] = {k: v[k] for k in ("auc", "f1", "f1_best", "precision", "recall", "accuracy") if k in v}
     if task == "histo" and not ensemble:
         settings = _read_json(run_dir / "settings.json") or {}
-        info["settings"] = {**settings.get("task", {}).get("histo", {}), **settings.get("train", {})}
+        info["settings"] = {**_shown(settings.get("task", {}).get("histo", {}), "histo"),
+                            **_shown(settings.get("train", {}), "train")}
         for file, key in (("evaluation_tta.json", "tta"), ("evaluation.json", "plain")):
             report = _read_json(run_dir / file)
             if report and "validation split" in str(report.get("data", "")):
@@ -49,11 +68,8 @@ def model_info(name: str, task: str, run_dir: Path, predictor) -> dict:
         if "f1_mean" in summary:
             info["validation"].update(f1_mean=summary["f1_mean"], f1_std=summary["f1_std"], folds=summary["folds"])
         run = _read_json(run_dir / "run.json") or {}
-        info["settings"] = {**{k: v for k, v in run.get("tweets", {}).items() if k != "normalise"},
-                            **run.get("train", {})}
+        info["settings"] = {**_shown(run.get("tweets", {}), "tweets"), **_shown(run.get("train", {}), "train")}
         info["explanation"] = {"tfidf": "exact contributions", "minilm-frozen": None, "ensemble": None,
                                "blend": "integrated gradients and exact contributions, averaged"}.get(
             predictor.name, "integrated gradients")
-    for private in ("data", "pack_root", "embeddings"):  # paths on the server: not for callers
-        info["settings"].pop(private, None)
     return info

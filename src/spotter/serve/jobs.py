@@ -79,4 +79,5 @@ class JobStore:
         return job
 
     def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.root, ignore_errors=True)  # the slides' uploads and outputs

@@ -71,6 +71,8 @@ class Server:
     def close(self) -> None:
         for served in self.models.values():
             served.batcher.close()
+        self.inference.shutdown(cancel_futures=True)
+        self.explaining.shutdown(cancel_futures=True)
         self.jobs.close()
 
     def served(self, name: str, task: str | None = None) -> Served:
@@ -84,11 +86,10 @@ class Server:
 
     async def read_patches(self, request: Request) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
         require_multipart(request, "the patches", "files")
-        form = await request.form(max_files=self.limits.max_files + 1, max_fields=16)
-        files = [(f.filename or f"file{i + 1}", await f.read()) for i, f in enumerate(form.getlist("files"))
-                 if not isinstance(f, str)]
-        fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        await form.close()
+        async with request.form(max_files=self.limits.max_files + 1, max_fields=16) as form:  # closed however it ends
+            files = [(f.filename or f"file{i + 1}", await f.read()) for i, f in enumerate(form.getlist("files"))
+                     if not isinstance(f, str)]
+            fields = {k: v for k, v in form.items() if isinstance(v, str)}
         if not files:
             raise HTTPException(422, "no files: send one or more patch images in the multipart field 'files'")
         if len(files) > self.limits.max_files:

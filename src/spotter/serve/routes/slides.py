@@ -23,20 +23,19 @@ async def start_slide(model: str, request: Request, server: ServerDep) -> dict:
     """Start whole-slide inference on an uploaded slide or large image; poll /api/jobs/{id}."""
     m = server.served(model, "histo")
     require_multipart(request, "the slide", "file")
-    form = await request.form(max_files=2, max_fields=4)
-    upload = form.get("file")
-    if upload is None or isinstance(upload, str):
-        raise HTTPException(422, "no file: send the slide in the multipart field 'file'")
-    options = {}  # passed on only when given: the slide stage has its own defaults
-    for key, kind_of in (("mpp", float), ("stride", int)):
-        value = form.get(key)
-        if isinstance(value, str) and value.strip():
-            try:
-                options[key] = kind_of(value)
-            except ValueError:
-                raise HTTPException(422, f"{key} must be a number, got {value[:20]!r}") from None
-    data = await upload.read()
-    await form.close()
+    async with request.form(max_files=2, max_fields=4) as form:  # closed however it ends
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(422, "no file: send the slide in the multipart field 'file'")
+        options = {}  # passed on only when given: the slide stage has its own defaults
+        for key, kind_of in (("mpp", float), ("stride", int)):
+            value = form.get(key)
+            if isinstance(value, str) and value.strip():
+                try:
+                    options[key] = kind_of(value)
+                except ValueError:
+                    raise HTTPException(422, f"{key} must be a number, got {value[:20]!r}") from None
+        data = await upload.read()
     try:
         kind = uploads.check_slide(data, upload.filename or "slide", server.limits.max_slide_pixels)
     except uploads.UploadError as err:
