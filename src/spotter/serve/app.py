@@ -37,6 +37,8 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        if server.closed:  # started again after a shutdown
+            server.start()
         yield
         server.close()
 

@@ -43,11 +43,9 @@ class Server:
     def __init__(self, run_dirs: list[Path], device: str, limits: Limits, log):
         self.models: dict[str, Served] = {}
         self.limits = limits
-        self.inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
-        self.explaining = ThreadPoolExecutor(1, thread_name_prefix="explain")
+        self.start()
         for run_dir in map(Path, run_dirs):
             self.load(run_dir, device, log)
-        self.jobs = JobStore()
 
     def load(self, run_dir: Path, device: str, log) -> None:
         name = run_dir.resolve().name
@@ -68,12 +66,23 @@ class Server:
                                    model_info(name, task, run_dir, predictor), lock)
         log(f"loaded {task} model {name!r} ({predictor.name}) from {run_dir}")
 
+    def start(self) -> None:
+        """The threads and the job store; `close` ends them, and an application started again (as tests
+        do, one lifespan after another) gets new ones."""
+        self.inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self.explaining = ThreadPoolExecutor(1, thread_name_prefix="explain")
+        self.jobs = JobStore()
+        for served in self.models.values():
+            served.batcher.executor = self.inference
+        self.closed = False
+
     def close(self) -> None:
         for served in self.models.values():
             served.batcher.close()
         self.inference.shutdown(cancel_futures=True)
         self.explaining.shutdown(cancel_futures=True)
         self.jobs.close()
+        self.closed = True
 
     def served(self, name: str, task: str | None = None) -> Served:
         if name not in self.models:
