@@ -47,7 +47,9 @@ def png_bytes(pixels):
 
 
 def test_health_and_models(client):
-    assert client.get("/api/health").json() == {"status": "ok", "models": ["cnn", "rnn", "tfidf", "both"]}
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and health["models"] == ["cnn", "rnn", "tfidf", "both"]
+    assert health["limits"]["max_slide_tiles"] == 2_000_000
     assert client.get("/ping").json() == {"status": "Healthy"}
     models = {m["name"]: m for m in client.get("/api/models").json()["models"]}
     assert models["cnn"]["task"] == "histo" and models["cnn"]["kind"] == "resnet-plain"

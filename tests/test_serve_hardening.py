@@ -136,3 +136,85 @@ def test_forms_are_closed_when_a_request_is_refused_early(client, monkeypatch):
         closed.clear()
         assert client.post(path, **kwargs).status_code == status
         assert closed, path
+
+
+# ---------------------------------------------------------------- 3. bounded slide jobs
+
+def png_of(pixels) -> bytes:
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def huge_png_header(width, height):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + chunk(b"IEND", b""))
+
+
+def test_slide_jobs_are_sized_before_they_are_accepted(client):
+    limits = client.get("/api/health").json()["limits"]
+    assert limits["max_slide_tiles"] == 2_000_000 and limits["max_jobs"] == 4 and limits["job_ttl_s"] == 3600
+    assert client.get("/api/models").json()["limits"] == limits
+    post = lambda data, **form: client.post("/api/histo/cnn/slides", files={"file": ("s.png", data)},  # noqa: E731
+                                            data={k: str(v) for k, v in form.items()})
+    small = png_of(np.full((512, 512, 3), 180, np.uint8))
+    for mpp in (100, 20):  # the 512x512 PNG: 2.7 M and 109 k tiles of an image enlarged 100x and 20x
+        r = post(small, mpp=mpp)
+        assert r.status_code == 422 and "would be enlarged" in r.json()["detail"], r.text
+    r = post(huge_png_header(3000, 3000), mpp=3.8, stride=8)  # 1467 x 1467 cells
+    assert r.status_code == 413 and "2,152,089 tiles" in r.json()["detail"] and "--max-slide-tiles" in r.json()["detail"]
+    r = post(huge_png_header(12000, 10000), mpp=0.5)  # decoded whole: refused from its header
+    assert r.status_code == 413 and "decoded whole" in r.json()["detail"], r.text
+    r = post(small)  # a PNG does not say its µm per pixel
+    assert r.status_code == 422 and "send mpp" in r.json()["detail"], r.text
+    r = post(small, mpp=0.5, stride=7)
+    assert r.status_code == 422 and "--stride 7" in r.json()["detail"], r.text
+
+
+def wait_for(client, job_id: str, statuses, seconds: float = 300) -> dict:
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        status = client.get(f"/api/jobs/{job_id}").json()
+        if status.get("status") in statuses:
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {status} after {seconds} s")
+
+
+def test_slide_jobs_queue_cancel_expire_and_use_the_loaded_model(served_runs, tmp_path_factory, monkeypatch):
+    from spotter.histo import slide as slide_stage
+    loads = []
+    real_load = slide_stage.load_predictor
+    monkeypatch.setattr(slide_stage, "load_predictor", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    limits = serve_app.Limits(max_jobs=1, job_ttl_s=2.0)
+    app = serve_app.create_app([served_runs["cnn"]], device="cpu", limits=limits, log=lambda message: None)
+    slow, quick = serve_runs.mosaic_png(tmp_path_factory, 2048), serve_runs.mosaic_png(tmp_path_factory, 384)
+    with TestClient(app) as c:
+        first = c.post("/api/histo/cnn/slides", files={"file": ("a.png", slow)}, data={"mpp": "0.972", "stride": "8"})
+        assert first.status_code == 202, first.text
+        job = first.json()["job"]
+        wait_for(c, job, ("running",))
+        full = c.post("/api/histo/cnn/slides", files={"file": ("b.png", quick)}, data={"mpp": "0.972"})
+        assert full.status_code == 429 and "--max-jobs" in full.json()["detail"]
+        folder = app.state.server.jobs.get(job).folder
+        assert c.delete(f"/api/jobs/{job}").status_code == 200
+        assert wait_for(c, job, ("cancelled", "done", "failed"), 60)["status"] == "cancelled"
+        assert not folder.exists()
+        second = c.post("/api/histo/cnn/slides", files={"file": ("c.png", quick)}, data={"mpp": "0.972", "stride": "96"})
+        assert second.status_code == 202, second.text
+        done = wait_for(c, second.json()["job"], ("done", "failed"))
+        assert done["status"] == "done" and done["summary"]["device"] == "cpu", done
+        folder = app.state.server.jobs.get(second.json()["job"]).folder
+        import time
+        time.sleep(2.5)
+        assert c.get(f"/api/jobs/{second.json()['job']}").status_code == 404  # expired
+        assert not folder.exists()
+        assert c.delete("/api/jobs/nope").status_code == 404
+    assert len(loads) == 1 and loads[0][1] == "cpu"  # the server's device, loaded once for both jobs

@@ -21,10 +21,22 @@ class Limits:
     max_text_chars: int = 2000  # Kaggle's longest tweet, HTML-escaped, is under 400
     max_batch: int = 256  # items per shared forward pass
     max_wait_ms: float = 2.0  # how long a lone request waits for company
+    max_slide_tiles: int = 2_000_000  # grid cells of one slide job (a large real slide at stride 32: ~1 M)
+    max_image_slide_pixels: int = 100_000_000  # a PNG/JPEG slide, decoded whole (300 MB of RGB)
+    max_slide_upsample: float = 4.0  # level 0 enlarged at most this much to the model's µm per pixel
+    max_jobs: int = 4  # slide jobs queued or running at once (429 beyond)
+    job_ttl_s: float = 3600.0  # a finished job and its files are removed this long after it ends
+
+    SHOWN = ("max_upload_mb", "max_files", "max_texts", "max_text_chars", "max_slide_pixels", "max_slide_tiles",
+             "max_image_slide_pixels", "max_slide_upsample", "max_jobs", "job_ttl_s")
 
     @property
     def max_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    def shown(self) -> dict:
+        """The limits a caller may plan by (/api/models, /api/health)."""
+        return {k: getattr(self, k) for k in self.SHOWN}
 
 
 def server_of(request: Request):

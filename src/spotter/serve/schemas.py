@@ -35,6 +35,7 @@ class TweetsRequest(BaseModel):
 class Health(BaseModel):
     status: str = Field(description="'ok' while the server answers")
     models: list[str] = Field(description="names of the served models")
+    limits: dict[str, Any] = Field(description="what one request and one slide job may ask for")
 
 
 class Ping(BaseModel):
@@ -110,7 +111,7 @@ class JobStarted(BaseModel):
 class JobStatus(BaseModel):
     job: str
     model: str
-    status: str = Field(description="queued, running, done or failed")
+    status: str = Field(description="queued, running, done, failed or cancelled")
     progress: float = Field(description="share of the tiles scored, 0 to 1")
     message: str = Field(description="why a job failed")
     seconds: float

@@ -14,12 +14,12 @@ import numpy as np
 from fastapi import HTTPException, Request
 
 from .. import explain
-from ..errors import BadInput
+from ..errors import BadInput, UserError
 from . import runs, uploads
 from .batcher import Batcher
 from .dependencies import Limits, flag, require_multipart
 from .info import model_info
-from .jobs import Job, JobStore
+from .jobs import Job, JobStore, slide_tiles
 from .schemas import TweetsRequest
 
 
@@ -35,6 +35,7 @@ class Served:
     # gradients install hooks on the module and switch its modes, which a forward pass on another thread
     # would see (issue 27: mixed requests answered 500 or wrong probabilities).
     lock: threading.Lock = field(default_factory=threading.Lock)
+    slide_predictor: Any = None  # histo.slide's Predictor for slide jobs, loaded on the first slide
 
 
 class Server:
@@ -42,7 +43,8 @@ class Server:
 
     def __init__(self, run_dirs: list[Path], device: str, limits: Limits, log):
         self.models: dict[str, Served] = {}
-        self.limits = limits
+        self.limits, self.device = limits, device
+        self.loading = threading.Lock()  # slide predictors are loaded once, on the first slide
         self.start()
         for run_dir in map(Path, run_dirs):
             self.load(run_dir, device, log)
@@ -71,7 +73,7 @@ class Server:
         do, one lifespan after another) gets new ones."""
         self.inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self.explaining = ThreadPoolExecutor(1, thread_name_prefix="explain")
-        self.jobs = JobStore()
+        self.jobs = JobStore(self.limits.max_jobs, self.limits.job_ttl_s)
         for served in self.models.values():
             served.batcher.executor = self.inference
         self.closed = False
@@ -163,10 +165,52 @@ class Server:
 
     # ---------------------------------------------------------------- slides
 
-    def start_slide(self, m: Served, data: bytes, kind: str, options: dict) -> Job:
-        """Queue whole-slide inference of an uploaded slide; ImportError when the slide stage is missing."""
-        from ..histo.slide import slide as run_slide  # optional stage: its absence is a 501, not a crash
+    async def start_slide(self, m: Served, data: bytes, kind: str, options: dict) -> Job:
+        """Size an uploaded slide, refuse it beyond the limits, else queue it; ImportError when the slide
+        stage is missing. The job scores with the server's device and a model loaded once per run."""
+        from ..histo import slide as stage  # optional stage: its absence is a 501, not a crash
+
+        if self.jobs.unfinished() >= self.limits.max_jobs:
+            raise HTTPException(429, f"{self.limits.max_jobs} slide jobs are queued or running, this server's "
+                                     "limit (--max-jobs); try again when one has finished")
+        options.setdefault("stride", stage.CENTRE)  # the stage's default: one cell per labelled centre
+        job, image = self.jobs.new(m.name, data, kind)
+        try:
+            predictor = await asyncio.get_running_loop().run_in_executor(
+                None, self._size_slide, m, image, kind, data, options, stage)
+        except BaseException:
+            self.jobs.discard(job)
+            raise
 
         def score(image: Path, out: Path, on_progress) -> dict:
-            return run_slide(m.run_dir, image, out, on_progress=on_progress, **options)
-        return self.jobs.start(m.name, data, kind, score)
+            return stage.slide(m.run_dir, image, out, predictor=predictor, on_progress=on_progress, **options)
+        return self.jobs.queue(job, image, score)
+
+    def _size_slide(self, m: Served, image: Path, kind: str, data: bytes, options: dict, stage):
+        """The slide predictor, after checking the job's size in tiles and its µm/px (413/422 with the reason)."""
+        with self.loading:
+            if m.slide_predictor is None:
+                m.slide_predictor = stage.load_predictor(m.run_dir, self.device)
+        model_mpp, limits = m.slide_predictor.mpp, self.limits
+        size = uploads.slide_size(data, image.name, limits.max_slide_pixels) if kind != "tiff" else None
+        try:
+            tiles, mpp = slide_tiles(image, kind, size, options.get("mpp"), options["stride"], model_mpp,
+                                     stage.make_grid)
+        except UserError as err:
+            raise HTTPException(422, str(err).replace(str(image), "the slide")) from None
+        if mpp > limits.max_slide_upsample * model_mpp:
+            raise HTTPException(422, f"mpp {mpp:g}: the slide's level 0 would be enlarged {mpp / model_mpp:.1f}x to "
+                                     f"the model's {model_mpp:g} µm per pixel, more than this server's "
+                                     f"{limits.max_slide_upsample:g}x; check the slide's µm per pixel")
+        if tiles > limits.max_slide_tiles:
+            raise HTTPException(413, f"{tiles:,} tiles at stride {options['stride']} ({mpp:g} µm per pixel), over "
+                                     f"this server's cap of {limits.max_slide_tiles:,} (--max-slide-tiles); "
+                                     "use a larger stride")
+        return m.slide_predictor
+
+    def cancel_job(self, job_id: str) -> Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id[:40]!r}")
+        self.jobs.cancel(job)
+        return job

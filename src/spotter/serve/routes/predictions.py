@@ -10,7 +10,6 @@ from ..schemas import Health, Models, PatchAnswer, TweetsAnswer, TweetsRequest
 from . import ServerDep
 
 router = APIRouter()
-SHOWN_LIMITS = ("max_upload_mb", "max_files", "max_texts", "max_text_chars")
 
 PATCH_FORM = {"requestBody": {"content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
     "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
@@ -19,14 +18,14 @@ PATCH_FORM = {"requestBody": {"content": {"multipart/form-data": {"schema": {"ty
 
 @router.get("/api/health", response_model=Health)
 async def health(server: ServerDep) -> dict:
-    return {"status": "ok", "models": list(server.models)}
+    return {"status": "ok", "models": list(server.models), "limits": server.limits.shown()}
 
 
 @router.get("/api/models", response_model=Models, response_model_exclude_unset=True)
 async def list_models(server: ServerDep) -> dict:
     return {"models": [m.info for m in server.models.values()], "cam_scale_logits": explain.CAM_SCALE,
             "slides": importlib.util.find_spec("spotter.histo.slide") is not None,
-            "limits": {k: getattr(server.limits, k) for k in SHOWN_LIMITS}}
+            "limits": server.limits.shown()}
 
 
 @router.post("/api/histo/{model}/predict", response_model=PatchAnswer, response_model_exclude_unset=True,

@@ -37,11 +37,12 @@ async def start_slide(model: str, request: Request, server: ServerDep) -> dict:
                     raise HTTPException(422, f"{key} must be a number, got {value[:20]!r}") from None
         data = await upload.read()
     try:
-        kind = uploads.check_slide(data, upload.filename or "slide", server.limits.max_slide_pixels)
+        kind = uploads.check_slide(data, upload.filename or "slide", server.limits.max_slide_pixels,
+                                   server.limits.max_image_slide_pixels)
     except uploads.UploadError as err:
         raise HTTPException(err.status, str(err)) from None
     try:  # the whole-slide stage is its own module; bad uploads are refused before this
-        job = server.start_slide(m, data, kind, options)
+        job = await server.start_slide(m, data, kind, options)
     except ImportError:
         raise HTTPException(501, "whole-slide inference is not in this Spotter yet (spotter.histo.slide)") from None
     return {"job": job.id, "status_url": f"/api/jobs/{job.id}"}
@@ -53,6 +54,12 @@ async def job_status(job_id: str, server: ServerDep) -> dict:
     if job is None:
         raise HTTPException(404, f"no job {job_id[:40]!r}")
     return job.status_answer()
+
+
+@router.delete("/api/jobs/{job_id}", response_model=JobStatus, response_model_exclude_unset=True)
+async def cancel_job(job_id: str, server: ServerDep) -> dict:
+    """Cancel a job: a queued one never starts, a running one stops at its next batch of tiles; its files go."""
+    return server.cancel_job(job_id).status_answer()
 
 
 @router.get("/api/jobs/{job_id}/files/{name}")
