@@ -148,5 +148,9 @@ class JobStore:
             del self.jobs[job.id]
 
     def close(self) -> None:
+        """Cancel every job, wait for the running one to stop (at its next batch) and remove all job folders:
+        without this, Ctrl-C left the server running until the slide was done (issue 27 item 4)."""
+        for job in list(self.jobs.values()):
+            self.cancel(job)
         self.executor.shutdown(wait=True, cancel_futures=True)
         shutil.rmtree(self.root, ignore_errors=True)  # the slides' uploads and outputs
