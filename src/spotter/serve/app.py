@@ -5,7 +5,7 @@ Routes (JSON in and out; errors are `{"detail": "..."}` with a 4xx code, never a
   POST /api/histo/{model}/predict      multipart `files` (TIFF/PNG/JPEG), form or query `tta`, `explain`
   POST /api/tweets/{model}/predict     {"texts": [...], "keywords": [...]?, "explain": false}
   POST /api/histo/{model}/slides       multipart `file` -> {"job": id}
-  GET  /api/jobs/{id}, /api/jobs/{id}/files/{name}
+  GET  /api/jobs/{id}, /api/jobs/{id}/files/{name}; DELETE /api/jobs/{id} cancels
   GET  /ping, POST /predictions/{model}, POST /explanations/{model}   (TorchServe's names for the same)
   GET  /  the page (from the package), /docs the OpenAPI docs
 

@@ -223,6 +223,7 @@ $("slide-form").addEventListener("submit", async (e) => {
       $("slide-progress").value = s.progress;
       $("slide-status").textContent = `${s.status} · ${pct(s.progress)} · ${s.seconds} s`;
       if (s.status === "failed") throw new Error("slide failed: " + s.message);
+      if (s.status === "cancelled") throw new Error("the slide job was cancelled");
       if (s.status === "done") { await showSlide(s); break; }
       await new Promise((r) => setTimeout(r, 500));
     }
