@@ -31,5 +31,6 @@ def test_ctrl_c_stops_the_server_during_a_slide_job(tmp_path_factory, tmp_path):
         stopped = time.monotonic() - sent
     finally:
         server.stop()
+    print(f"stopped {stopped:.1f} s after Ctrl-C")
     assert stopped < 10, f"stopped {stopped:.1f} s after Ctrl-C: {(tmp_path / 'server.log').read_text()[-1500:]}"
     assert not list(temp.glob("spotter-serve-*")), "job folders left behind"
