@@ -18,13 +18,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, runs: list[Path], *extra: str, log: Path):
+    def __init__(self, runs: list[Path], *extra: str, log: Path, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self.process = subprocess.Popen(
             [sys.executable, "-m", "spotter", "serve", *map(str, runs), "--port", str(self.port), "--device", "cpu", *extra],
-            stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -86,3 +86,18 @@ def tweets_ensemble(factory) -> Path:
     """The calibrated average of the bigru and tfidf runs."""
     members = [tweets_run(factory, "bigru"), tweets_run(factory, "tfidf")]
     return _once(_root(factory) / "both", lambda out: main(["tweets", "ensemble", *members, "--out", out]))
+
+
+def mosaic_png(factory, side: int) -> bytes:
+    """A side x side PNG slide of 16 real training patches, tiled: tissue everywhere (for slide jobs)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = [np.asarray(Image.open(p)) for p in sorted((histo_data(factory) / "train").glob("*.tif"))[:16]]
+    block = np.concatenate([np.concatenate(pixels[r * 4:(r + 1) * 4], 1) for r in range(4)], 0)
+    reps = -(-side // block.shape[0])
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(np.tile(block, (reps, reps, 1))[:side, :side])).save(buffer, format="PNG")
+    return buffer.getvalue()

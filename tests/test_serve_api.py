@@ -47,7 +47,9 @@ def png_bytes(pixels):
 
 
 def test_health_and_models(client):
-    assert client.get("/api/health").json() == {"status": "ok", "models": ["cnn", "rnn", "tfidf", "both"]}
+    health = client.get("/api/health").json()
+    assert health["status"] == "ok" and health["models"] == ["cnn", "rnn", "tfidf", "both"]
+    assert health["limits"]["max_slide_tiles"] == 2_000_000
     assert client.get("/ping").json() == {"status": "Healthy"}
     models = {m["name"]: m for m in client.get("/api/models").json()["models"]}
     assert models["cnn"]["task"] == "histo" and models["cnn"]["kind"] == "resnet-plain"
@@ -145,7 +147,8 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(application
             results = await asyncio.gather(*[one(p) for p in paths], *[bad(i) for i in range(8)])
             together = await c.post("/api/histo/cnn/predict", files=[("files", (p.name, p.read_bytes())) for p in paths])
             return before, results, together.json()
-    before, results, together = asyncio.run(run())
+    with TestClient(application):  # the application's lifespan: its threads are started (earlier tests closed it)
+        before, results, together = asyncio.run(run())
     batches, requests = batcher.batches - before[0], batcher.requests - before[1]
     assert requests == 25 and batches < 24  # 24 single-patch requests and one of 24, in fewer forward passes
     np.testing.assert_allclose(results[:24], [r["probability"] for r in together["results"]], atol=2e-5)

@@ -149,3 +149,33 @@ def test_keyboard_and_narrow_window(server, page, artefacts):
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 400, f"the page is {width} px wide in a 400 px window"
     page.screenshot(path=str(artefacts / "narrow.png"), full_page=True)
+
+
+def test_names_and_texts_are_shown_as_text_never_run(server, page):
+    """A file named like markup, and markup pasted as a tweet, show literally and run nothing (DOM XSS)."""
+    hostile = "<img src=x onerror=window.__xss=1>.tif"
+    open_page(page, server)
+    page.locator("#patch-clear").click()
+    page.set_input_files("#patch-files", [{"name": hostile, "mimeType": "image/tiff", "buffer": b"not a tiff"}])
+    page.wait_for_function("[...document.querySelectorAll('#grid .card .prob')].some(p => p.textContent.includes('⚠'))",
+                           timeout=WAIT)
+    error = page.locator("#grid .card .prob").first.text_content()
+    assert hostile in error and "judged by its bytes" in error
+    assert page.locator("#grid .card .name").first.text_content() == hostile
+    assert page.locator("#grid img[src='x']").count() == 0
+    tweet = "<img src=x onerror=window.__xss=2> fire <b>downtown</b>"
+    page.locator("#tab-tweets").click()
+    page.wait_for_function("document.getElementById('model').value === 'rnn'", timeout=WAIT)
+    for explain in (False, True):  # plain text cell, and the word spans of an explanation
+        page.set_checked("#tweet-explain", explain)
+        page.fill("#tweet-text", tweet)
+        page.locator("#tweet-run").click()
+        page.wait_for_function("document.querySelectorAll('#tweet-table tbody tr').length === 1 && "
+                               "document.getElementById('tweet-status').textContent.includes('about a disaster')",
+                               timeout=WAIT)
+        assert page.locator("#tweet-table tbody td.text").text_content().replace("\u00a0", " ") == tweet
+        assert page.locator("#tweet-table img, #tweet-table b").count() == 0
+    page.wait_for_timeout(500)  # an injected image's error handler fires asynchronously
+    assert page.evaluate("window.__xss") is None
+    page.locator("#tab-patches").click()
+    page.locator("#patch-clear").click()

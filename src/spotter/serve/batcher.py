@@ -42,8 +42,9 @@ class Batcher:
         if self.loop is not loop:  # created on the serving loop (a new one after a restart or in tests)
             self.close()
             self.loop, self.queue = loop, asyncio.Queue()
+        if self.worker is None or self.worker.done():  # a worker that stopped for any reason is replaced
             self.worker = loop.create_task(self._work())
-        request = _Request(items, key, asyncio.get_running_loop().create_future())
+        request = _Request(items, key, loop.create_future())
         await self.queue.put(request)
         return await request.future
 
@@ -67,28 +68,35 @@ class Batcher:
         return batch
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._gather()
             for key in dict.fromkeys(r.key for r in batch):
                 group = [r for r in batch if r.key == key and not r.future.cancelled()]
-                if not group:
-                    continue
-                items = _concat([r.items for r in group])
-                try:
-                    results = await loop.run_in_executor(self.executor, self.run, items, key)
-                except Exception as err:  # noqa: BLE001 - handed to each waiting request
-                    for r in group:
-                        if not r.future.done():
-                            r.future.set_exception(err)
-                    continue
-                self.batches += 1
-                self.requests += len(group)
-                start = 0
-                for r in group:
-                    if not r.future.done():
-                        r.future.set_result(results[start:start + len(r)])
-                    start += len(r)
+                if group:
+                    await self._answer(group, key)
+
+    async def _answer(self, group: list[_Request], key: Hashable) -> None:
+        """One forward pass for `group`; whatever fails (joining, running, splitting) is handed to each of
+        its requests, so the worker lives on and no request waits for ever."""
+        try:
+            items = _concat([r.items for r in group])
+            results = await asyncio.get_running_loop().run_in_executor(self.executor, self.run, items, key)
+            answers, start = [], 0
+            for r in group:
+                answers.append(results[start:start + len(r)])
+                start += len(r)
+            if start != len(results):
+                raise RuntimeError(f"the model gave {len(results)} results for {start} items")
+        except Exception as err:  # noqa: BLE001 - handed to each waiting request
+            for r in group:
+                if not r.future.done():
+                    r.future.set_exception(err)
+            return
+        self.batches += 1
+        self.requests += len(group)
+        for r, answer in zip(group, answers):
+            if not r.future.done():
+                r.future.set_result(answer)
 
     def close(self) -> None:
         if self.worker is not None and not self.worker.done() and not self.loop.is_closed():

@@ -55,18 +55,26 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def check_slide(data: bytes, name: str, max_pixels: int) -> str:
-    """The slide's type, after checking its bytes and its size (from the header, nothing decoded)."""
+def check_slide(data: bytes, name: str, max_pixels: int, max_decoded_pixels: int | None = None) -> str:
+    """The slide's type, after checking its bytes and its size (from the header, nothing decoded).
+    PNG and JPEG slides are decoded whole, so `max_decoded_pixels` caps them (tiled TIFFs are read in blocks)."""
     kind = sniff(data)
     if kind is None:
         raise UploadError(415, f"{name}: not a TIFF, PNG or JPEG image (judged by its bytes, not its name)")
-    size = header_size(data)
-    if size is None:
-        open_checked(data, name, max_pixels)  # JPEG, BigTIFF: Pillow reads the header
-    elif size[0] * size[1] > max_pixels:
-        raise UploadError(413, f"{name}: {size[0]}x{size[1]} is {size[0] * size[1]:,} pixels, over this server's "
+    width, height = slide_size(data, name, max_pixels)
+    if width * height > max_pixels:
+        raise UploadError(413, f"{name}: {width}x{height} is {width * height:,} pixels, over this server's "
                                f"cap of {max_pixels:,}")
+    if kind != "tiff" and max_decoded_pixels is not None and width * height > max_decoded_pixels:
+        raise UploadError(413, f"{name}: {width}x{height} is {width * height:,} pixels; a {kind.upper()} slide is "
+                               f"decoded whole, and this server takes at most {max_decoded_pixels:,} pixels of one "
+                               "(send a tiled TIFF for larger slides)")
     return kind
+
+
+def slide_size(data: bytes, name: str, max_pixels: int) -> tuple[int, int]:
+    """(width, height) of a slide from its header: TIFF and PNG read here, JPEG and BigTIFF by Pillow."""
+    return header_size(data) or open_checked(data, name, max_pixels).size
 
 
 def open_checked(data: bytes, name: str, max_pixels: int):

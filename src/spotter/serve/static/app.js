@@ -27,6 +27,14 @@ async function api(path, options = {}) {
 function showError(err) { const box = $("error"); box.textContent = err ? String(err.message || err) : ""; box.hidden = !err; }
 const pct = (p) => (100 * p).toFixed(1) + "%";
 
+// Elements are built, never parsed from strings: names, error texts, tweets and keywords come from
+// requests and files, so they go in as text only (an uploaded file's name must not run as markup).
+function el(tag, props, ...children) {
+  const node = Object.assign(document.createElement(tag), props);
+  node.append(...children);  // strings become text nodes
+  return node;
+}
+
 // ------------------------------------------------------------------ models and tabs
 function score(m) {
   const v = m.validation || {};
@@ -138,14 +146,15 @@ function render() {
     card.type = "button"; card.className = "card"; card.setAttribute("aria-pressed", state.selected === e);
     if (e.status === "done") {
       const tumour = e.label === 1, cls = tumour ? "t" : "n";
-      card.innerHTML = `<img alt=""><div class="bar" aria-hidden="true"><span class="${cls}"></span></div>
-        <div class="prob"><b class="${cls}">${pct(e.probability)}</b> ${tumour ? "tumour" : "normal"}</div><div class="name"></div>`;
-      card.querySelector("img").src = "data:image/png;base64," + e.thumbnail_png;
-      card.querySelector(".bar span").style.width = pct(e.probability);
+      const img = el("img", { alt: "", src: "data:image/png;base64," + e.thumbnail_png });
+      const fill = el("span", { className: cls }); fill.style.width = pct(e.probability);
+      const bar = el("div", { className: "bar" }, fill); bar.setAttribute("aria-hidden", "true");
+      card.append(img, bar, el("div", { className: "prob" }, el("b", { className: cls }, pct(e.probability)),
+        " " + (tumour ? "tumour" : "normal")), el("div", { className: "name" }));
       card.setAttribute("aria-label", `${e.name}: ${pct(e.probability)} tumour, ${tumour ? "above" : "below"} threshold. Show Grad-CAM`);
       card.dataset.probability = e.probability;
     } else {
-      card.innerHTML = `<div class="prob">${e.status === "error" ? "⚠ " + e.error : "…"}</div><div class="name"></div>`;
+      card.append(el("div", { className: "prob" }, e.status === "error" ? "⚠ " + e.error : "…"), el("div", { className: "name" }));
       card.disabled = e.status !== "error";
     }
     card.querySelector(".name").textContent = e.name; card.title = e.name;
@@ -214,6 +223,7 @@ $("slide-form").addEventListener("submit", async (e) => {
       $("slide-progress").value = s.progress;
       $("slide-status").textContent = `${s.status} · ${pct(s.progress)} · ${s.seconds} s`;
       if (s.status === "failed") throw new Error("slide failed: " + s.message);
+      if (s.status === "cancelled") throw new Error("the slide job was cancelled");
       if (s.status === "done") { await showSlide(s); break; }
       await new Promise((r) => setTimeout(r, 500));
     }
@@ -304,9 +314,10 @@ function renderTweets() {
   const body = $("tweet-table").querySelector("tbody"); body.replaceChildren();
   state.tweets.forEach((r, i) => {
     const tr = document.createElement("tr"), yes = r.label === 1;
-    tr.innerHTML = `<td class="num">${i + 1}</td><td class="text"></td><td class="kw"></td>
-      <td class="num">${pct(r.probability)}</td><td><span class="tag ${yes ? "t" : "n"}">${yes ? "disaster" : "not a disaster"}</span></td>`;
-    const cell = tr.querySelector(".text");
+    const cell = el("td", { className: "text" });
+    tr.append(el("td", { className: "num" }, String(i + 1)), cell, el("td", { className: "kw" }),
+      el("td", { className: "num" }, pct(r.probability)),
+      el("td", {}, el("span", { className: "tag " + (yes ? "t" : "n") }, yes ? "disaster" : "not a disaster")));
     if (r.explanation) {
       r.explanation.words.forEach((w, j) => {
         const span = document.createElement("span"); span.className = "word"; span.textContent = w.text;

@@ -1,0 +1,75 @@
+"""What the model picker shows about a served run, read from its folder."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+# Training settings a caller may see. An allow-list, not a deny-list: settings that hold paths on the server
+# (data, pack_root, embeddings, teacher) and any setting added later stay private until named here.
+SHOWN_SETTINGS = {
+    "train": ("epochs", "batch_size", "lr", "weight_decay", "time_budget_min", "patience", "seed", "device",
+              "precision", "ema"),
+    "histo": ("model", "crop", "crop_jitter", "colour_jitter", "mixup", "soft_weight", "val_fraction", "skip_bad",
+              "augment", "compile", "val_split", "mpp"),
+    "tweets": ("model", "folds", "val_fraction", "resolve_duplicates", "skip_bad", "unfreeze_epoch", "encoder",
+               "pooling", "max_tokens", "fold_groups", "keyword", "soft_weight", "transfer_copies"),
+}
+
+
+def _shown(settings: dict, group: str) -> dict:
+    shown = {k: settings[k] for k in SHOWN_SETTINGS[group] if k in settings}
+    if "/" in str(shown.get("encoder", "")) or "\\" in str(shown.get("encoder", "")):
+        del shown["encoder"]  # a packaged encoder's name is shown, a local folder is not
+    return shown
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def model_info(name: str, task: str, run_dir: Path, predictor) -> dict:
+    """What the model picker shows: task, kind, validation scores from the run folder, training settings."""
+    ensemble = _read_json(run_dir / "ensemble.json")
+    info: dict[str, Any] = {"name": name, "task": task, "kind": predictor.name, "threshold": predictor.threshold,
+                            "ensemble": ensemble is not None, "validation": {}, "settings": {}}
+    if ensemble:
+        info["members"] = [Path(m).name for m in ensemble["members"]]
+        v = ensemble.get("validation", {})
+        info["validation"] = {k: v[k] for k in ("auc", "f1", "f1_best", "precision", "recall", "accuracy") if k in v}
+    if task == "histo" and not ensemble:
+        settings = _read_json(run_dir / "settings.json") or {}
+        info["settings"] = {**_shown(settings.get("task", {}).get("histo", {}), "histo"),
+                            **_shown(settings.get("train", {}), "train")}
+        for file, key in (("evaluation_tta.json", "tta"), ("evaluation.json", "plain")):
+            report = _read_json(run_dir / file)
+            if report and "validation split" in str(report.get("data", "")):
+                info["validation"][f"auc_{key}"] = report["auc"]
+        if (run_dir / "metrics.csv").exists():
+            metrics = pd.read_csv(run_dir / "metrics.csv")
+            best = metrics.loc[metrics["val_auc"].idxmax()]
+            info["validation"].setdefault("auc", float(best["val_auc"]))
+            info["validation"]["best_epoch"] = int(best["epoch"])
+        info["explanation"] = "Grad-CAM"
+    elif task == "histo":
+        info["explanation"] = "Grad-CAM (mean of the members' maps)"
+    if task == "tweets":
+        summary = _read_json(run_dir / "summary.json") or {}
+        # Runs score out-of-fold F1 at thresholds chosen without the scored fold, with 95 % intervals;
+        # ensembles (and runs made before that) keep their scores under "validation".
+        v = summary.get("validation", summary)
+        info["validation"].update({k: v[k] for k in ("f1", "auc", "precision", "recall", "f1_ci95", "auc_ci95")
+                                   if k in v})
+        if "f1_mean" in summary:
+            info["validation"].update(f1_mean=summary["f1_mean"], f1_std=summary["f1_std"], folds=summary["folds"])
+        run = _read_json(run_dir / "run.json") or {}
+        info["settings"] = {**_shown(run.get("tweets", {}), "tweets"), **_shown(run.get("train", {}), "train")}
+        info["explanation"] = {"tfidf": "exact contributions", "minilm-frozen": None, "ensemble": None,
+                               "blend": "integrated gradients and exact contributions, averaged"}.get(
+            predictor.name, "integrated gradients")
+    return info
