@@ -243,18 +243,13 @@ def test_loopback_only_without_token(served_runs, capsys):
 
 
 def test_slides_endpoint(client, tmp_path_factory):
-    """Whole slides run as jobs through spotter.histo.slide; without that module the endpoint says so (501)."""
+    """Whole slides run as jobs through spotter.histo.slide."""
     pixels = [np.asarray(Image.open(p)) for p in sorted((serve_runs.histo_data(tmp_path_factory) / "train").glob("*.tif"))[:16]]
     mosaic = np.concatenate([np.concatenate(pixels[r * 4:(r + 1) * 4], 1) for r in range(4)], 0)
     buffer = io.BytesIO()
     Image.fromarray(mosaic).save(buffer, format="TIFF")
     response = client.post("/api/histo/cnn/slides", files={"file": ("slide.tif", buffer.getvalue())},
                            data={"mpp": "0.972", "stride": "96"})  # Kaggle's patches: 0.972 µm per pixel
-    try:
-        import spotter.histo.slide  # noqa: F401
-    except ImportError:
-        assert response.status_code == 501 and "not in this Spotter yet" in response.json()["detail"]
-        return
     assert response.status_code == 202, response.text
     job = response.json()
     for _ in range(600):

@@ -124,17 +124,12 @@ def test_slide_tab(server, page, artefacts, tmp_path_factory, tmp_path):
     open_page(page, server)
     page.locator("#tab-slide").click()
     page.set_input_files("#slide-file", str(mosaic))
-    try:
-        import spotter.histo.slide  # noqa: F401
-    except ImportError:  # the tab says so and does not offer to run
-        assert page.locator("#slide-missing").is_visible() and page.locator("#slide-run").is_disabled()
-    else:
-        page.fill("#slide-mpp", "0.972")  # Kaggle's patches: 0.972 µm per pixel
-        page.select_option("#slide-stride", "96")
-        page.locator("#slide-run").click()
-        page.wait_for_function("document.getElementById('slide-img').complete && "
-                               "document.getElementById('slide-img').naturalWidth > 0", timeout=WAIT)
-        assert "overlay.png" in page.locator("#slide-links").inner_text()
+    page.fill("#slide-mpp", "0.972")  # Kaggle's patches: 0.972 µm per pixel
+    page.select_option("#slide-stride", "96")
+    page.locator("#slide-run").click()
+    page.wait_for_function("document.getElementById('slide-img').complete && "
+                           "document.getElementById('slide-img').naturalWidth > 0", timeout=WAIT)
+    assert "overlay.png" in page.locator("#slide-links").inner_text()
     page.screenshot(path=str(artefacts / "slide.png"), full_page=True)
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import pandas as pd
 
+from .. import runs
+
 # Training settings a caller may see. An allow-list, not a deny-list: settings that hold paths on the server
 # (data, pack_root, embeddings, teacher) and any setting added later stay private until named here.
 SHOWN_SETTINGS = {
@@ -26,32 +28,23 @@ def _shown(settings: dict, group: str) -> dict:
     return shown
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def model_info(name: str, task: str, run_dir: Path, predictor) -> dict:
+def model_info(name: str, task: str, run: runs.Run, predictor) -> dict:
     """What the model picker shows: task, kind, validation scores from the run folder, training settings."""
-    ensemble = _read_json(run_dir / "ensemble.json")
     info: dict[str, Any] = {"name": name, "task": task, "kind": predictor.name, "threshold": predictor.threshold,
-                            "ensemble": ensemble is not None, "validation": {}, "settings": {}}
-    if ensemble:
-        info["members"] = [Path(m).name for m in ensemble["members"]]
-        v = ensemble.get("validation", {})
+                            "ensemble": run.is_ensemble, "validation": {}, "settings": {}}
+    if run.is_ensemble:
+        info["members"] = [m.path.name for m in run.members]
+        v = run.spec.get("validation", {})
         info["validation"] = {k: v[k] for k in ("auc", "f1", "f1_best", "precision", "recall", "accuracy") if k in v}
-    if task == "histo" and not ensemble:
-        settings = _read_json(run_dir / "settings.json") or {}
-        info["settings"] = {**_shown(settings.get("task", {}).get("histo", {}), "histo"),
-                            **_shown(settings.get("train", {}), "train")}
+    else:
+        info["settings"] = {**_shown(run.settings, task), **_shown(run.train, "train")}
+    if task == "histo" and not run.is_ensemble:
         for file, key in (("evaluation_tta.json", "tta"), ("evaluation.json", "plain")):
-            report = _read_json(run_dir / file)
+            report = _read_json(run.path / file)
             if report and "validation split" in str(report.get("data", "")):
                 info["validation"][f"auc_{key}"] = report["auc"]
-        if (run_dir / "metrics.csv").exists():
-            metrics = pd.read_csv(run_dir / "metrics.csv")
+        if (run.path / "metrics.csv").exists():
+            metrics = pd.read_csv(run.path / "metrics.csv")
             best = metrics.loc[metrics["val_auc"].idxmax()]
             info["validation"].setdefault("auc", float(best["val_auc"]))
             info["validation"]["best_epoch"] = int(best["epoch"])
@@ -59,7 +52,7 @@ def model_info(name: str, task: str, run_dir: Path, predictor) -> dict:
     elif task == "histo":
         info["explanation"] = "Grad-CAM (mean of the members' maps)"
     if task == "tweets":
-        summary = _read_json(run_dir / "summary.json") or {}
+        summary = run.summary
         # Runs score out-of-fold F1 at thresholds chosen without the scored fold, with 95 % intervals;
         # ensembles (and runs made before that) keep their scores under "validation".
         v = summary.get("validation", summary)
@@ -67,9 +60,15 @@ def model_info(name: str, task: str, run_dir: Path, predictor) -> dict:
                                    if k in v})
         if "f1_mean" in summary:
             info["validation"].update(f1_mean=summary["f1_mean"], f1_std=summary["f1_std"], folds=summary["folds"])
-        run = _read_json(run_dir / "run.json") or {}
-        info["settings"] = {**_shown(run.get("tweets", {}), "tweets"), **_shown(run.get("train", {}), "train")}
         info["explanation"] = {"tfidf": "exact contributions", "minilm-frozen": None, "ensemble": None,
                                "blend": "integrated gradients and exact contributions, averaged"}.get(
             predictor.name, "integrated gradients")
     return info
+
+
+def _read_json(path: Path) -> dict | None:
+    """An evaluation report the run folder may hold (written by `evaluate`, not part of the run itself)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

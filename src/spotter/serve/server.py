@@ -14,6 +14,7 @@ import numpy as np
 from fastapi import HTTPException, Request
 
 from .. import explain
+from ..histo import predictor as histo_predictor, slide
 from ..errors import BadInput, UserError
 from . import runs, uploads
 from .batcher import Batcher
@@ -35,7 +36,9 @@ class Served:
     # gradients install hooks on the module and switch its modes, which a forward pass on another thread
     # would see (issue 27: mixed requests answered 500 or wrong probabilities).
     lock: threading.Lock = field(default_factory=threading.Lock)
-    slide_predictor: Any = None  # histo.slide's Predictor for slide jobs, loaded on the first slide
+    # Slide jobs score on their own thread with their own copy of the model (loaded on the first slide), so that
+    # they never wait for, nor see the hooks of, the requests that hold `lock`.
+    slide_predictor: Any = None
 
 
 class Server:
@@ -65,7 +68,7 @@ class Server:
         batcher = Batcher(batch_fn, self.inference, max_batch=self.limits.max_batch,
                           max_wait=self.limits.max_wait_ms / 1000)
         self.models[name] = Served(name, task, run_dir, predictor, batcher,
-                                   model_info(name, task, run_dir, predictor), lock)
+                                   model_info(name, task, predictor.run, predictor), lock)
         log(f"loaded {task} model {name!r} ({predictor.name}) from {run_dir}")
 
     def start(self) -> None:
@@ -119,6 +122,10 @@ class Server:
             except uploads.UploadError as err:
                 raise HTTPException(err.status, str(err)) from None
         pixels = np.stack([p for p, _ in decoded])
+        try:
+            m.predictor.check_tta(tta)
+        except UserError as err:  # a TTA-calibrated ensemble asked without TTA, or the other way round
+            raise HTTPException(422, str(err)) from None
         probs = await m.batcher.submit(pixels, tta)
         results = [{"name": name, "probability": float(p), "label": int(p >= m.predictor.threshold),
                     **({"note": note} if note else {})}
@@ -166,36 +173,34 @@ class Server:
     # ---------------------------------------------------------------- slides
 
     async def start_slide(self, m: Served, data: bytes, kind: str, options: dict) -> Job:
-        """Size an uploaded slide, refuse it beyond the limits, else queue it; ImportError when the slide
-        stage is missing. The job scores with the server's device and a model loaded once per run."""
-        from ..histo import slide as stage  # optional stage: its absence is a 501, not a crash
-
+        """Size an uploaded slide, refuse it beyond the limits, else queue it. The job scores with the server's
+        device and a model loaded once per run."""
         if self.jobs.unfinished() >= self.limits.max_jobs:
             raise HTTPException(429, f"{self.limits.max_jobs} slide jobs are queued or running, this server's "
                                      "limit (--max-jobs); try again when one has finished")
-        options.setdefault("stride", stage.CENTRE)  # the stage's default: one cell per labelled centre
+        options.setdefault("stride", slide.CENTRE)  # the stage's default: one cell per labelled centre
         job, image = self.jobs.new(m.name, data, kind)
         try:
             predictor = await asyncio.get_running_loop().run_in_executor(
-                None, self._size_slide, m, image, kind, data, options, stage)
+                None, self._size_slide, m, image, kind, data, options)
         except BaseException:
             self.jobs.discard(job)
             raise
 
         def score(image: Path, out: Path, on_progress) -> dict:
-            return stage.slide(m.run_dir, image, out, predictor=predictor, on_progress=on_progress, **options)
+            return slide.slide(m.run_dir, image, out, predictor=predictor, on_progress=on_progress, **options)
         return self.jobs.queue(job, image, score)
 
-    def _size_slide(self, m: Served, image: Path, kind: str, data: bytes, options: dict, stage):
+    def _size_slide(self, m: Served, image: Path, kind: str, data: bytes, options: dict):
         """The slide predictor, after checking the job's size in tiles and its µm/px (413/422 with the reason)."""
         with self.loading:
             if m.slide_predictor is None:
-                m.slide_predictor = stage.load_predictor(m.run_dir, self.device)
+                m.slide_predictor = histo_predictor.load_run(m.predictor.run, self.device)
         model_mpp, limits = m.slide_predictor.mpp, self.limits
         size = uploads.slide_size(data, image.name, limits.max_slide_pixels) if kind != "tiff" else None
         try:
             tiles, mpp = slide_tiles(image, kind, size, options.get("mpp"), options["stride"], model_mpp,
-                                     stage.make_grid)
+                                     slide.make_grid)
         except UserError as err:
             raise HTTPException(422, str(err).replace(str(image), "the slide")) from None
         if mpp > limits.max_slide_upsample * model_mpp:

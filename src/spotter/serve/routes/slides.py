@@ -41,10 +41,7 @@ async def start_slide(model: str, request: Request, server: ServerDep) -> dict:
                                    server.limits.max_image_slide_pixels)
     except uploads.UploadError as err:
         raise HTTPException(err.status, str(err)) from None
-    try:  # the whole-slide stage is its own module; bad uploads are refused before this
-        job = await server.start_slide(m, data, kind, options)
-    except ImportError:
-        raise HTTPException(501, "whole-slide inference is not in this Spotter yet (spotter.histo.slide)") from None
+    job = await server.start_slide(m, data, kind, options)
     return {"job": job.id, "status_url": f"/api/jobs/{job.id}"}
 
 
