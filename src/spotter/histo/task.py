@@ -23,8 +23,8 @@ from ..errors import BadInput
 from .data import DataError, PackedSet, folder_source, pack, pack_dir_for, pack_folder
 from .models import count_parameters, create_model, normalisation
 from .preprocess import Augment, dihedral_views, preprocess
-from .settings import (FLIPS_ONLY, PRETRAINED_DEFAULT, SCRATCH_DEFAULT, HistoSettings,  # noqa: F401 (imported from here)
-                       default_model, train_defaults)
+from .settings import (FLIPS_ONLY, PRETRAINED_DEFAULT, SCRATCH_DEFAULT,  # noqa: F401 (others import them from here)
+                       HistoSettings, default_model, train_defaults)
 
 KIND = "histo"
 
