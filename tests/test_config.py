@@ -135,7 +135,8 @@ def test_histo_run_replays_from_its_settings(real_histo, tmp_path):
     assert main(["histo", "train", "--config", first / "settings.json", "--out", again]) == 0
     assert json.loads((again / "settings.json").read_text()) == json.loads((first / "settings.json").read_text())
     scores = ["epoch", "train_loss", "val_loss", "val_auc"]
-    pd.testing.assert_frame_equal(pd.read_csv(again / "metrics.csv")[scores], pd.read_csv(first / "metrics.csv")[scores])
+    metrics = [pd.read_csv(run / "metrics.csv")[scores] for run in (first, again)]
+    pd.testing.assert_frame_equal(*metrics)
     assert (again / "folds.csv").read_text() == (first / "folds.csv").read_text()
     weights = [torch.load(run / "best.pt", weights_only=True)["model"] for run in (first, again)]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import serve_runs
+from spotter import runs
 from spotter.serve import app as serve_app
 from spotter.serve.batcher import Batcher
 from spotter.serve.info import model_info
@@ -103,12 +104,13 @@ def test_model_settings_shown_are_allow_listed(tmp_path):
                                                             "folds": 2, "normalise": {}},
                                                  "train": {"epochs": 2}}))
     predictor = types.SimpleNamespace(name="m", threshold=0.5)
-    shown = model_info("h", "histo", histo, predictor)["settings"]
+    shown = model_info("h", "histo", runs.open_run(histo), predictor)["settings"]
     assert shown == {"epochs": 3, "lr": 0.1, "model": "resnet", "crop": 80, "mpp": 0.972}
-    shown = model_info("t", "tweets", tweets, predictor)["settings"]
+    shown = model_info("t", "tweets", runs.open_run(tweets), predictor)["settings"]
     assert shown == {"epochs": 2, "model": "transformer", "folds": 2}
     (tweets / "run.json").write_text(json.dumps({"tweets": {"model": "transformer", "encoder": "minilm"}}))
-    assert model_info("t", "tweets", tweets, predictor)["settings"] == {"model": "transformer", "encoder": "minilm"}
+    assert model_info("t", "tweets", runs.open_run(tweets), predictor)["settings"] == {"model": "transformer",
+                                                                                       "encoder": "minilm"}
 
 
 def test_close_shuts_its_threads_down():

@@ -24,8 +24,8 @@ from .data import DataError, PackedSet, folder_source, pack, pack_dir_for, pack_
 from .models import count_parameters, create_model, normalisation
 from .predictor import HistoPredictor, load_run  # noqa: F401 (the prediction API, used by tests and reports)
 from .preprocess import Augment, preprocess
-from .settings import (FLIPS_ONLY, PRETRAINED_DEFAULT, SCRATCH_DEFAULT, HistoSettings,  # noqa: F401 (imported from here)
-                       default_model, train_defaults)
+from .settings import (FLIPS_ONLY, PRETRAINED_DEFAULT, SCRATCH_DEFAULT,  # noqa: F401 (others import them from here)
+                       HistoSettings, default_model, train_defaults)
 
 KIND = "histo"
 
