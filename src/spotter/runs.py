@@ -155,7 +155,6 @@ def open_run(path: Path | str, task: str | None = None) -> Run:
     saved = _read(path / SETTINGS)
     if found == "tweets" and (path / _LEGACY_TWEETS_SETTINGS).exists() and "tweets" not in saved.get("task", {}):
         legacy = _read(path / _LEGACY_TWEETS_SETTINGS)
-        legacy.get("tweets", {}).setdefault("fold_groups", "raw")  # how runs made before that setting split
         saved = {"train": legacy.get("train", {}), "task": {"tweets": legacy.get("tweets", {})}}
     return Run(path, found, dict(saved.get("task", {}).get(found, {})), dict(saved.get("train", {})), summary)
 

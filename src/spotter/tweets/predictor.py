@@ -18,9 +18,10 @@ from .text import Corpus, NormaliseOptions, keyword_text
 
 
 def run_settings(run: runs.Run, device: str = "auto") -> tuple[TweetSettings, engine.TrainSettings]:
-    """A plain run's settings (a resumed run keeps them; only the device may change)."""
+    """A plain run's settings (a resumed run keeps them; only the device may change). Settings a run saved
+    before they existed take the value it ran with."""
     where = run.path / runs.SETTINGS
-    return (engine.settings_from(TweetSettings, run.settings, where),
+    return (engine.settings_from(TweetSettings, {**TweetSettings.saved_before, **run.settings}, where),
             engine.settings_from(engine.TrainSettings, {**run.train, "device": device}, where))
 
 
