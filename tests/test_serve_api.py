@@ -273,17 +273,17 @@ def tiff_header(width, height):
 def test_slide_size_is_read_from_the_header(client):
     """A slide bigger than Pillow's own bomb limit is taken (its size comes from the header); one over the
     server's cap is refused before anything is decoded."""
-    from spotter.serve import uploads
+    from spotter.histo import images
     data = tiff_header(12000, 20000)  # 240 M pixels: over Pillow's limit, under the server's
-    assert uploads.header_size(data) == (12000, 20000)
-    assert uploads.check_slide(data, "big.tif", 2_000_000_000) == "tiff"
-    with pytest.raises(uploads.UploadError, match="240,000,000 pixels"):
-        uploads.check_slide(data, "big.tif", 100_000_000)
-    assert uploads.header_size(huge_png_header(70000, 50000)) == (70000, 50000)
+    assert images.header_size(data) == (12000, 20000)
+    assert images.check_slide(data, "big.tif", 2_000_000_000) == "tiff"
+    with pytest.raises(images.UploadError, match="240,000,000 pixels"):
+        images.check_slide(data, "big.tif", 100_000_000)
+    assert images.header_size(huge_png_header(70000, 50000)) == (70000, 50000)
     response = client.post("/api/histo/cnn/slides", files={"file": ("bomb.png", huge_png_header(70000, 50000))})
     assert response.status_code == 413 and "3,500,000,000 pixels" in response.json()["detail"]
     # a real slide-sized TIFF written by tifffile has the same header fields
     import tifffile
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, np.zeros((300, 500, 3), np.uint8), photometric="rgb", tile=(256, 256))
-    assert uploads.header_size(buffer.getvalue()) == (500, 300)
+    assert images.header_size(buffer.getvalue()) == (500, 300)

@@ -8,7 +8,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .. import explain
-from ..serve import uploads
+from .images import UploadError, decode_patch
 from .data import DataError
 from .predictor import load_run
 
@@ -29,8 +29,8 @@ def explain_folder(run_dir, images, out, *, tta: bool = False, device: str = "au
     for start in tqdm(range(0, len(paths), batch_size), desc="explain", unit="batch", disable=len(paths) <= batch_size):
         chunk = paths[start:start + batch_size]
         try:
-            pixels = np.stack([uploads.decode_patch(p.read_bytes(), str(p), 10**8)[0] for p in chunk])
-        except uploads.UploadError as err:
+            pixels = np.stack([decode_patch(p.read_bytes(), str(p), 10**8)[0] for p in chunk])
+        except UploadError as err:
             raise DataError(str(err)) from None
         probs = predictor.predict_proba(pixels, tta)
         cams = predictor.grad_cam(pixels)

@@ -14,9 +14,9 @@ import numpy as np
 from fastapi import HTTPException, Request
 
 from .. import explain
-from ..histo import predictor as histo_predictor, slide
 from ..errors import BadInput, UserError
-from . import runs, uploads
+from ..histo import images, predictor as histo_predictor, slide
+from . import runs
 from .batcher import Batcher
 from .dependencies import Limits, flag, require_multipart
 from .info import model_info
@@ -118,8 +118,8 @@ class Server:
         decoded = []
         for name, data in files:
             try:
-                decoded.append(uploads.decode_patch(data, name, self.limits.max_patch_pixels))
-            except uploads.UploadError as err:
+                decoded.append(images.decode_patch(data, name, self.limits.max_patch_pixels))
+            except images.UploadError as err:
                 raise HTTPException(err.status, str(err)) from None
         pixels = np.stack([p for p, _ in decoded])
         try:
@@ -132,7 +132,7 @@ class Server:
                    for (name, _), (_, note), p in zip(files, decoded, probs)]
         if thumbnails:  # browsers do not show TIFF: the page gets the patch as PNG
             for r, px in zip(results, pixels):
-                r["thumbnail_png"] = base64.b64encode(uploads.encode_png(px)).decode()
+                r["thumbnail_png"] = base64.b64encode(images.encode_png(px)).decode()
         if want_cam:
             def explanations() -> list[dict]:  # maps and PNGs off the event loop
                 crop = getattr(getattr(m.predictor, "settings", None), "crop", None)
@@ -197,7 +197,7 @@ class Server:
             if m.slide_predictor is None:
                 m.slide_predictor = histo_predictor.load_run(m.predictor.run, self.device)
         model_mpp, limits = m.slide_predictor.mpp, self.limits
-        size = uploads.slide_size(data, image.name, limits.max_slide_pixels) if kind != "tiff" else None
+        size = images.slide_size(data, image.name, limits.max_slide_pixels) if kind != "tiff" else None
         try:
             tiles, mpp = slide_tiles(image, kind, size, options.get("mpp"), options["stride"], model_mpp,
                                      slide.make_grid)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 
-from .. import uploads
+from ...histo import images
 from ..dependencies import require_multipart
 from ..jobs import SLIDE_OUTPUTS
 from ..schemas import JobStarted, JobStatus
@@ -37,9 +37,9 @@ async def start_slide(model: str, request: Request, server: ServerDep) -> dict:
                     raise HTTPException(422, f"{key} must be a number, got {value[:20]!r}") from None
         data = await upload.read()
     try:
-        kind = uploads.check_slide(data, upload.filename or "slide", server.limits.max_slide_pixels,
+        kind = images.check_slide(data, upload.filename or "slide", server.limits.max_slide_pixels,
                                    server.limits.max_image_slide_pixels)
-    except uploads.UploadError as err:
+    except images.UploadError as err:
         raise HTTPException(err.status, str(err)) from None
     job = await server.start_slide(m, data, kind, options)
     return {"job": job.id, "status_url": f"/api/jobs/{job.id}"}

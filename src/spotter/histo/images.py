@@ -1,4 +1,5 @@
-"""Checking uploads before anything decodes them: type from the bytes, pixel count from the header.
+"""Image files checked before anything decodes them: type from the bytes, pixel count from the header. The
+server's uploads and `histo explain`'s folders of patches both come through here.
 
 Patches are 96x96 RGB; a larger image is centre-cropped to its middle 96x96 (the label concerns the centre
 32x32; whole slides go to the slides endpoint), a smaller one is refused.
