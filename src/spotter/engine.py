@@ -508,6 +508,10 @@ def _resume_from(run: _Run) -> dict[str, Any] | None:
         return None
     ckpt = load_checkpoint(last, run.kind)
     run.state.update(ckpt["state"])
+    started_in = ckpt["settings"].get("precision")
+    if started_in and started_in != run.precision:  # precision.json deleted or re-timed since: the run keeps its own
+        run.precision = started_in
+        run.all_settings.update(precision=started_in, precision_reason=ckpt["settings"].get("precision_reason"))
     if run.world.main:
         _drop_rows_after(run.run_dir / "metrics.csv", run.state["epoch"])  # an epoch that never reached its checkpoint
     run.log(f"resuming {run.run_dir} after epoch {run.state['epoch']} of {run.state['epochs']}")
