@@ -8,6 +8,7 @@ from pathlib import Path
 from . import config, engine, extras
 from .errors import BadInput, UserError
 from .histo.settings import HistoSettings, train_defaults as histo_defaults
+from .serve.limits import Limits
 from .tweets.settings import TweetSettings
 
 EPILOG = "Data layouts and examples: see README.md."
@@ -151,11 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (non-loopback needs --token)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on every /api call")
-    p.add_argument("--max-upload-mb", type=float, default=50.0, help="largest request body accepted")
-    p.add_argument("--max-slide-tiles", type=int, default=2_000_000, help="largest slide job, in tiles at its stride")
-    p.add_argument("--max-jobs", type=int, default=4, help="slide jobs queued or running at once (429 beyond)")
-    p.add_argument("--job-ttl", type=float, default=3600.0, metavar="S",
-                   help="seconds a finished slide job and its files are kept")
+    for name, kind in (("max_upload_mb", float), ("max_slide_tiles", int), ("max_jobs", int), ("job_ttl_s", float)):
+        declared = Limits.__dataclass_fields__[name]
+        p.add_argument(config.flag_of(declared), dest=name, type=kind, metavar=declared.metadata.get("metavar"),
+                       **config.same_as(Limits, name))
     p.add_argument("--device", **DEVICE)
 
     p = tasks.add_parser("bench", help="measure every stage's throughput; prints a table, writes JSON")
@@ -239,8 +239,8 @@ def run(args: argparse.Namespace) -> None:
         extras.require("serve", what="spotter serve")
         from .serve import app
         app.serve(args.runs, host=args.host, port=args.port, token=args.token, device=args.device,
-                  limits=app.Limits(max_upload_mb=args.max_upload_mb, max_slide_tiles=args.max_slide_tiles,
-                                    max_jobs=args.max_jobs, job_ttl_s=args.job_ttl))
+                  limits=Limits(max_upload_mb=args.max_upload_mb, max_slide_tiles=args.max_slide_tiles,
+                                max_jobs=args.max_jobs, job_ttl_s=args.job_ttl_s))
     elif args.task == "bench":
         from . import bench
         bench.run(args.histo_data, args.tweets_data, quick=args.quick, device=args.device, out=args.out,

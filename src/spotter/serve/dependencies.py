@@ -4,39 +4,12 @@ from __future__ import annotations
 
 import hmac
 import json
-from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
+from .limits import Limits  # noqa: F401 (the routes' shared limits)
 
-@dataclass
-class Limits:
-    """What one request may ask for; beyond these the answer is 413 or 422."""
 
-    max_upload_mb: float = 50.0  # any request body
-    max_patch_pixels: int = 4096 * 4096  # one uploaded patch image (before decoding)
-    max_slide_pixels: int = 2_000_000_000  # one slide (its header's size)
-    max_files: int = 64  # patches per request
-    max_texts: int = 256  # tweets per request
-    max_text_chars: int = 2000  # Kaggle's longest tweet, HTML-escaped, is under 400
-    max_batch: int = 256  # items per shared forward pass
-    max_wait_ms: float = 2.0  # how long a lone request waits for company
-    max_slide_tiles: int = 2_000_000  # grid cells of one slide job (a large real slide at stride 32: ~1 M)
-    max_image_slide_pixels: int = 100_000_000  # a PNG/JPEG slide, decoded whole (300 MB of RGB)
-    max_slide_upsample: float = 4.0  # level 0 enlarged at most this much to the model's µm per pixel
-    max_jobs: int = 4  # slide jobs queued or running at once (429 beyond)
-    job_ttl_s: float = 3600.0  # a finished job and its files are removed this long after it ends
-
-    SHOWN = ("max_upload_mb", "max_files", "max_texts", "max_text_chars", "max_slide_pixels", "max_slide_tiles",
-             "max_image_slide_pixels", "max_slide_upsample", "max_jobs", "job_ttl_s")
-
-    @property
-    def max_bytes(self) -> int:
-        return int(self.max_upload_mb * 1024 * 1024)
-
-    def shown(self) -> dict:
-        """The limits a caller may plan by (/api/models, /api/health)."""
-        return {k: getattr(self, k) for k in self.SHOWN}
 
 
 def server_of(request: Request):
