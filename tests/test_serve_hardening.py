@@ -192,12 +192,13 @@ def wait_for(client, job_id: str, statuses, seconds: float = 300) -> dict:
 
 
 def test_slide_jobs_queue_cancel_expire_and_use_the_loaded_model(served_runs, tmp_path_factory, monkeypatch):
-    from spotter.histo import slide as slide_stage
+    from spotter.histo import predictor as histo_predictor
     loads = []
-    real_load = slide_stage.load_predictor
-    monkeypatch.setattr(slide_stage, "load_predictor", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    real_load = histo_predictor.load_run
     limits = serve_app.Limits(max_jobs=1, job_ttl_s=2.0)
     app = serve_app.create_app([served_runs["cnn"]], device="cpu", limits=limits, log=lambda message: None)
+    # counted from here: the slide jobs' own copy of the model, not the one the server loaded to start
+    monkeypatch.setattr(histo_predictor, "load_run", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     slow, quick = serve_runs.mosaic_png(tmp_path_factory, 2048), serve_runs.mosaic_png(tmp_path_factory, 384)
     with TestClient(app) as c:
         first = c.post("/api/histo/cnn/slides", files={"file": ("a.png", slow)}, data={"mpp": "0.972", "stride": "8"})

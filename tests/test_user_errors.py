@@ -1,4 +1,6 @@
 """Silent paths made loud: user mistakes are one-line errors of their own type; bugs keep their traceback."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -47,9 +49,10 @@ def test_relative_data_paths_are_stored_absolute(tmp_path, monkeypatch):
 
 def test_an_ensemble_refuses_predictions_made_unlike_its_calibration():
     settings = histo.HistoSettings(model="seed")
-    member = histo.HistoPredictor(settings, model=create_model("seed", pretrained=False).eval(),
-                                  device=torch.device("cpu"))
-    both = histo.HistoPredictor(settings, members=[member, member], calibration=[(1.0, 0.0)] * 2, tta=True)
+    member = histo.HistoPredictor(runs.Run(Path("a"), "histo"), settings, device=torch.device("cpu"),
+                                  model=create_model("seed", pretrained=False).eval())
+    spec = {"members": ["a", "a"], "calibration": [(1.0, 0.0)] * 2, "tta": True}
+    both = histo.HistoPredictor(runs.Run(Path("e"), "histo", spec=spec), settings, members=[member, member])
     images = np.zeros((2, 96, 96, 3), np.uint8)
     assert both.predict_proba(images, tta=True).shape == (2,)
     with pytest.raises(BadInput, match="calibrated on predictions with 8x TTA; predict with --tta"):
