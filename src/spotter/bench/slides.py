@@ -1,4 +1,4 @@
-"""Benchmark stages of whole-slide inference, for `spotter bench` and bench/slide_bench.py.
+"""Whole-slide stages, for `spotter bench` (`stage_slide`) and bench/slide_bench.py (both).
 
 `stage_slide`: end-to-end tiles/s of `histo slide` on a mosaic of real patches against the same model's
 inference on in-memory uint8 batches (the ceiling: no reading, no cutting), and the tissue-mask time.
@@ -19,8 +19,9 @@ import pandas as pd
 import torch
 
 from .. import engine
-from . import mosaic, slide
-from .models import create_model, normalisation
+from ..histo import slide
+from ..histo.models import create_model, normalisation
+from .mosaic import mosaic_image, read_patches, synthetic_slide, write_mosaic
 
 
 def bench_predictor(run: str | None, device: str) -> slide.Predictor:
@@ -35,7 +36,7 @@ def bench_predictor(run: str | None, device: str) -> slide.Predictor:
 
 def _patches(data: Path, n: int, seed: int = 0) -> np.ndarray:
     ids = pd.read_csv(Path(data) / "train_labels.csv")["id"].sample(n, random_state=seed)
-    return mosaic.read_patches(Path(data) / "train", list(ids))
+    return read_patches(Path(data) / "train", list(ids))
 
 
 def stage_slide(data: str, quick: bool, device: str, run: str | None = None, stride: int = 32) -> dict:
@@ -45,7 +46,7 @@ def stage_slide(data: str, quick: bool, device: str, run: str | None = None, str
     patches = _patches(Path(data), side * side)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mosaic.tif"
-        mosaic.write_mosaic(path, mosaic.mosaic_image(patches, side, side, 192))
+        write_mosaic(path, mosaic_image(patches, side, side, 192))
         summary = slide.slide(None, path, Path(tmp) / "out", stride=stride, device=device, predictor=predictor,
                               log=lambda message: None)
     batch = np.resize(patches, (256, *patches.shape[1:]))  # the same pixels, already in memory
@@ -77,7 +78,7 @@ def stage_big_slide(data: str, side: int = 50_000, device: str = "auto", run: st
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         path = Path(tmp) / f"synthetic_{side}.tif"
         start = time.perf_counter()
-        mosaic.synthetic_slide(path, _patches(Path(data), 64, seed=1), side)
+        synthetic_slide(path, _patches(Path(data), 64, seed=1), side)
         write_seconds = time.perf_counter() - start
         context = multiprocessing.get_context("spawn")
         queue = context.Queue()

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import wsi
-from .tiff import PATCH_SIZE, read_patch
+from ..histo import wsi
+from ..histo.tiff import PATCH_SIZE, read_patch
 
 PATCH_MPP = 0.972
 
