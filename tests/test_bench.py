@@ -1,11 +1,17 @@
-"""`spotter bench`: stages that die or hang are reported as failed, and the bench's own checks fail loudly."""
+"""`spotter bench`: stages that die or hang are reported as failed, and the bench's own checks fail loudly;
+the scripts in bench/ are command lines over the package's stages."""
 import os
+import runpy
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
 from spotter import bench
+from spotter.bench import slides
+
+SCRIPTS = sorted((Path(__file__).parent.parent / "bench").glob("*.py"))
 
 
 def killed_stage():
@@ -53,3 +59,18 @@ def test_end_to_end_above_its_ceiling_is_a_problem_and_nan_is_never_shown():
                                 "disk_write_fsync_mb_per_s": 240.0, "pack_over_disk": 1.15, "pil_files_per_s": 2e3})
     assert "tifffile loop, same files | not installed" in table and "nan" not in table
     assert "276 MB/s" in table and "240 MB/s (packing at 115% of it)" in table
+
+
+def _in_package(value) -> bool:
+    return (getattr(value, "__module__", None) or getattr(value, "__name__", "")).startswith("spotter.bench.")
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_each_bench_script_is_a_command_line_over_the_package(script):
+    namespace = runpy.run_path(str(script), run_name="imported")  # not "__main__": nothing runs
+    assert callable(namespace["main"]) and any(_in_package(v) for v in namespace.values())
+
+
+def test_spotter_bench_and_the_slide_script_run_the_same_slide_stage():
+    script = runpy.run_path(str(SCRIPTS[0].parent / "slide_bench.py"), run_name="imported")
+    assert script["stage_slide"] is bench.stage_slide is slides.stage_slide

@@ -15,8 +15,9 @@ from PIL import Image
 from shapely.geometry import box, shape
 
 from conftest import HISTO, histo_slice
+from spotter.bench import mosaic
 from spotter.cli import main
-from spotter.histo import mosaic, slide, tissue, wsi
+from spotter.histo import slide, tissue, wsi
 from spotter.histo.predictor import load_run
 from spotter.metrics import roc_auc
 

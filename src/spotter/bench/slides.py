@@ -1,4 +1,4 @@
-"""Benchmark stages of whole-slide inference, for `spotter bench` and bench/slide_bench.py.
+"""Whole-slide stages, for `spotter bench` (`stage_slide`) and bench/slide_bench.py (both).
 
 `stage_slide`: end-to-end tiles/s of `histo slide` on a mosaic of real patches against the same model's
 inference on in-memory uint8 batches (the ceiling: no reading, no cutting), and the tissue-mask time.
@@ -18,24 +18,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .. import engine
-from . import mosaic, slide
-from .models import create_model, normalisation
+from .. import engine, runs
+from ..histo import slide
+from ..histo.models import create_model
+from ..histo.predictor import HistoPredictor, load_run
+from ..histo.settings import HistoSettings
+from .mosaic import mosaic_image, read_patches, synthetic_slide, write_mosaic
 
 
-def bench_predictor(run: str | None, device: str) -> slide.Predictor:
+def bench_predictor(run: str | None, device: str) -> HistoPredictor:
     if run:
-        return slide.load_predictor(Path(run), device)
+        return load_run(Path(run), device)
     dev = engine.pick_device(device)
     model = create_model("resnet", pretrained=False).to(dev, memory_format=torch.channels_last).eval()
-    member = slide._Member(model, 80, normalisation("resnet"), "resnet (untrained)", engine.pick_precision(dev),
-                           slide.KAGGLE_MPP)
-    return slide.Predictor(Path("untrained-resnet"), [member], None, dev)
+    return HistoPredictor(runs.Run(Path("untrained-resnet"), "histo"), HistoSettings(model="resnet"), model=model,
+                          device=dev, precision=engine.pick_precision(dev))
 
 
 def _patches(data: Path, n: int, seed: int = 0) -> np.ndarray:
     ids = pd.read_csv(Path(data) / "train_labels.csv")["id"].sample(n, random_state=seed)
-    return mosaic.read_patches(Path(data) / "train", list(ids))
+    return read_patches(Path(data) / "train", list(ids))
 
 
 def stage_slide(data: str, quick: bool, device: str, run: str | None = None, stride: int = 32) -> dict:
@@ -45,7 +47,7 @@ def stage_slide(data: str, quick: bool, device: str, run: str | None = None, str
     patches = _patches(Path(data), side * side)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mosaic.tif"
-        mosaic.write_mosaic(path, mosaic.mosaic_image(patches, side, side, 192))
+        write_mosaic(path, mosaic_image(patches, side, side, 192))
         summary = slide.slide(None, path, Path(tmp) / "out", stride=stride, device=device, predictor=predictor,
                               log=lambda message: None)
     batch = np.resize(patches, (256, *patches.shape[1:]))  # the same pixels, already in memory
@@ -77,7 +79,7 @@ def stage_big_slide(data: str, side: int = 50_000, device: str = "auto", run: st
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         path = Path(tmp) / f"synthetic_{side}.tif"
         start = time.perf_counter()
-        mosaic.synthetic_slide(path, _patches(Path(data), 64, seed=1), side)
+        synthetic_slide(path, _patches(Path(data), 64, seed=1), side)
         write_seconds = time.perf_counter() - start
         context = multiprocessing.get_context("spawn")
         queue = context.Queue()
