@@ -8,6 +8,8 @@ from torch import nn
 from spotter import engine, precision
 from test_engine import SETTINGS, tiny_task
 
+pytestmark = pytest.mark.usefixtures("own_cache")  # the precision cache is the subject: each test its own
+
 
 def fake_timer(seconds, calls):
     """A step timer that reports fixed seconds per precision and counts its calls."""
