@@ -86,16 +86,22 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def _session_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("spotter-cache")
+    """One Spotter cache and one inductor cache per pytest run, never the user's: `--precision auto` is
+    timed once per model and shape, and compiling is warm after the first time. Packs stay private to each
+    test all the same, as they are keyed by their data folder's path, which is each test's own. Set for the
+    session, so that module fixtures that train use it too."""
+    root = tmp_path_factory.mktemp("spotter-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SPOTTER_CACHE", str(root))
+        patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(root / "inductor"))
+        yield root
 
 
 @pytest.fixture(autouse=True)
 def _test_cache(_session_cache, monkeypatch):
-    """One Spotter cache and one inductor cache per pytest run, never the user's: `--precision auto` is
-    timed once per model and shape, and compiling is warm after the first time. Packs stay private to each
-    test all the same, as they are keyed by their data folder's path, which is each test's own."""
+    """The session's caches again for each test, whatever a fixture before it set."""
     monkeypatch.setenv("SPOTTER_CACHE", str(_session_cache))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(_session_cache / "inductor"))
 
