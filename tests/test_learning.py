@@ -28,7 +28,7 @@ def demo_tweets(tmp_path_factory):
 
 
 @pytest.mark.parametrize("model,extra", [("resnet", ["--epochs", "4", "--crop", "64"]),
-                                         ("seed", ["--epochs", "6"]),
+                                         pytest.param("seed", ["--epochs", "6"], marks=pytest.mark.slow),
                                          pytest.param("effnet-lite0", ["--epochs", "2", "--crop", "64"],
                                                       marks=pytest.mark.slow)])
 def test_histo_models_learn_the_demo_data(demo_histo, tmp_path, model, extra):
@@ -39,10 +39,12 @@ def test_histo_models_learn_the_demo_data(demo_histo, tmp_path, model, extra):
     assert auc > HISTO_DEMO_AUC, f"{model}: validation AUC {auc:.3f}"
 
 
-@pytest.mark.parametrize("model,extra", [pytest.param("blend", ["--epochs", "4", "--unfreeze-epoch", "2"],
+# blend (the default: BiGRU and TF-IDF) stays in the fast set; bigru alone, as part of blend, need not.
+@pytest.mark.parametrize("model,extra", [("blend", ["--epochs", "4", "--unfreeze-epoch", "2"]),
+                                         pytest.param("bigru", ["--epochs", "4", "--unfreeze-epoch", "2"],
                                                       marks=pytest.mark.slow),
-                                         ("bigru", ["--epochs", "4", "--unfreeze-epoch", "2"]),
-                                         ("seed-gru", ["--epochs", "6", "--lr", "3e-3"]),
+                                         pytest.param("seed-gru", ["--epochs", "6", "--lr", "3e-3"],
+                                                      marks=pytest.mark.slow),
                                          ("tfidf", []),
                                          pytest.param("minilm-frozen", ["--epochs", "10"], marks=pytest.mark.slow),
                                          pytest.param("minilm", ["--epochs", "1", "--batch-size", "16"],

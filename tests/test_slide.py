@@ -103,7 +103,7 @@ def test_stride_96_cells_equal_histo_predict_and_the_margins_are_not_scored(env,
     assert slide_json["tiles_scored"] == len(tiles) and slide_json["peak_rss_mb"] > 0
 
 
-@pytest.mark.parametrize("stride", [96, 32])
+@pytest.mark.parametrize("stride", [96, pytest.param(32, marks=pytest.mark.slow)])
 def test_the_hottest_cell_is_the_tumour_patch_at_every_stride_and_level(env, one_tumour, tmp_path, stride):
     """The hottest cell lies on the one tumour patch whether the slide is read at 0.486 µm/px (shrunk 2x),
     0.972 (as is) or 1.944 (enlarged 2x); and levels 0 and 1, which hold the same pixels, give the same map."""
@@ -123,6 +123,7 @@ def test_the_hottest_cell_is_the_tumour_patch_at_every_stride_and_level(env, one
     np.testing.assert_allclose(heats[0], heats[1], atol=0.01)
 
 
+@pytest.mark.slow  # the fast set keeps a few slide tests on the same trained run
 def test_overlapping_centres_are_averaged_exactly(env, one_tumour, tmp_path):
     """Stride 16: each cell is the mean of the 2x2 patches whose labelled centre covers it, recomputed here
     from patches cut straight out of the file's level 1 (the patches' own pixels)."""
@@ -152,6 +153,7 @@ def test_overlapping_centres_are_averaged_exactly(env, one_tumour, tmp_path):
     np.testing.assert_allclose(heat[covered], expected_sum[covered] / expected_count[covered], atol=0.01)
 
 
+@pytest.mark.slow  # the fast set keeps a few slide tests on the same trained run
 def test_missing_mpp_is_a_clear_error_and_mpp_fixes_it(env, one_tumour, tmp_path, capsys):
     _, tumour_patch = one_tumour
     path = write(tmp_path / "nompp.tif", np.repeat(tumour_patch[None], 16, axis=0), 4, 4, mpp=None)
@@ -166,6 +168,7 @@ def test_missing_mpp_is_a_clear_error_and_mpp_fixes_it(env, one_tumour, tmp_path
     assert summary["mpp_source"] == "--mpp" and summary["level"] == 1 and summary["tiles_scored"] == 16
 
 
+@pytest.mark.slow  # the fast set keeps a few slide tests on the same trained run
 def test_geojson_opens_as_level0_geometry(env, labelled, tmp_path):
     path, _, _ = labelled
     out = tmp_path / "out"
@@ -355,6 +358,7 @@ def test_wsinfer_model_folder(env, unseen_patches, tmp_path):
     assert spotter.std() > 0.05  # varied predictions, not a constant
 
 
+@pytest.mark.slow  # the fast set keeps a few slide tests on the same trained run
 def test_an_ensemble_scores_slides_and_exports(env, one_tumour, unseen_patches, tmp_path):
     """An ensemble (here the run twice: its members agree, so it is the run calibrated) through slide and export."""
     import torch
@@ -405,6 +409,7 @@ def test_ome_tiff_and_png_read_exactly(tmp_path):
     assert wsi.open_slide(ome).dimensions[1] == (450, 350)
 
 
+@pytest.mark.slow  # the fast set keeps a few slide tests on the same trained run
 def test_tta_averages_the_eight_views_of_each_patch(env, one_tumour, tmp_path):
     path, _ = one_tumour
     summary = slide.slide(env["run"], path, tmp_path / "out", stride=96, tta=True, device="cpu",
