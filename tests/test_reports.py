@@ -294,7 +294,7 @@ def test_histo_errors_draws_an_explainers_heat_maps(histo_run):
     zeros leaves them as they are); by default the run's Grad-CAM is drawn on its fixed scale, and
     `grad_cam=False` draws none."""
     from spotter.explain import CAM_SCALE
-    from spotter.histo.task import load_run
+    from spotter.histo.task import HistoPredictor, load_run
     from spotter.reports import histo
 
     seen = []
@@ -318,8 +318,19 @@ def test_histo_errors_draws_an_explainers_heat_maps(histo_run):
     cam = histo.errors(histo_run, top=3, threshold=0.5, device="cpu", progress=False)
     by_hand = histo.errors(histo_run, top=3, threshold=0.5, device="cpu", progress=False,
                            explain=lambda pixels: np.clip(predictor.grad_cam(pixels) / CAM_SCALE, 0, 1))
+    for name in ("false_positives.png", "false_negatives.png"):
+        assert cam.pictures[name] == by_hand.pictures[name], name
+    # A tiny run's maps may be near zero on these patches: the scale is checked on a map known to be drawn,
+    # a gradient of 0 to 2 * CAM_SCALE logits across each patch (clipped at full colour half way).
+    ramp = np.linspace(0, 2 * CAM_SCALE, 96)[None, None, :].repeat(96, 1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HistoPredictor, "grad_cam", lambda self, pixels: ramp.repeat(len(pixels), 0))
+        cam = histo.errors(histo_run, top=3, threshold=0.5, device="cpu", progress=False)
+    by_hand = histo.errors(histo_run, top=3, threshold=0.5, device="cpu", progress=False,
+                           explain=lambda pixels: np.clip(ramp.repeat(len(pixels), 0) / CAM_SCALE, 0, 1))
     for name, n in zip(("false_positives.png", "false_negatives.png"), shown):
         assert cam.pictures[name] == by_hand.pictures[name], name
+        assert (cam.pictures[name] != plain.pictures[name]) == bool(n), name
 
 
 def test_report_errors_are_one_clear_line(tmp_path, capsys):
