@@ -75,15 +75,24 @@ def pytest_runtest_makereport(item, call):
             report.longrepr = f"CI=true: skipped, and the reason is not on conftest.ALLOWED_SKIPS: {reason}"
 
 
+def _refused_skips(reporter) -> list[str]:
+    reasons = [r.longrepr[2] if isinstance(r.longrepr, tuple) else str(r.longrepr)
+               for r in reporter.stats.get("skipped", [])]
+    return [reason for reason in reasons if not _allowed(reason)]
+
+
 def pytest_sessionfinish(session, exitstatus):
     """In CI, also fail the run on skips no test report carried (a whole module skipped at collection)."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if not in_ci() or reporter is None:
-        return
-    refused = [r for r in reporter.stats.get("skipped", [])
-               if not _allowed(r.longrepr[2] if isinstance(r.longrepr, tuple) else str(r.longrepr))]
-    if refused and session.exitstatus == 0:
+    if in_ci() and reporter is not None and _refused_skips(reporter) and session.exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if in_ci():
+        for reason in _refused_skips(terminalreporter):
+            terminalreporter.write_line(f"CI=true: a skip not on conftest.ALLOWED_SKIPS fails the run: {reason}",
+                                        red=True)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -111,7 +120,7 @@ def own_cache(tmp_path, monkeypatch):
     """A test's own empty Spotter cache, and inductor left to Spotter's choice: for the tests of the
     precision cache, the compile cache and the MiniLM embedding cache."""
     monkeypatch.setenv("SPOTTER_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     return tmp_path / "cache"
 
 
