@@ -84,6 +84,22 @@ def test_resume_after_kill_ends_with_the_same_weights(real_histo, tmp_path):
                                   pd.read_csv(killed / "metrics.csv").drop(columns=["seconds", "per_s"]))
 
 
+def test_training_into_a_finished_run_without_resume_starts_afresh(real_histo, tmp_path):
+    """Without --resume an existing run folder is trained anew: a new metrics.csv and new checkpoints, not
+    the old run's rows or epochs carried on."""
+    run = tmp_path / "run"
+    common = ["histo", "train", "--data", real_histo, "--out", run, "--model", "seed", "--batch-size", "32",
+              "--device", "cpu"]
+    assert main([*common, "--epochs", "2"]) == 0
+    assert main([*common, "--epochs", "1", "--seed", "1"]) == 0
+    assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == [1]
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run / name, weights_only=True)["state"]
+        assert (state["epoch"], state["epochs"]) == (1, 1), name
+    saved = json.loads((run / "settings.json").read_text())
+    assert saved["train"]["epochs"] == 1 and saved["train"]["seed"] == 1
+
+
 def test_time_budget_plans_epochs(real_histo, tmp_path):
     """A 6-second budget: the plan cuts the default 1000 epochs to what fits, and training time stays
     inside the budget (plus the one step that crosses the deadline)."""
