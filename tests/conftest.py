@@ -12,7 +12,6 @@ HISTO = SHARED / "histopathology"
 TWEETS = SHARED / "disaster-tweets"
 
 
-
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
 
@@ -44,14 +43,6 @@ def require(path: Path) -> None:
         skip_or_fail(f"the shared data is missing at {path}")
 
 
-def require_module(name: str):
-    """`pytest.importorskip` that fails in CI, which installs every optional package."""
-    try:
-        return __import__(name)
-    except ImportError:
-        skip_or_fail(f"the optional package {name} is not installed")
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in BROWSER_FILES:
@@ -64,8 +55,8 @@ def _allowed(reason: str) -> bool:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """In CI, a skip that is not on ALLOWED_SKIPS is a failure of that test (also for skips this file's
-    helpers did not raise, such as a test's own pytest.skip)."""
+    """In CI, a skip that is not on ALLOWED_SKIPS is a failure of that test, also for skips the helpers above
+    did not raise (a test's own pytest.skip or pytest.importorskip, a fixture's skip)."""
     outcome = yield
     report = outcome.get_result()
     if in_ci() and report.skipped and not hasattr(report, "wasxfail"):
