@@ -24,4 +24,7 @@ def counting_step(*args, **kwargs):
 
 
 engine.train_step = counting_step
-sys.exit(main(sys.argv[2:]))
+code = main(sys.argv[2:])
+# Never a quiet success: a run that ended before step N was not killed where the test meant it to be.
+print(f"kill_at_step: the run ended after {steps} steps, before step {kill_at} (exit {code})", file=sys.stderr)
+sys.exit(code or 3)

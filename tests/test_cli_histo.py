@@ -4,7 +4,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,7 +12,8 @@ import torch
 
 from spotter.cli import main
 
-TRAIN = ["--epochs", "3", "--batch-size", "32", "--crop", "64", "--device", "cpu", "--val-fraction", "0.25"]
+# resnet: the cheap model, as the model is not what these tests are about.
+TRAIN = ["--model", "resnet", "--epochs", "3", "--batch-size", "32", "--crop", "64", "--device", "cpu", "--val-fraction", "0.25"]
 
 
 def spotter(*args):
@@ -54,27 +55,49 @@ def test_seed_model_trains_at_full_size(real_histo, tmp_path):
     assert pd.read_csv(run / "metrics.csv")["val_auc"].notna().all()
 
 
+@pytest.mark.slow
 def test_resume_after_kill_ends_with_the_same_weights(real_histo, tmp_path):
     straight = tmp_path / "straight"
     assert main(["histo", "train", "--data", real_histo, "--out", straight, *TRAIN]) == 0
+    total_steps = torch.load(straight / "last.pt", weights_only=True)["scheduler"]["total_steps"]  # one-cycle's
+    assert total_steps % 3 == 0
+    steps_per_epoch = total_steps // 3
 
+    # SIGKILLed as the second step of epoch 2 begins: mid-epoch, epoch 1 saved, epoch 2 lost.
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "spotter", "histo", "train", "--data", str(real_histo),
-                             "--out", str(killed), *TRAIN], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (killed / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = torch.load(killed / "last.pt", weights_only=True)["state"]["epoch"]
-    if done == 3:
-        pytest.skip("the run finished before it could be killed")
-    assert main(["histo", "train", "--data", real_histo, "--out", killed, "--resume", "--device", "cpu"]) == 0
+    kill_at = steps_per_epoch + 2
+    result = subprocess.run([sys.executable, str(Path(__file__).parent / "kill_at_step.py"), str(kill_at), "histo",
+                             "train", "--data", str(real_histo), "--out", str(killed), *TRAIN],
+                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    assert torch.load(killed / "last.pt", weights_only=True)["state"]["epoch"] == 1
+    assert list(pd.read_csv(killed / "metrics.csv")["epoch"]) == [1]
+
+    resumed = spotter("histo", "train", "--data", real_histo, "--out", killed, "--resume", "--device", "cpu")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "after epoch 1 of 3" in resumed.stdout and "epoch   1/3" not in resumed.stdout
+    assert list(pd.read_csv(killed / "metrics.csv")["epoch"]) == [1, 2, 3]  # epoch 2 once, not twice
     a, b = weights(straight), weights(killed)
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
     pd.testing.assert_frame_equal(pd.read_csv(straight / "metrics.csv").drop(columns=["seconds", "per_s"]),
                                   pd.read_csv(killed / "metrics.csv").drop(columns=["seconds", "per_s"]))
+
+
+def test_training_into_a_finished_run_with_overwrite_starts_afresh(real_histo, tmp_path):
+    """With --overwrite an existing run folder is trained anew: a new metrics.csv and new checkpoints, not
+    the old run's rows or epochs carried on (without it, or --resume, the folder is refused: test_hardening)."""
+    run = tmp_path / "run"
+    common = ["histo", "train", "--data", real_histo, "--out", run, "--model", "seed", "--batch-size", "32",
+              "--device", "cpu"]
+    assert main([*common, "--epochs", "2"]) == 0
+    assert main([*common, "--epochs", "1", "--seed", "1", "--overwrite"]) == 0
+    assert list(pd.read_csv(run / "metrics.csv")["epoch"]) == [1]
+    for name in ("last.pt", "best.pt"):
+        state = torch.load(run / name, weights_only=True)["state"]
+        assert (state["epoch"], state["epochs"]) == (1, 1), name
+    saved = json.loads((run / "settings.json").read_text())
+    assert saved["train"]["epochs"] == 1 and saved["train"]["seed"] == 1
 
 
 def test_time_budget_plans_epochs(real_histo, tmp_path):
@@ -106,7 +129,8 @@ def test_help_lists_the_commands():
 
 def test_a_run_of_the_other_task_is_named(real_histo, tmp_path, capsys):
     run = tmp_path / "cnn"
-    assert main(["histo", "train", "--data", real_histo, "--out", run, "--epochs", "1", "--batch-size", "32"]) == 0
+    assert main(["histo", "train", "--data", real_histo, "--out", run, "--model", "seed", "--epochs", "1",
+                 "--batch-size", "32"]) == 0
     (tmp_path / "t.csv").write_text("id,text\n1,fire\n")
     assert main(["tweets", "predict", run, "--csv", tmp_path / "t.csv", "--out", tmp_path / "o.csv"]) == 2
     assert "histo run, not a tweets one" in capsys.readouterr().err

@@ -1,8 +1,10 @@
 """End to end: the real CLI on a slice of the real Kaggle tweets."""
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from spotter.cli import main
 
@@ -64,12 +66,21 @@ def test_other_models_train_and_predict(tweets_slice, tmp_path, model):
 
 
 def test_custom_glove_txt(tweets_slice, tmp_path):
+    """The file's vectors are the ones trained with: its 3 dimensions, its words' rows in the checkpoint's
+    (still frozen) embedding matrix, and the coverage of its 3 words over the tweets."""
     glove = tmp_path / "glove.txt"
     glove.write_text("fire 0.1 0.2 0.3\nflood 0.3 0.2 0.1\nthe 0 0 1\n")
     run = tmp_path / "txt"
-    assert main(["tweets", "train", "--data", tweets_slice, "--out", run, "--embeddings", glove, "--epochs", "1",
-                 "--folds", "1"]) == 0
-    assert json.loads((run / "summary.json").read_text())["glove_coverage"]["normalised"]["distinct_words"] > 100
+    assert main(["tweets", "train", "--data", tweets_slice, "--out", run, "--model", "bigru", "--embeddings", glove,
+                 "--epochs", "1", "--unfreeze-epoch", "2", "--folds", "1"]) == 0
+    cover = json.loads((run / "summary.json").read_text())["glove_coverage"]["normalised"]
+    assert cover["distinct_words"] > 100 and 0 < cover["vocabulary"] <= 3 / cover["distinct_words"]
+    assert 0.01 < cover["tokens"] < 0.2  # "the" and "fire" are common, the other words are not in the file
+    ckpt = torch.load(run / "fold0" / "last.pt", weights_only=True)
+    matrix = ckpt["model"]["embedding.weight"].numpy()
+    assert matrix.shape[1] == 3  # the file's dimension, not the packaged GloVe's 50
+    for vector in ([0.1, 0.2, 0.3], [0, 0, 1]):
+        assert (matrix == np.float32(vector)).all(1).any(), vector  # the word's row (and "'the"'s, if a token)
 
 
 def test_predict_without_a_run_is_a_clear_error(tmp_path, capsys):

@@ -39,26 +39,49 @@ def demo_tweets(tmp_path_factory):
     return demo.make_tweets_dataset(tmp_path_factory.mktemp("demo") / "tweets", n_train=400, n_test=4)
 
 
-def test_student_learns_from_a_teacher_on_its_folds(demo_tweets, tmp_path):
-    teacher = tmp_path / "teacher"
+@pytest.fixture(scope="module")
+def tfidf_teacher(demo_tweets, tmp_path_factory):
+    """A 3-fold TF-IDF run (seconds): a teacher for the RNNs."""
+    teacher = tmp_path_factory.mktemp("tweets-teacher") / "teacher"
     assert main(["tweets", "train", "--data", demo_tweets, "--out", teacher, "--model", "tfidf", "--folds", "3"]) == 0
+    return teacher
+
+
+@pytest.mark.slow
+def test_student_learns_from_a_teacher_on_its_folds(demo_tweets, tfidf_teacher, tmp_path):
     student = tmp_path / "student"
     assert main(["tweets", "train", "--data", demo_tweets, "--out", student, "--folds", "3", "--epochs", "4",
-                 "--unfreeze-epoch", "2", "--teacher", teacher, "--transfer-copies", "1", "--device", "cpu"]) == 0
+                 "--unfreeze-epoch", "2", "--teacher", tfidf_teacher, "--transfer-copies", "1", "--device", "cpu"]) == 0
     summary = json.loads((student / "summary.json").read_text())
     assert summary["teacher"]["model"] == "tfidf"
     assert summary["auc"] > 0.8, summary["auc"]  # random weights: about 0.5; the demo's label noise caps it near 0.92
-    # The teacher's folds were matched, not assumed: a student on other folds or another seed is refused.
-    for other in (["--folds", "2"], ["--folds", "3", "--seed", "1"]):
-        assert main(["tweets", "train", "--data", demo_tweets, "--out", tmp_path / "refused", "--teacher", teacher,
-                     "--epochs", "1", *other]) == 2
-    other_tweets = demo.make_tweets_dataset(tmp_path / "other", n_train=300, n_test=2)
-    assert main(["tweets", "train", "--data", other_tweets, "--out", tmp_path / "refused", "--teacher", teacher,
-                 "--folds", "3", "--epochs", "1"]) == 2  # a teacher of other tweets
-    assert main(["tweets", "train", "--data", demo_tweets, "--out", tmp_path / "refused", "--model", "tfidf",
-                 "--teacher", teacher]) == 2  # only the RNNs learn from a teacher
 
 
+def refused(args, out, capsys) -> str:
+    """Run `args` into its own `out`; it must be refused (exit 2) before training anything there."""
+    capsys.readouterr()
+    assert main([*args, "--out", out]) == 2
+    assert not (out / "summary.json").exists() and not list(out.glob("**/*.pt"))
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", ["fewer folds", "another seed", "other tweets", "not an RNN"])
+def test_tweets_refusals_name_their_reason(demo_tweets, tfidf_teacher, tmp_path, capsys, case):
+    """The teacher's folds are matched, not assumed: a student on other folds, another seed or other tweets
+    is refused, and only the RNNs learn from a teacher."""
+    data, extra, message = {
+        "fewer folds": (demo_tweets, ["--folds", "2"], "the teacher's folds are not the student's (teacher: 3 folds"),
+        "another seed": (demo_tweets, ["--folds", "3", "--seed", "1"], "the teacher's folds are not the student's"),
+        "other tweets": (demo.make_tweets_dataset(tmp_path / "other", n_train=300, n_test=2), ["--folds", "3"],
+                         "the teacher was trained on other tweets (400 rows against the student's 300)"),
+        "not an RNN": (demo_tweets, ["--model", "tfidf"], "--teacher distils into an RNN"),
+    }[case]
+    err = refused(["tweets", "train", "--data", data, "--teacher", tfidf_teacher, "--epochs", "1", *extra],
+                  tmp_path / "refused", capsys)
+    assert message in err, err
+
+
+@pytest.mark.slow
 def test_histo_student_learns_only_from_its_teacher(tmp_path):
     data = demo.make_histo_dataset(tmp_path / "histo", n_train=320, n_test=2)
     common = ["--data", data, "--batch-size", "32", "--crop", "64", "--val-fraction", "0.25", "--device", "cpu"]
@@ -81,6 +104,21 @@ def test_histo_student_learns_only_from_its_teacher(tmp_path):
     teacher_probs = histo.load_run(teacher, "cpu").predict_pack(pack, train_rows)
     np.testing.assert_allclose(targets[train_rows], 0.75 * pack.labels[train_rows] + 0.25 * teacher_probs, atol=1e-6)
     np.testing.assert_array_equal(targets[val_rows], pack.labels[val_rows])
-    # A teacher that trained on the student's validation patches is refused.
-    assert main(["histo", "train", "--out", tmp_path / "refused", "--teacher", teacher, "--epochs", "1",
-                 "--seed", "1", *common]) == 2
+
+
+@pytest.mark.parametrize("case", ["another split", "not a finished run"])
+def test_histo_refusals_name_their_reason(tmp_path, capsys, case):
+    """A teacher that trained on the student's validation patches (another --seed: another split), or a
+    folder that is no finished run, is refused."""
+    data = demo.make_histo_dataset(tmp_path / "histo", n_train=64, n_test=2)
+    common = ["--data", data, "--model", "resnet", "--batch-size", "32", "--crop", "64", "--val-fraction", "0.25",
+              "--device", "cpu", "--epochs", "1"]
+    teacher = tmp_path / "teacher"
+    if case == "another split":
+        assert main(["histo", "train", "--out", teacher, *common]) == 0
+        extra, message = ["--seed", "1"], "the teacher was trained on another split"
+    else:
+        teacher.mkdir()
+        extra, message = [], "not a finished histo run (no val_ids.txt)"
+    err = refused(["histo", "train", *common, "--teacher", teacher, *extra], tmp_path / "refused", capsys)
+    assert message in err, err

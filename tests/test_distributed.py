@@ -12,6 +12,8 @@ import torch
 
 from conftest import histo_slice, tweets_slice
 
+pytestmark = pytest.mark.distributed
+
 # Seed model (no BatchNorm, no dropout) without augmentation: 2 ranks x 16 images step through exactly
 # the batches of one process x 32, so the runs agree up to the order of floating-point sums. fp32: `auto`
 # times each batch shape on its own and could pick bf16 for one run and not the other.

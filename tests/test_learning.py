@@ -28,8 +28,9 @@ def demo_tweets(tmp_path_factory):
 
 
 @pytest.mark.parametrize("model,extra", [("resnet", ["--epochs", "4", "--crop", "64"]),
-                                         ("seed", ["--epochs", "6"]),
-                                         ("effnet-lite0", ["--epochs", "2", "--crop", "64"])])
+                                         pytest.param("seed", ["--epochs", "6"], marks=pytest.mark.slow),
+                                         pytest.param("effnet-lite0", ["--epochs", "2", "--crop", "64"],
+                                                      marks=pytest.mark.slow)])
 def test_histo_models_learn_the_demo_data(demo_histo, tmp_path, model, extra):
     run = tmp_path / model
     assert main(["histo", "train", "--data", demo_histo, "--out", run, "--model", model, "--batch-size", "32",
@@ -38,12 +39,16 @@ def test_histo_models_learn_the_demo_data(demo_histo, tmp_path, model, extra):
     assert auc > HISTO_DEMO_AUC, f"{model}: validation AUC {auc:.3f}"
 
 
+# blend (the default: BiGRU and TF-IDF) stays in the fast set; bigru alone, as part of blend, need not.
 @pytest.mark.parametrize("model,extra", [("blend", ["--epochs", "4", "--unfreeze-epoch", "2"]),
-                                         ("bigru", ["--epochs", "4", "--unfreeze-epoch", "2"]),
-                                         ("seed-gru", ["--epochs", "6", "--lr", "3e-3"]),
+                                         pytest.param("bigru", ["--epochs", "4", "--unfreeze-epoch", "2"],
+                                                      marks=pytest.mark.slow),
+                                         pytest.param("seed-gru", ["--epochs", "6", "--lr", "3e-3"],
+                                                      marks=pytest.mark.slow),
                                          ("tfidf", []),
-                                         ("minilm-frozen", ["--epochs", "10"]),
-                                         ("minilm", ["--epochs", "1", "--batch-size", "16"])])
+                                         pytest.param("minilm-frozen", ["--epochs", "10"], marks=pytest.mark.slow),
+                                         pytest.param("minilm", ["--epochs", "1", "--batch-size", "16"],
+                                                      marks=pytest.mark.slow)])
 def test_tweet_models_learn_the_demo_data(demo_tweets, tmp_path, model, extra):
     run = tmp_path / model
     assert main(["tweets", "train", "--data", demo_tweets, "--out", run, "--model", model, "--device", "cpu",
@@ -52,6 +57,7 @@ def test_tweet_models_learn_the_demo_data(demo_tweets, tmp_path, model, extra):
     assert auc > TWEETS_DEMO_AUC, f"{model}: validation AUC {auc:.3f}"
 
 
+@pytest.mark.slow
 def test_histo_learns_real_patches(tmp_path):
     data = conftest.histo_slice(tmp_path / "histo", 480, n_test=1)
     run = tmp_path / "run"

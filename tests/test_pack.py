@@ -113,8 +113,8 @@ def test_a_run_records_what_skip_bad_left_out(real_histo, tmp_path, capsys):
     victim.unlink()
     victim.write_bytes(b"")
     run = tmp_path / "run"
-    assert main(["histo", "train", "--data", real_histo, "--out", run, "--skip-bad", "--epochs", "1",
-                 "--batch-size", "32", "--crop", "64", "--device", "cpu"]) == 0
+    assert main(["histo", "train", "--data", real_histo, "--out", run, "--skip-bad", "--model", "resnet",
+                 "--epochs", "1", "--batch-size", "32", "--crop", "64", "--device", "cpu"]) == 0
     assert victim.name in capsys.readouterr().err  # the warning names the file, not only a count
     assert victim.name in (run / "skipped.txt").read_text()
 

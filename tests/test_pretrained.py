@@ -88,6 +88,7 @@ def test_platt_calibration_and_combination():
     assert roc_auc(labels, calibrated) == pytest.approx(roc_auc(labels, overconfident), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_the_default_is_lite1_and_without_its_weights_the_scratch_resnet(real_histo, tmp_path, monkeypatch, capsys):
     """With the pretrained extra installed (as `make install` does), `histo train` fine-tunes EfficientNet-Lite1
     with its own defaults (a weight average among them); where its package cannot be imported it trains
@@ -105,6 +106,7 @@ def test_the_default_is_lite1_and_without_its_weights_the_scratch_resnet(real_hi
     assert json.loads((tmp_path / "plain" / "settings.json").read_text())["task"]["histo"]["model"] == "resnet-plain"
 
 
+@pytest.mark.slow
 def test_a_lite1_run_exports_and_explains(real_histo, tmp_path):
     """The default model through what follows training: its TorchScript and ONNX exports give Spotter's own
     probabilities, and its Grad-CAM maps are in logit units."""
@@ -133,6 +135,7 @@ def test_a_lite1_run_exports_and_explains(real_histo, tmp_path):
     torch.testing.assert_close(raw.mean((1, 2)) + predictor.model._fc.bias, logits, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_histo_effnet_and_ensemble_end_to_end(real_histo, tmp_path):
     runs = {}
     for model in ("resnet", "effnet-lite0"):
@@ -178,7 +181,8 @@ def tweets_slice(tmp_path):
     return conftest.tweets_slice(tmp_path / "tweets", 240)
 
 
-def test_minilm_frozen_and_fine_tuned_then_ensembled(tweets_slice, tmp_path):
+@pytest.mark.slow
+def test_minilm_frozen_and_fine_tuned_then_ensembled(tweets_slice, tmp_path, own_cache):
     common = ["--data", tweets_slice, "--folds", "2", "--device", "cpu"]
     runs = {"minilm-frozen": ["--epochs", "3"], "minilm": ["--epochs", "1", "--batch-size", "16"],
             "tfidf": []}
@@ -187,7 +191,7 @@ def test_minilm_frozen_and_fine_tuned_then_ensembled(tweets_slice, tmp_path):
         summary = json.loads((tmp_path / model / "summary.json").read_text())
         assert summary["model"] == model and 0 < summary["threshold"] < 1
     # The frozen model cached the sentence embeddings, keyed by content.
-    cached = list((tmp_path / "cache" / "minilm").glob("*.npy"))
+    cached = list((own_cache / "minilm").glob("*.npy"))
     assert len(cached) == 1 and np.load(cached[0]).shape == (240, 384)
 
     both = tmp_path / "both"

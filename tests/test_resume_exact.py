@@ -42,6 +42,7 @@ def killed_then_resumed(args: list, kill_at: int, out: Path) -> None:
     assert "resuming" in resumed.stdout
 
 
+@pytest.mark.slow
 def test_effnet_resumes_exactly(tmp_path):
     data = conftest.histo_slice(tmp_path / "histo", 64)
     # 48 training patches in batches of 16: 3 steps an epoch; step 5 is inside epoch 2.
@@ -69,7 +70,9 @@ def test_weight_average_resumes_exactly(tmp_path):
     assert not torch.equal(saved["model"]["head.3.weight"], saved["trained_model"]["head.3.weight"])
 
 
-@pytest.mark.parametrize("model,rows,kill_at", [("bigru", 120, 14), ("seed-gru", 120, 14), ("minilm", 60, 8)])
+@pytest.mark.parametrize("model,rows,kill_at", [("bigru", 120, 14),
+                                                pytest.param("seed-gru", 120, 14, marks=pytest.mark.slow),
+                                                pytest.param("minilm", 60, 8, marks=pytest.mark.slow)])
 def test_tweets_model_resumes_exactly(tmp_path, model, rows, kill_at):
     data = conftest.tweets_slice(tmp_path / "tweets", rows, n_test=5)
     # Two folds of two epochs in batches of 16: the kill lands in the second fold's second epoch.
