@@ -119,6 +119,6 @@ def test_histo_refusals_name_their_reason(tmp_path, capsys, case):
         extra, message = ["--seed", "1"], "the teacher was trained on another split"
     else:
         teacher.mkdir()
-        extra, message = [], "not a finished histo run (no val_ids.txt)"
+        extra, message = [], "not a finished Spotter run"
     err = refused(["histo", "train", *common, "--teacher", teacher, *extra], tmp_path / "refused", capsys)
     assert message in err, err

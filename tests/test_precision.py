@@ -98,8 +98,6 @@ def test_fit_runs_in_the_cached_decision_and_records_why(tmp_path):
     assert any("precision auto: bf16" in line for line in said)
 
 
-@pytest.mark.xfail(strict=True, reason="src: a resume re-chooses --precision auto from the cache instead of "
-                                       "taking the run's saved precision (engine._start); remove once fixed")
 def test_a_resume_keeps_the_runs_precision_when_the_cache_changed(tmp_path):
     """A run and its resume use one precision, even when precision.json was deleted (or re-timed to the
     other answer) in between: the resumed epochs must continue the run, not switch bf16 for fp32."""

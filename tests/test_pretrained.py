@@ -117,7 +117,7 @@ def test_a_lite1_run_exports_and_explains(real_histo, tmp_path):
     assert main(["histo", "train", "--data", real_histo, "--out", run, "--model", "effnet-lite1", "--epochs", "1",
                  "--batch-size", "32", "--device", "cpu"]) == 0
     patches = np.stack([np.asarray(Image.open(p)) for p in sorted((real_histo / "train").glob("*.tif"))[:8]])
-    expected = slide.load_predictor(run, "cpu", precision="fp32").predict_proba(patches)
+    expected = load_run(run, "cpu", precision="fp32").predict_proba(patches)
     x = torch.from_numpy(patches).permute(0, 3, 1, 2).float() / 255  # what WSInfer's ToTensor gives
     scripted = torch.jit.load(str(export.export(run, "torchscript", tmp_path / "model.pt")))
     session = onnxruntime.InferenceSession(str(export.export(run, "onnx", tmp_path / "model.onnx")),
