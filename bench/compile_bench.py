@@ -1,16 +1,9 @@
-"""torch.compile (inductor) against eager PyTorch: training and inference rates of the histology models,
-compile time (with an empty and with a warm inductor cache), and whether compiling pays inside a budget.
+"""torch.compile (inductor) against eager PyTorch for the histology models; what it measures and how:
+spotter.bench.torch_compile.
 
     python bench/compile_bench.py [--models resnet,effnet-lite0] [--modes train,infer] [--budget 15]
 
-Each measurement runs in its own process on in-memory batches of the real shape (the training ceiling:
-batch 128 at the model's default crop, channels_last; inference: batch 256, no gradients), in the precision
-`--precision auto` picks there (measured, see src/spotter/precision.py) unless --precision says otherwise.
-Compile time is the time of the first steps (which trace and compile) beyond what those steps take once
-compiled; "cold" uses an empty inductor cache, "warm" a second process on the cache the first one filled,
-as a second training run on the same machine would. Compiling pays inside a budget of B minutes when
-(B - compile time) x compiled rate > B x eager rate; the last column says so, for the warm cache.
-Prints a table and writes JSON. The measurements are spotter.bench.torch_compile's.
+Prints a table and writes JSON.
 """
 from __future__ import annotations
 
