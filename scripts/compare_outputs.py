@@ -94,12 +94,16 @@ def commands(inputs: Path) -> list[tuple[str, list[str]]]:
     cmds += [("histo-ensemble", ["histo", "ensemble", "histo/default", "histo/seed", "--out", "histo/ens"]),
              ("histo-ensemble-tta", ["histo", "ensemble", "histo/default", "histo/seed", "--out", "histo/ens_tta",
                                      "--tta"]),
-             ("histo-ensemble-nested", ["histo", "ensemble", "histo/ens", "histo/ens_tta", "--out",
+             # an ensemble of an ensemble and a run
+             ("histo-ensemble-nested", ["histo", "ensemble", "histo/ens", "histo/default", "--out",
                                         "histo/ens_nested"])]
-    for run in ("ens", "ens_tta", "ens_nested"):
+    for run in ("ens", "ens_tta", "ens_nested"):  # ens_tta without --tta: a clear refusal (exit 2)
         cmds += [(f"histo-evaluate-{run}", ["histo", "evaluate", f"histo/{run}"]),
                  (f"histo-predict-{run}", ["histo", "predict", f"histo/{run}", "--images", h / "test",
                                            "--out", f"predictions/histo-{run}.csv"])]
+    cmds += [("histo-evaluate-ens_tta-tta", ["histo", "evaluate", "histo/ens_tta", "--tta"]),
+             ("histo-predict-ens_tta-tta", ["histo", "predict", "histo/ens_tta", "--images", h / "test",
+                                            "--out", "predictions/histo-ens_tta-tta.csv", "--tta"])]
     for run in ("seed", "ens", "ens_nested"):
         cmds.append((f"histo-slide-{run}", ["histo", "slide", f"histo/{run}", "--image", inputs / "mosaic.tif",
                                             "--out", f"slides/{run}", "--stride", "32", "--workers", "0"]))
@@ -135,13 +139,16 @@ def run_all(inputs: Path, out: Path, only: str | None) -> int:
     code = subprocess.run([sys.executable, "-c", "import spotter; print(spotter.__file__)"], env=env, cwd=out,
                           capture_output=True, text=True).stdout.strip()
     print(f"code under test: {code}")
+    # --only reruns some commands and keeps the other records of an earlier run
+    earlier = json.loads((out / "commands.json").read_text())["commands"] if only else []
     records = []
-    for k, (name, args) in enumerate(commands(inputs)):
+    for name, args in commands(inputs):
         if only and not re.search(only, name):
+            records += [r for r in earlier if r["name"] == name]
             continue
         argv = [sys.executable, "-m", "spotter", *map(str, args)]
         start = time.perf_counter()
-        log = out / "logs" / f"{k:02d}-{name}"
+        log = out / "logs" / name
         with open(f"{log}.out", "w") as stdout, open(f"{log}.err", "w") as stderr:
             rc = subprocess.run(argv, cwd=out, env=env, stdout=stdout, stderr=stderr).returncode
         seconds = time.perf_counter() - start
@@ -150,8 +157,8 @@ def run_all(inputs: Path, out: Path, only: str | None) -> int:
                         "seconds": round(seconds, 1), "stderr_tail": tail})
         print(f"{'ok ' if rc == 0 else 'FAIL'} {rc:3d} {seconds:7.1f} s  {name}" + (f"  | {tail[-1]}" if tail else ""),
               flush=True)
-    (out / "commands.json").write_text(json.dumps({"code": code, "inputs": str(inputs), "commands": records},
-                                                  indent=2))
+        (out / "commands.json").write_text(json.dumps({"code": code, "inputs": str(inputs), "commands": records},
+                                                      indent=2))  # after each command: a stopped run still says
     failed = [r["name"] for r in records if r["exit_code"]]
     print(f"{len(records)} commands, {len(failed)} failed: {', '.join(failed) or 'none'}")
     return 0
@@ -313,7 +320,8 @@ def compare(a: Path, b: Path) -> int:
     a, b = a.resolve(), b.resolve()
     def listing(root):  # the cache (packs, precision choices, embeddings) is the code's business, not an output
         return {p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] != "cache"}
-    code = tuple(json.loads((r / "commands.json").read_text()).get("code") for r in (a, b))
+    code = tuple(json.loads((r / "commands.json").read_text()).get("code") if (r / "commands.json").exists()
+                 else None for r in (a, b))
     left, right = listing(a), listing(b)
     rows, failed = [], 0
     for rel in sorted(left | right, key=str):
@@ -346,7 +354,8 @@ def main() -> int:
     p = cmds.add_parser("run", help="run every command on INPUTS into OUT with the code on PYTHONPATH")
     p.add_argument("inputs", type=Path)
     p.add_argument("out", type=Path)
-    p.add_argument("--only", help="regular expression: run only the commands whose name matches (for debugging)")
+    p.add_argument("--only", help="regular expression: rerun only the commands whose name matches, keeping the "
+                                  "other records of OUT/commands.json (the caller clears their old outputs)")
     p = cmds.add_parser("compare", help="compare two OUT folders; exit 1 on any difference")
     p.add_argument("a", type=Path)
     p.add_argument("b", type=Path)
