@@ -33,7 +33,8 @@ EXPORT_FILES = {"wsinfer": "", "torchscript": ".torchscript.pt", "onnx": ".onnx"
 # Keys and columns that hold timings or machine facts: left out of the comparison.
 VOLATILE = re.compile(r"seconds|per_s|_s$|time|measured_at|rss", re.IGNORECASE)
 # In logs: durations and throughputs ("12.3 s", "74s", "450 patches/s", "7/s", "0:01:02").
-LOG_TIMINGS = re.compile(r"\d+(\.\d+)?\s*([a-z]*/s|s|ms|min)\b|\d+:\d\d(:\d\d)?")
+# and the time and process id that start a glog line ("W1207 17:10:34.705000 26847 torch/...").
+LOG_TIMINGS = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ |\d+(\.\d+)?\s*([a-z]*/s|s|ms|min)\b|\d+:\d\d(:\d\d)?")
 
 
 # ---------------------------------------------------------------- inputs: made once, read by both runs
@@ -129,6 +130,11 @@ def commands(inputs: Path) -> list[tuple[str, list[str]]]:
     return cmds
 
 
+def write_records(out: Path, code: str, inputs: Path, records: list[dict]) -> None:
+    (out / "commands.json").write_text(json.dumps({"code": code, "inputs": str(inputs), "commands": records},
+                                                  indent=2))
+
+
 def run_all(inputs: Path, out: Path, only: str | None) -> int:
     inputs, out = inputs.resolve(), out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -157,8 +163,8 @@ def run_all(inputs: Path, out: Path, only: str | None) -> int:
                         "seconds": round(seconds, 1), "stderr_tail": tail})
         print(f"{'ok ' if rc == 0 else 'FAIL'} {rc:3d} {seconds:7.1f} s  {name}" + (f"  | {tail[-1]}" if tail else ""),
               flush=True)
-        (out / "commands.json").write_text(json.dumps({"code": code, "inputs": str(inputs), "commands": records},
-                                                      indent=2))  # after each command: a stopped run still says
+        write_records(out, code, inputs, records)  # after each command: a stopped run still says
+    write_records(out, code, inputs, records)
     failed = [r["name"] for r in records if r["exit_code"]]
     print(f"{len(records)} commands, {len(failed)} failed: {', '.join(failed) or 'none'}")
     return 0
