@@ -8,8 +8,8 @@ them with the code on PYTHONPATH, and compare two such output folders file by fi
 
 `run` goes on past a failing command (its exit code and stderr are in OUT/commands.json and OUT/logs/).
 `compare` exits 1 on any difference; files on one side only are listed but are not a difference by themselves.
-The commands run inside OUT with SPOTTER_CACHE=OUT/cache and PYTHONHASHSEED=0; the whole `run` takes about
-20 minutes on 2 busy CPU cores (the EfficientNet training and the MiniLM fine-tune, one epoch, are most of it).
+The commands run inside OUT with SPOTTER_CACHE=OUT/cache and PYTHONHASHSEED=0; the whole `run` takes 20 to
+30 minutes on 2 busy CPU cores (the EfficientNet training and the MiniLM fine-tune, one epoch, are most of it).
 """
 from __future__ import annotations
 
