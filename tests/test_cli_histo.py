@@ -104,7 +104,7 @@ def test_time_budget_plans_epochs(real_histo, tmp_path):
     """A 6-second budget: the plan cuts the default 1000 epochs to what fits, and training time stays
     inside the budget (plus the one step that crosses the deadline)."""
     run = tmp_path / "budget"
-    assert main(["histo", "train", "--data", real_histo, "--out", run, "--time-budget", "0.1",
+    assert main(["histo", "train", "--data", real_histo, "--out", run, "--time-budget", "0.1", "--model", "resnet",
                  "--batch-size", "32", "--crop", "64"]) == 0
     state = torch.load(run / "last.pt", weights_only=True)["state"]
     metrics = pd.read_csv(run / "metrics.csv")
