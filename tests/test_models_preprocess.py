@@ -1,8 +1,10 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from spotter import precision
+from spotter import precision, runs
 from spotter.histo.models import MODELS, count_parameters, create_model
 from spotter.histo.preprocess import Augment, dihedral_views, preprocess
 
@@ -64,7 +66,8 @@ def test_training_path_without_augmentation_is_the_prediction_path(model, crop):
     data = PackedSet(np.arange(10).astype(str), np.zeros(10, np.int8), u8, None)
     train_batch = next(iterate_batches(data, np.arange(10), 10, torch.device("cpu"), crop, seed=3, augment=None,
                                        model=model))[0]
-    predictor = HistoPredictor(HistoSettings(model=model, crop=crop), device=torch.device("cpu"))
+    predictor = HistoPredictor(runs.Run(Path("run"), "histo"), HistoSettings(model=model, crop=crop),
+                               device=torch.device("cpu"))
     predict_batch = next(predictor._batches(u8))[0]
     torch.testing.assert_close(train_batch, predict_batch, rtol=0, atol=0)
 

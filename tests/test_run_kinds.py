@@ -175,7 +175,7 @@ def test_runs_in_the_previous_layout_open_and_predict_as_they_did(name, tmp_path
         assert main(["histo", "predict", LEGACY / name, "--images", HISTO / "test", "--out", out, "--device",
                      "cpu"]) == 0
     else:
-        assert run.task == "tweets" and run.settings["model"] == "seed-gru" and "fold_groups" not in run.settings
+        assert run.task == "tweets" and run.settings["model"] == "seed-gru" and not (LEGACY / name / "folds.csv").exists()
         csv = tmp_path / "test.csv"
         pd.read_csv(TWEETS / "test.csv").head(20).to_csv(csv, index=False)
         assert main(["tweets", "predict", LEGACY / name, "--csv", csv, "--out", out, "--proba", "--device",

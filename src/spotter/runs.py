@@ -123,7 +123,7 @@ def task_of(path: Path) -> str:
     """'histo' or 'tweets', from what the folder holds; a clear error when it is neither."""
     path = Path(path)
     if not path.is_dir():
-        raise RunError(f"{path}: no such run folder")
+        raise RunError(f"{path}: no such run folder, so no checkpoint; train it first")
     if (path / ENSEMBLE).exists():
         return str(_read(path / ENSEMBLE).get("task", "?"))
     task = _read(path / SETTINGS).get("task")
