@@ -3,10 +3,8 @@ its fix."""
 import asyncio
 import io
 import json
-import threading
 import types
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,6 +13,7 @@ from fastapi.testclient import TestClient
 
 import serve_runs
 from spotter import runs
+from spotter.cli import main
 from spotter.serve import app as serve_app
 from spotter.serve.batcher import Batcher
 from spotter.serve.info import model_info
@@ -66,6 +65,53 @@ def test_concurrent_explanations_do_not_change_predictions(client, tmp_path_fact
     print(f"{len(answers)} concurrent answers, largest difference from alone: {worst:.2e}")
     assert worst <= 1e-6, worst
 
+
+
+@pytest.mark.slow  # trains four more tweets runs
+def test_concurrent_explanations_every_run_kind(served_runs, tmp_path_factory, tmp_path):
+    """The same mix on every other kind a server may hold: the seed GRU, the blend, a fine-tuned transformer (a tiny
+    random encoder standing in for MiniLM), a tweets ensemble and a histology ensemble. Ensembles have no
+    attributions (a 422 says so, never a 500); every probability equals the one the input gets alone."""
+    from test_encoders import tiny_encoder
+
+    factory = tmp_path_factory
+    root = tmp_path / "runs"
+    histo_ens = root / "cnn-ens"
+    assert main(["histo", "ensemble", served_runs["cnn"], served_runs["cnn"], "--out", histo_ens, "--device",
+                 "cpu"]) == 0
+    transformer = root / "transformer"
+    assert main(["tweets", "train", "--data", serve_runs.tweets_data(factory), "--out", transformer, "--model",
+                 "transformer", "--encoder", tiny_encoder(tmp_path / "encoder"), "--folds", "2", "--epochs", "1",
+                 "--batch-size", "16", "--device", "cpu"]) == 0
+    kinds = {"seed-gru": serve_runs.tweets_run(factory, "seed-gru"), "blend": serve_runs.tweets_run(factory, "blend"),
+             "transformer": transformer, "both": serve_runs.tweets_ensemble(factory), "cnn-ens": histo_ens}
+    patches = sorted((serve_runs.histo_data(factory) / "test").glob("*.tif"))[:6]
+    texts = pd.read_csv(serve_runs.tweets_data(factory) / "test.csv", keep_default_na=False)["text"][:6]
+    app = serve_app.create_app(list(kinds.values()), device="cpu", log=lambda message: None)
+    with TestClient(app) as c:
+        def ask(model: str, k: int, explain: bool):
+            if model == "cnn-ens":
+                r = c.post("/api/histo/cnn-ens/predict", data={"explain": str(explain).lower()},
+                           files=[("files", (patches[k].name, patches[k].read_bytes()))])
+            else:
+                r = c.post(f"/api/tweets/{model}/predict", json={"texts": [texts[k]], "explain": explain})
+            if r.status_code == 422 and model == "both" and explain:  # an ensemble has no attributions
+                r = c.post(f"/api/tweets/{model}/predict", json={"texts": [texts[k]]})
+            return r.status_code, (r.json()["results"][0]["probability"] if r.status_code == 200 else r.text[:300])
+
+        models = list(kinds)
+        alone = {(m, k): ask(m, k, False)[1] for m in models for k in range(6)}
+
+        def run(i: int):
+            keys = [((models[(i + j) % len(models)], (i + 2 * j) % 6), j % 2 == 1) for j in range(10)]
+            return [(key, explain, ask(*key, explain)) for key, explain in keys]
+        with ThreadPoolExecutor(8) as pool:
+            answers = [a for part in pool.map(run, range(8)) for a in part]
+    failures = [(key, explain, body) for key, explain, (status, body) in answers if status != 200]
+    assert not failures, failures
+    worst = max(abs(prob - alone[key]) for key, _, (_, prob) in answers)
+    print(f"{len(answers)} concurrent answers over {len(models)} run kinds, largest difference from alone: {worst:.2e}")
+    assert worst <= 1e-6, worst
 
 
 # ---------------------------------------------------------------- 8. read from the code, confirmed
