@@ -49,22 +49,25 @@ def test_concurrent_explanations_do_not_change_predictions(client, tmp_path_fact
             r = client.post(f"/api/tweets/{model}/predict", json={"texts": [texts[k]], "explain": explain})
         return r.status_code, (r.json()["results"][0]["probability"] if r.status_code == 200 else r.text[:300])
 
-    models = ("cnn", "rnn", "tfidf")
-    alone = {(m, k): ask(m, k, False)[1] for m in models for k in range(10)}
+    mixed_requests_agree_with_alone(ask, ("cnn", "rnn", "tfidf"), inputs=10)
 
-    def worker(i: int):
-        return [((models[(i + j) % 3], (i * 3 + j) % 10), j % 2 == 1) for j in range(10)]
+
+def mixed_requests_agree_with_alone(ask, models, inputs: int, threads: int = 8, per_thread: int = 10) -> None:
+    """`threads` threads each send `per_thread` requests, alternately plain and explained, over `models` and
+    `inputs` inputs; `ask(model, k, explain)` -> (status, probability or error). No answer but 200, and every
+    probability within 1e-6 of the one the same input gets alone."""
+    alone = {(m, k): ask(m, k, False)[1] for m in models for k in range(inputs)}
 
     def run(i: int):
-        return [(key, explain, ask(*key, explain)) for key, explain in worker(i)]
-    with ThreadPoolExecutor(8) as pool:
-        answers = [a for part in pool.map(run, range(8)) for a in part]
+        keys = [((models[(i + j) % len(models)], (i * 3 + j) % inputs), j % 2 == 1) for j in range(per_thread)]
+        return [(key, explain, ask(*key, explain)) for key, explain in keys]
+    with ThreadPoolExecutor(threads) as pool:
+        answers = [a for part in pool.map(run, range(threads)) for a in part]
     failures = [(key, explain, body) for key, explain, (status, body) in answers if status != 200]
     assert not failures, failures
     worst = max(abs(prob - alone[key]) for key, _, (_, prob) in answers)
-    print(f"{len(answers)} concurrent answers, largest difference from alone: {worst:.2e}")
+    print(f"{len(answers)} concurrent answers over {len(models)} models, largest difference from alone: {worst:.2e}")
     assert worst <= 1e-6, worst
-
 
 
 @pytest.mark.slow  # trains four more tweets runs
@@ -99,19 +102,7 @@ def test_concurrent_explanations_every_run_kind(served_runs, tmp_path_factory, t
                 r = c.post(f"/api/tweets/{model}/predict", json={"texts": [texts[k]]})
             return r.status_code, (r.json()["results"][0]["probability"] if r.status_code == 200 else r.text[:300])
 
-        models = list(kinds)
-        alone = {(m, k): ask(m, k, False)[1] for m in models for k in range(6)}
-
-        def run(i: int):
-            keys = [((models[(i + j) % len(models)], (i + 2 * j) % 6), j % 2 == 1) for j in range(10)]
-            return [(key, explain, ask(*key, explain)) for key, explain in keys]
-        with ThreadPoolExecutor(8) as pool:
-            answers = [a for part in pool.map(run, range(8)) for a in part]
-    failures = [(key, explain, body) for key, explain, (status, body) in answers if status != 200]
-    assert not failures, failures
-    worst = max(abs(prob - alone[key]) for key, _, (_, prob) in answers)
-    print(f"{len(answers)} concurrent answers over {len(models)} run kinds, largest difference from alone: {worst:.2e}")
-    assert worst <= 1e-6, worst
+        mixed_requests_agree_with_alone(ask, list(kinds), inputs=6)
 
 
 # ---------------------------------------------------------------- 8. read from the code, confirmed
