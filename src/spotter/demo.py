@@ -156,7 +156,8 @@ def _histo_demo(out: Path, device: str) -> tuple[histo_data.PackedSet, Path]:
     run_dir = out / "histo-run"
     # The from-scratch default: it learns these synthetic patches in seconds (the pretrained default takes minutes).
     settings = histo.HistoSettings(data=str(data_dir), pack_root=str(out / "packs"), model=histo.SCRATCH_DEFAULT)
-    histo.train(settings, engine.TrainSettings(epochs=8, lr=3e-3, device=device), run_dir)
+    # The demo owns its folder: a second `make demo` trains its runs afresh (overwrite), as it remakes the data.
+    histo.train(settings, engine.TrainSettings(epochs=8, lr=3e-3, device=device), run_dir, overwrite=True)
     histo.evaluate(run_dir, tta=True, device=device)
     histo.predict(run_dir, data_dir / "test", out / "histo-submission.csv", tta=True, device=device)
     return packed["train"], run_dir
@@ -168,7 +169,7 @@ def _tweets_demo(out: Path, device: str) -> tuple[Path, Path]:
     run_dir = out / "tweets-run"
     tweets.train(tweets.TweetSettings(data=str(data_dir), folds=3),
                  engine.TrainSettings(epochs=6, batch_size=64, lr=3e-3, weight_decay=0.01, patience=3,
-                                      device=device), run_dir)
+                                      device=device), run_dir, overwrite=True)
     tweets.evaluate(run_dir, data_dir / "test_labels.csv", device=device)
     tweets.predict(run_dir, data_dir / "test.csv", out / "tweets-submission.csv", device=device)
     return data_dir, run_dir
