@@ -87,12 +87,11 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
     run_dir = Path(run_dir)
     # rank 0 alone judges the folder (under torchrun the others follow it)
     runs.claim(run_dir, resume=resume or not engine.join_world(settings.device).main, overwrite=overwrite)
-    if resume and (run_dir / "settings.json").exists():
+    if resume and (run_dir / runs.SETTINGS).exists():
         # A resumed run keeps the settings it started with; only the device may change.
-        saved = json.loads((run_dir / "settings.json").read_text())
-        histo = engine.settings_from(HistoSettings, saved["task"]["histo"], run_dir / "settings.json")
-        settings = engine.settings_from(engine.TrainSettings, {**saved["train"], "device": settings.device},
-                                        run_dir / "settings.json")
+        saved, where = runs.open_run(run_dir, KIND), run_dir / runs.SETTINGS
+        histo = engine.settings_from(HistoSettings, saved.settings, where)
+        settings = engine.settings_from(engine.TrainSettings, {**saved.train, "device": settings.device}, where)
     engine.seed_everything(settings.seed)
     world = engine.join_world(settings.device)
     log = log if world.main else engine.quiet
