@@ -62,8 +62,8 @@ def make_inputs(out: Path, shared: Path, n_histo: int, n_tweets: int, n_eval: in
     unseen = labels[~labels["id"].isin(picked["id"])]
     tiles = pd.concat([g.sample(32, random_state=seed + 1) for _, g in unseen.groupby("label")])
     tiles = tiles.sample(frac=1, random_state=seed + 2)
-    try:
-        from spotter.bench import mosaic
+    try:  # where the mosaic helpers live now, and where they lived before
+        from spotter import mosaic
     except ImportError:
         from spotter.histo import mosaic
     patches = mosaic.read_patches(histo_src / "train", list(tiles["id"]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,26 @@ def test_readme_relative_links_point_to_files():
     assert links, "README.md links to no page of docs/"
     missing = [t for t in links if not (ROOT / t.split("#")[0]).exists()]
     assert not missing, f"README.md links to missing files: {missing}"
+
+
+def test_every_module_imports_first():
+    """Each module imports on its own, whatever was imported before it: a package whose `__init__` imports a
+    module that imports the package back (demo -> bench -> demo once did) fails only in some orders."""
+    script = """
+import importlib, pkgutil, sys
+import spotter
+names = [m.name for m in pkgutil.walk_packages(spotter.__path__, "spotter.") if m.name != "spotter.__main__"]
+failed = []
+for name in names:
+    for loaded in [m for m in sys.modules if m == "spotter" or m.startswith("spotter.")]:
+        del sys.modules[loaded]
+    try:
+        importlib.import_module(name)
+    except Exception as err:
+        failed.append(f"{name}: {type(err).__name__}: {err}")
+print(len(names), "modules")
+print("\\n".join(failed))
+sys.exit(1 if failed else 0)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr

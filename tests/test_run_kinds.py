@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from conftest import HISTO, TWEETS, histo_slice, require, tweets_slice
 from spotter import runs
 from spotter.cli import main
-from spotter.bench import mosaic
+from spotter import mosaic
 from spotter.histo.predictor import load_run as load_histo
 from spotter.serve.app import create_app
 from spotter.tweets.predictor import load_run as load_tweets

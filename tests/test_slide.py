@@ -15,7 +15,7 @@ from PIL import Image
 from shapely.geometry import box, shape
 
 from conftest import HISTO, histo_slice
-from spotter.bench import mosaic
+from spotter import mosaic
 from spotter.cli import main
 from spotter.histo import slide, tissue, wsi
 from spotter.histo.predictor import load_run

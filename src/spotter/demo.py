@@ -17,7 +17,7 @@ from PIL import Image
 
 from . import engine
 from .histo import data as histo_data, slide as histo_slide, task as histo, wsi
-from .bench.mosaic import mosaic_image, write_mosaic
+from .mosaic import mosaic_image, write_mosaic
 from .histo.tiff import PATCH_SIZE
 from .reports import histo as histo_report, tweets as tweets_report
 from .tweets import task as tweets

@@ -23,7 +23,7 @@ from ..histo import slide
 from ..histo.models import create_model
 from ..histo.predictor import HistoPredictor, load_run
 from ..histo.settings import HistoSettings
-from .mosaic import mosaic_image, read_patches, synthetic_slide, write_mosaic
+from ..mosaic import mosaic_image, read_patches, synthetic_slide, write_mosaic
 
 
 def bench_predictor(run: str | None, device: str) -> HistoPredictor:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..histo import wsi
-from ..histo.settings import KAGGLE_MPP as PATCH_MPP
-from ..histo.tiff import PATCH_SIZE, read_patch
+from .histo import wsi
+from .histo.settings import KAGGLE_MPP as PATCH_MPP
+from .histo.tiff import PATCH_SIZE, read_patch
 
 
 def read_patches(folder: Path, ids: list[str]) -> np.ndarray:
