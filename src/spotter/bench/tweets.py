@@ -12,7 +12,9 @@ import pandas as pd
 import torch
 
 from .. import engine, files
-from ..tweets import encoders, minilm, task as tweets_task
+from ..tweets import encoders, minilm
+from ..tweets.adapters import encode, iterate_batches
+from ..tweets.data import prepare
 from ..tweets.embeddings import embedding_matrix, load_glove
 from ..tweets.models import create_rnn
 from ..tweets.text import Corpus, NormaliseOptions, Vocabulary, keyword_text, read_tweets
@@ -22,23 +24,23 @@ from .timing import auto_precision, median_rate, timed_steps, trainer
 def stage_tweets(data: str, quick: bool, device: str) -> dict[str, Any]:
     dev = engine.pick_device(device)
     df = read_tweets(Path(data) / "train.csv", labelled=True)
-    _, tokens = tweets_task.prepare(df, NormaliseOptions())
+    _, tokens = prepare(df, NormaliseOptions())
     keywords = [keyword_text(k) for k in df["keyword"]]
     vocab = Vocabulary.build(tokens)
     words, vectors = load_glove()
     model = create_rnn("bigru", torch.from_numpy(embedding_matrix(vocab, words, vectors)), 300).to(dev)
     model.embedding.weight.requires_grad_(True)
     kw_list = sorted(set(keywords) - {""})
-    data_enc = tweets_task.encode(tokens, keywords, vocab, kw_list, 40, df["target"].to_numpy())
+    data_enc = encode(tokens, keywords, vocab, kw_list, 40, df["target"].to_numpy())
     step = trainer(model, engine.make_optimizer(model, engine.TrainSettings()), dev, "fp32")  # as the task runs it
     epoch_steps = -(-len(df) // 64)
 
     def train_epoch(seed: int) -> float:
         model.train()
-        return timed_steps(step, tweets_task.iterate_batches(data_enc, 64, dev, seed=seed), epoch_steps, dev)
+        return timed_steps(step, iterate_batches(data_enc, 64, dev, seed=seed), epoch_steps, dev)
 
     def infer() -> int:
-        probs, _ = engine.predict_probs(model, tweets_task.iterate_batches(data_enc, 512, dev), dev, "fp32")
+        probs, _ = engine.predict_probs(model, iterate_batches(data_enc, 512, dev), dev, "fp32")
         return len(probs)
 
     train_epoch(0)  # warm-up
@@ -51,7 +53,7 @@ def stage_minilm(data: str, quick: bool, device: str) -> dict[str, Any]:
     (sorted by length, batches of 256), which is also the cost of `minilm-frozen`'s one embedding pass."""
     dev = engine.pick_device(device)
     df = read_tweets(Path(data) / "train.csv", labelled=True)
-    texts, _ = tweets_task.prepare(df, NormaliseOptions())
+    texts, _ = prepare(df, NormaliseOptions())
     keywords = [keyword_text(k) for k in df["keyword"]]
     data_tokens = minilm.tokenize_pairs(minilm.load_tokenizer(), texts, keywords, df["target"].to_numpy())
     model = minilm.TransformerClassifier(minilm.load_encoder()).to(dev)

@@ -20,10 +20,10 @@ from .. import engine, ensemble, files, plots, runs
 from ..metrics import (best_f1_threshold, binary_report, confusion_text, cross_fitted_decisions, f1_score,
                        interval_text, intervals, roc_auc)
 from . import adapters
-from .adapters import encode, iterate_batches, score  # noqa: F401 (encode, iterate_batches: used by bench.py)
-from .data import corpus_of, fold_splits, prepare, training_rows  # noqa: F401 (prepare: used by bench.py)
+from .adapters import score
+from .data import corpus_of, fold_splits, training_rows
 from .predictor import Teacher, TweetsPredictor, load_run, run_settings
-from .settings import MODEL_NAMES, TweetSettings  # noqa: F401 (the task's public names)
+from .settings import TweetSettings
 from .text import read_tweets
 
 KIND = adapters.KIND
