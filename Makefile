@@ -24,10 +24,12 @@ FAST := not slow and not browser and not distributed
 check: install
 	$(PY) -m pytest -m "$(FAST)" --durations=25
 
+# Both halves share the runs that tests/serve_runs.py trains once (a fresh folder each `make test`).
 test: install
+	runs=$$(mktemp -d); export SPOTTER_TEST_RUNS=$$runs; \
 	$(PY) -m pytest -m "$(FAST)" --durations=25; fast=$$?; \
 	$(PY) -m pytest -m "not ($(FAST))" --durations=25; slow=$$?; \
-	[ $$fast -eq 0 ] && [ $$slow -eq 0 ]
+	rm -rf $$runs; [ $$fast -eq 0 ] && [ $$slow -eq 0 ]
 
 # The documentation site from docs/ into site/; --strict turns a broken link or a page missing from the nav into an error.
 docs: install

@@ -1,5 +1,7 @@
 """--resume ends exactly where an uninterrupted run ends, for models that draw random numbers in training
-(dropout, stochastic depth, fold-model initialisation): killed mid-epoch, and for tweets mid-fold."""
+(dropout, stochastic depth, fold-model initialisation): killed mid-epoch, and for tweets mid-fold.
+
+Each trains three times in fresh processes, so only the BiGRU's runs in the fast set."""
 import json
 import os
 import subprocess
@@ -54,6 +56,7 @@ def test_effnet_resumes_exactly(tmp_path):
     same_metrics(tmp_path / "straight" / "metrics.csv", tmp_path / "killed" / "metrics.csv")
 
 
+@pytest.mark.slow
 def test_weight_average_resumes_exactly(tmp_path):
     data = conftest.histo_slice(tmp_path / "histo", 64)
     args = ["histo", "train", "--data", data, "--model", "resnet-plain", "--ema", "0.9", "--epochs", "3",
