@@ -268,3 +268,82 @@ def test_slide_geojson_follows_qupaths_import_format(tmp_path):
     # and slide-eval reads regions.geojson back as QuPath would export it: the same tumour area
     (tmp_path / "regions.geojson").write_text(json.dumps(slide_outputs.regions_geojson(heat, xs, ys, 0.5, 0.5)))
     assert annotations.read(tmp_path / "regions.geojson").tumour.area == pytest.approx(ring.area + ell.area)
+
+
+# ---------------------------------------------------------------- end to end, on real patches
+
+MARGIN = 96  # patch pixels of white around each mosaic
+P = 96
+GRID = 6  # patches a side
+# (row, column, rows, columns) of each lesion, per tumour slide; the last slide's two lesions are 2 patch rows
+# (187 µm) apart, more than twice the 75 µm growth, so they stay two lesions
+LESIONS = [[(1, 2, 3, 3)], [(3, 0, 3, 3)], [(0, 0, 3, 3)], [(2, 3, 3, 3)], [(2, 2, 3, 3)], [(0, 0, 2, 2), (4, 0, 2, 3)]]
+NORMAL_SLIDES = 6
+
+
+def lesion_polygon(row, col, rows, cols):
+    """A block of patches in level-0 pixels (the mosaic's level 0 is 2x its patches' resolution)."""
+    return shapely.box(2 * (MARGIN + col * P), 2 * (MARGIN + row * P), 2 * (MARGIN + (col + cols) * P),
+                       2 * (MARGIN + (row + rows) * P))
+
+
+@pytest.fixture(scope="module")
+def synthetic_slides(tmp_path_factory):
+    """Mosaics of real labelled patches the run never saw: 6 with tumour laid out as contiguous lesions among
+    normal patches, 6 of normal patches only; and the lesions as QuPath would export them."""
+    from conftest import HISTO
+    from serve_runs import histo_data
+    from spotter import mosaic
+
+    root = tmp_path_factory.mktemp("slide-eval")
+    seen = set(pd.read_csv(histo_data(tmp_path_factory) / "train_labels.csv")["id"])
+    labels = pd.read_csv(HISTO / "train_labels.csv")
+    unseen = labels[~labels["id"].isin(seen)].sample(frac=1, random_state=4)
+    tumour = iter(unseen[unseen["label"] == 1]["id"])
+    normal = iter(unseen[unseen["label"] == 0]["id"])
+    slides, notes = root / "slides", root / "annotations"
+    slides.mkdir()
+    notes.mkdir()
+    for k, lesions in enumerate(LESIONS + [[]] * NORMAL_SLIDES):
+        name = f"tumour_{k}" if lesions else f"normal_{k}"
+        in_lesion = np.zeros((GRID, GRID), bool)
+        for row, col, rows, cols in lesions:
+            in_lesion[row:row + rows, col:col + cols] = True
+        ids = [next(tumour) if hot else next(normal) for hot in in_lesion.ravel()]
+        image = mosaic.mosaic_image(mosaic.read_patches(HISTO / "train", ids), GRID, GRID, MARGIN)
+        mosaic.write_mosaic(slides / f"{name}.tif", image)
+        if lesions:
+            features = [qupath_feature(shapely.geometry.mapping(lesion_polygon(*lesion))) for lesion in lesions]
+            (notes / f"{name}.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return slides, notes
+
+
+@pytest.mark.slow  # trains the serve tests' shared run when they have not (minutes on CPU); scoring takes seconds
+def test_slide_eval_end_to_end_on_real_patches(synthetic_slides, tmp_path_factory, tmp_path, capsys):
+    from serve_runs import histo_run
+
+    run = histo_run(tmp_path_factory)
+    slides, notes = synthetic_slides
+    out = tmp_path / "scored"
+    assert main(["histo", "slide", run, "--image", slides, "--out", out, "--stride", "96", "--device", "cpu",
+                 "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert main(["histo", "slide-eval", out, "--annotations", notes, "--out", tmp_path / "eval"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    print(printed, pd.read_csv(tmp_path / "eval" / "slides.csv").drop(columns=["output", "annotation"]))
+    assert "slide AUC" in printed and "FROC average sensitivity" in printed
+    assert (report["slides"], report["tumour_slides"], report["lesions"], report["itc_lesions"]) == (12, 6, 7, 0)
+    table = pd.read_csv(tmp_path / "eval" / "slides.csv")
+    tumour, normal = (table[table["tumour"] == t]["score"] for t in (1, 0))
+    # 6 against 6 slides: a random ranking reaches AUC >= 0.8 with probability about 0.03 (Mann-Whitney)
+    assert report["slide_auc"] >= 0.8, table[["slide", "score"]]
+    assert tumour.median() > normal.median()
+    assert report["lesions_detected"] >= 6, "the lesions are found at the lowest confidence"
+    assert report["froc"]["sensitivity_at_fps"]["8"] >= 0.7
+    assert report["froc"]["average_sensitivity"] >= 0.3
+    assert report["unused_annotations"] == []
+    # the slide outputs themselves follow QuPath's import format
+    first = out / "tumour_0"
+    check_qupath_geojson(json.loads((first / "tiles.geojson").read_text()), "tile")
+    check_qupath_geojson(json.loads((first / "regions.geojson").read_text()), "annotation")
