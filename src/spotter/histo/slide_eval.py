@@ -44,18 +44,19 @@ SLIDE_SCORE = "max tile probability"
 
 @dataclass(frozen=True)
 class EvalSettings:
-    classes: str = setting("Tumor", help="annotation classes that mark tumour, comma-separated (annotations with "
-                                         "no class and Camelyon16's groups _0 and _1 count too)")
+    classes: str = setting("Tumor", help="annotation classes that mark tumour, comma-separated (default Tumor; "
+                                         "annotations with no class and Camelyon16's groups _0 and _1 count too)")
     dilate_um: float = setting(75.0, help="annotations are grown by this many µm before lesions are joined "
                                           "(Camelyon16: 75, about five tumour cells)", metavar="UM")
     itc_um: float = setting(200.0, help="lesions under this longest diameter (µm) are isolated tumour cells: "
                                         "neither counted nor false positives (Camelyon16: 200; 0 counts all)",
                             metavar="UM")
     nms_radius_um: float = setting(200.0, help="a detection suppresses the tiles whose centres lie within this "
-                                               "radius (µm)", metavar="UM")
-    min_prob: float = setting(0.05, help="tiles below this probability never become detections", metavar="P")
-    bootstrap: int = setting(2000, help="bootstrap resamples of the slides for the AUC's 95 %% interval",
-                             metavar="N")
+                                               "radius (µm; default 200)", metavar="UM")
+    min_prob: float = setting(0.05, help="tiles below this probability never become detections (default 0.05)",
+                             metavar="P")
+    bootstrap: int = setting(2000, help="bootstrap resamples of the slides for the AUC's 95 %% interval "
+                                        "(default 2000)", metavar="N")
 
     def __post_init__(self):
         if min(self.dilate_um, self.itc_um) < 0 or self.nms_radius_um <= 0:
