@@ -9,6 +9,9 @@ import pandas as pd
 import pytest
 import shapely
 
+import serve_runs
+from conftest import HISTO
+from spotter import mosaic
 from spotter.cli import main
 from spotter.errors import BadInput
 from spotter.histo import annotations, slide_eval, slide_outputs
@@ -88,7 +91,10 @@ HAND = EvalSettings(dilate_um=0, itc_um=0, nms_radius_um=150, min_prob=0.05, boo
 
 def test_hand_computed_auc_and_froc(tiny, tmp_path):
     outputs, notes = tiny
-    report = slide_eval.evaluate([outputs], notes, tmp_path / "eval", HAND, log=lambda *_: None)
+    (notes / "t3.geojson").write_text(json.dumps(qupath_feature(box(0, 0, 10, 10))))  # no output of t3
+    said = []
+    report = slide_eval.evaluate([outputs], notes, tmp_path / "eval", HAND, log=said.append)
+    assert report["unused_annotations"] == ["t3.geojson"] and any("t3.geojson" in line for line in said)
     assert (report["slides"], report["tumour_slides"], report["normal_slides"]) == (4, 2, 2)
     assert report["slide_auc"] == pytest.approx(0.75)
     low, high = report["slide_auc_ci95"]
@@ -291,12 +297,8 @@ def lesion_polygon(row, col, rows, cols):
 def synthetic_slides(tmp_path_factory):
     """Mosaics of real labelled patches the run never saw: 6 with tumour laid out as contiguous lesions among
     normal patches, 6 of normal patches only; and the lesions as QuPath would export them."""
-    from conftest import HISTO
-    from serve_runs import histo_data
-    from spotter import mosaic
-
     root = tmp_path_factory.mktemp("slide-eval")
-    seen = set(pd.read_csv(histo_data(tmp_path_factory) / "train_labels.csv")["id"])
+    seen = set(pd.read_csv(serve_runs.histo_data(tmp_path_factory) / "train_labels.csv")["id"])
     labels = pd.read_csv(HISTO / "train_labels.csv")
     unseen = labels[~labels["id"].isin(seen)].sample(frac=1, random_state=4)
     tumour = iter(unseen[unseen["label"] == 1]["id"])
@@ -320,9 +322,7 @@ def synthetic_slides(tmp_path_factory):
 
 @pytest.mark.slow  # trains the serve tests' shared run when they have not (minutes on CPU); scoring takes seconds
 def test_slide_eval_end_to_end_on_real_patches(synthetic_slides, tmp_path_factory, tmp_path, capsys):
-    from serve_runs import histo_run
-
-    run = histo_run(tmp_path_factory)
+    run = serve_runs.histo_run(tmp_path_factory)
     slides, notes = synthetic_slides
     out = tmp_path / "scored"
     assert main(["histo", "slide", run, "--image", slides, "--out", out, "--stride", "96", "--device", "cpu",
@@ -331,7 +331,6 @@ def test_slide_eval_end_to_end_on_real_patches(synthetic_slides, tmp_path_factor
     assert main(["histo", "slide-eval", out, "--annotations", notes, "--out", tmp_path / "eval"]) == 0
     printed = capsys.readouterr().out
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
-    print(printed, pd.read_csv(tmp_path / "eval" / "slides.csv").drop(columns=["output", "annotation"]))
     assert "slide AUC" in printed and "FROC average sensitivity" in printed
     assert (report["slides"], report["tumour_slides"], report["lesions"], report["itc_lesions"]) == (12, 6, 7, 0)
     table = pd.read_csv(tmp_path / "eval" / "slides.csv")

@@ -142,7 +142,8 @@ def evaluate(outputs: list[Path], annotations: Path, out: Path, settings: EvalSe
     names = [s.name for s in slides]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise BadInput(f"two outputs of the same slide: {', '.join(repeated)}")
+        raise BadInput(f"several outputs of slides named {', '.join(repeated)}: one annotation file cannot "
+                       "tell them apart; evaluate them separately")
 
     rows, found_rows, lesion_probs, fp_probs = [], [], [], []
     for s in slides:
