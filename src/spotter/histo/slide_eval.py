@@ -128,6 +128,22 @@ def load_slide(folder: Path, annotations: Path, classes: tuple[str, ...]) -> Sli
     return Slide(name, folder, mpp, tiles, annotation)
 
 
+def _score(s: Slide, settings: EvalSettings) -> tuple[dict, pd.DataFrame, np.ndarray]:
+    """A slide's row of slides.csv, its detections with their outcomes, and its counted lesions' confidences."""
+    tumour = s.annotation.tumour if s.annotation else None
+    lesion_list = rules.lesions(tumour, s.mpp, settings.dilate_um, settings.itc_um)
+    found = rules.detections(s.tiles, s.mpp, settings.nms_radius_um, settings.min_prob)
+    best, outcome = rules.match(found, lesion_list)
+    counted = np.array([not lesion.itc for lesion in lesion_list], bool)
+    row = {"slide": s.name, "output": str(s.folder), "annotation": str(s.annotation.path) if s.annotation else "",
+           "tumour": int(tumour is not None and not tumour.is_empty), "score": s.score, "tiles": len(s.tiles),
+           "annotated_mm2": float(tumour.area * (s.mpp / 1000) ** 2) if tumour is not None else 0.0,
+           "lesions": int(counted.sum()), "itc_lesions": int((~counted).sum()),
+           "lesions_detected": int(np.sum(~np.isnan(best[counted]))), "detections": len(found),
+           "false_positives": outcome.count("FP")}
+    return row, found.assign(slide=s.name, outcome=outcome), best[counted]
+
+
 # ---------------------------------------------------------------- the whole set
 
 def evaluate(outputs: list[Path], annotations: Path, out: Path, settings: EvalSettings = EvalSettings(),
@@ -147,21 +163,11 @@ def evaluate(outputs: list[Path], annotations: Path, out: Path, settings: EvalSe
 
     rows, found_rows, lesion_probs, fp_probs = [], [], [], []
     for s in slides:
-        tumour = s.annotation.tumour if s.annotation else None
-        lesion_list = rules.lesions(tumour, s.mpp, settings.dilate_um, settings.itc_um)
-        found = rules.detections(s.tiles, s.mpp, settings.nms_radius_um, settings.min_prob)
-        best, outcome = rules.match(found, lesion_list)
-        counted = np.array([not lesion.itc for lesion in lesion_list], bool)
-        lesion_probs.extend(best[counted])
-        fp_probs.extend(found["prob"].to_numpy()[np.array(outcome) == "FP"] if len(found) else [])
-        found_rows.append(found.assign(slide=s.name, outcome=outcome))
-        rows.append({"slide": s.name, "output": str(s.folder), "annotation": str(s.annotation.path) if s.annotation else "",
-                     "tumour": int(tumour is not None and not tumour.is_empty), "score": s.score,
-                     "tiles": len(s.tiles),
-                     "annotated_mm2": float(tumour.area * (s.mpp / 1000) ** 2) if tumour is not None else 0.0,
-                     "lesions": int(counted.sum()), "itc_lesions": int((~counted).sum()),
-                     "lesions_detected": int(np.sum(~np.isnan(best[counted]))),
-                     "detections": len(found), "false_positives": outcome.count("FP")})
+        row, found, counted_probs = _score(s, settings)
+        rows.append(row)
+        found_rows.append(found)
+        lesion_probs.extend(counted_probs)
+        fp_probs.extend(found.loc[found["outcome"] == "FP", "prob"])
     table = pd.DataFrame(rows)
     report = _summarise(table, np.array(lesion_probs), np.array(fp_probs), settings)
     report["unused_annotations"] = _unused(annotations, [s.annotation for s in slides])
