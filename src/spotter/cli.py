@@ -8,6 +8,7 @@ from pathlib import Path
 from . import config, engine, extras
 from .errors import BadInput, UserError
 from .histo.settings import HistoSettings, train_defaults as histo_defaults
+from .histo.slide_eval import EvalSettings
 from .serve.limits import Limits
 from .tweets.settings import TweetSettings
 
@@ -106,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
                                              "the model's µm/px)")
     p.add_argument("--workers", type=int, help="slide-reading processes (default: half the cores)")
     p.add_argument("--device", **DEVICE)
+
+    p = cmds.add_parser("slide-eval", help="slide-level ROC AUC and lesion-level FROC of slide outputs against "
+                                           "annotations (Camelyon16's rules)")
+    p.add_argument("outputs", type=Path, nargs="+", help="`histo slide` output folders (or folders of them)")
+    p.add_argument("--annotations", type=Path, required=True,
+                   help="folder of <slide name>.geojson (QuPath export) or .xml (Camelyon16); a slide without "
+                        "one is normal")
+    p.add_argument("--out", type=Path, required=True, help="folder for report.json, slides.csv, froc.png, roc.png")
+    config.add_options(p, EvalSettings)
 
     p = cmds.add_parser("export", help="a run as a WSInfer/QuPath model folder, TorchScript or ONNX")
     p.add_argument("run", type=Path, help="histo run or ensemble folder")
@@ -278,6 +288,10 @@ def _run_histo(args: argparse.Namespace) -> None:
             slide.slide(args.run, args.image, args.out, device=args.device, **options)
         else:
             slide.slides(args.run, args.image, args.out, device=args.device, **options)
+    elif args.command == "slide-eval":
+        from .histo import slide_eval
+        slide_eval.evaluate(args.outputs, args.annotations, args.out,
+                            config.build(EvalSettings, config.given(args, EvalSettings)))
     elif args.command == "export":
         from .histo import export
         export.export(args.run, args.format, args.out)
