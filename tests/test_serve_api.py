@@ -15,6 +15,7 @@ from PIL import Image
 import serve_runs
 from spotter.cli import main
 from spotter.serve import app as serve_app
+from spotter.tweets.text import normalise, tokenize
 
 
 @pytest.fixture(scope="session")
@@ -127,6 +128,63 @@ def test_tweets_explanations_follow_the_original_words(client):
     assert [r["probability"] for r in same] == [r["probability"] for r in plain]
     refused = client.post("/api/tweets/both/predict", json={"texts": texts, "explain": True})
     assert refused.status_code == 422 and "explain one of its members" in refused.json()["detail"]
+
+
+NON_ASCII = [
+    ("Forêt en feu près de Montréal — évacuation immédiate! 🔥🔥 #incendie", "wildfire"),
+    ("東京で大地震\u3000津波警報が発令されました", "earthquake"),  # no spaces but an ideographic one
+    ("حريق كبير في وسط المدينة الآن", ""),  # right to left
+    ("שריפה ענקית ליד חיפה, flood warning too", "flood"),
+    ("zero\u200bwidth\u200cjoiners\u200d and a soft\u00adhyphen \ufeffBOM inside", ""),
+    ("e\u0301 combining, ＦＩＲＥ fullwidth, \u202eevil\u202c override, 👨\u200d👩\u200d👧 family near 🌊", "séisme"),
+    ("a" * 700 + " " + "supercalifragilisticexpialidocious" * 30 + " end", ""),  # very long words
+]
+
+
+@pytest.mark.parametrize("model", ["rnn", "tfidf", "both"])
+def test_non_ascii_tweets_through_the_api_equal_the_cli(client, served_runs, tmp_path, model):
+    """Accents, emoji, CJK, right-to-left scripts, zero-width and combining characters and very long words: the
+    API's probability is `tweets predict`'s for the same text, and each explanation's words are the text's own
+    words, in order, with attributions that add up to the logit (exactly for TF-IDF)."""
+    texts, keywords = [t for t, _ in NON_ASCII], [k for _, k in NON_ASCII]
+    csv = tmp_path / "test.csv"
+    pd.DataFrame({"id": range(len(texts)), "keyword": keywords, "location": "", "text": texts}).to_csv(csv,
+                                                                                                       index=False)
+    assert main(["tweets", "predict", served_runs[model], "--csv", csv, "--out", tmp_path / "sub.csv", "--proba",
+                 "--device", "cpu"]) == 0
+    offline = pd.read_csv(tmp_path / "sub.csv")
+    response = client.post(f"/api/tweets/{model}/predict",
+                           json={"texts": texts, "keywords": keywords, "explain": model != "both"})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["text"] for r in results] == texts and [r["keyword"] for r in results] == keywords
+    np.testing.assert_allclose([r["probability"] for r in results], offline["proba"], atol=1e-5)
+    assert [r["label"] for r in results] == offline["target"].tolist()
+    if model == "both":  # an ensemble has no attributions
+        return
+    for (text, _), r in zip(NON_ASCII, results):
+        e = r["explanation"]
+        words = [w["text"] for w in e["words"]]
+        assert words == text.split(), (model, text[:40])
+        at = 0  # each word found in the text, in order: the page marks them on the text as sent
+        for word in words:
+            at = text.index(word, at) + len(word)
+        if model == "rnn" and not tokenize(normalise(text)):
+            continue  # no token the RNN reads: test_a_tweet_without_tokens_is_attributed_completely
+        total = sum(w["attribution"] for w in e["words"]) + (e["keyword"] or 0)
+        gap = e["logit"] - e["baseline_logit"]
+        assert abs(total - gap) < (1e-6 if model == "tfidf" else 0.05 * abs(gap) + 0.02), (model, text[:40], total, gap)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="tweets/attributions.py: a tweet with no token (all "
+                   "CJK or Arabic) is read as one <unk>, whose attribution is dropped: the words miss the logit's change")
+def test_a_tweet_without_tokens_is_attributed_completely(client):
+    text = "東京で大地震\u3000津波警報が発令されました"
+    assert not tokenize(normalise(text))
+    answer = client.post("/api/tweets/rnn/predict", json={"texts": [text], "explain": True}).json()
+    e = answer["results"][0]["explanation"]
+    total, gap = sum(w["attribution"] for w in e["words"]), e["logit"] - e["baseline_logit"]
+    assert abs(total - gap) < 0.05 * abs(gap) + 0.02, (total, gap)
 
 
 def test_concurrent_requests_share_batches_and_get_their_own_answers(application, tmp_path_factory):
