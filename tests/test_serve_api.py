@@ -3,6 +3,7 @@ import asyncio
 import io
 import json
 import struct
+import time
 import zlib
 
 import httpx
@@ -15,6 +16,8 @@ from PIL import Image
 import serve_runs
 from spotter.cli import main
 from spotter.serve import app as serve_app
+from spotter.serve.jobs import SLIDE_OUTPUTS
+from spotter.serve.routes.slides import MEDIA_TYPES
 from spotter.tweets.text import normalise, tokenize
 
 
@@ -300,25 +303,87 @@ def test_loopback_only_without_token(served_runs, capsys):
     assert "refusing to listen on 192.168.1.10 without --token" in capsys.readouterr().err
 
 
-def test_slides_endpoint(client, tmp_path_factory):
-    """Whole slides run as jobs through spotter.histo.slide."""
-    pixels = [np.asarray(Image.open(p)) for p in sorted((serve_runs.histo_data(tmp_path_factory) / "train").glob("*.tif"))[:16]]
+# ---------------------------------------------------------------- slide jobs
+
+def slide_tiff(factory) -> bytes:
+    """A 384x384 TIFF of 16 real training patches (Kaggle's patches: 0.972 µm per pixel)."""
+    pixels = [np.asarray(Image.open(p)) for p in sorted((serve_runs.histo_data(factory) / "train").glob("*.tif"))[:16]]
     mosaic = np.concatenate([np.concatenate(pixels[r * 4:(r + 1) * 4], 1) for r in range(4)], 0)
     buffer = io.BytesIO()
     Image.fromarray(mosaic).save(buffer, format="TIFF")
-    response = client.post("/api/histo/cnn/slides", files={"file": ("slide.tif", buffer.getvalue())},
-                           data={"mpp": "0.972", "stride": "96"})  # Kaggle's patches: 0.972 µm per pixel
-    assert response.status_code == 202, response.text
-    job = response.json()
-    for _ in range(600):
-        status = client.get(job["status_url"]).json()
-        if status["status"] in ("done", "failed"):
-            break
-        asyncio.run(asyncio.sleep(0.2))
-    assert status["status"] == "done", status
-    assert "overlay.png" in status["files"]
-    overlay = client.get(status["files"]["overlay.png"])
-    assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
+    return buffer.getvalue()
+
+
+def wait_for_job(client, url: str, seconds: float = 300) -> dict:
+    deadline = time.monotonic() + seconds
+    while (status := client.get(url).json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    return status
+
+
+def histo_slide_tiles(run, data: bytes, name: str, stride: int, tmp_path) -> pd.DataFrame:
+    """`spotter histo slide`'s tiles.csv for the same run, slide and stride."""
+    (tmp_path / name).write_bytes(data)
+    assert main(["histo", "slide", run, "--image", tmp_path / name, "--out", tmp_path / f"{name}-out",
+                 "--mpp", "0.972", "--stride", str(stride), "--workers", "0", "--device", "cpu"]) == 0
+    return pd.read_csv(tmp_path / f"{name}-out" / "tiles.csv")
+
+
+def test_slide_jobs_at_once_score_as_histo_slide_and_every_output_downloads(client, application, served_runs,
+                                                                            tmp_path_factory, tmp_path):
+    """Two jobs queued together (a PNG at stride 32, a TIFF at stride 96) and a third cancelled while it waits: the
+    two finish, each job's tiles equal `histo slide`'s (same run, slide and stride) within 1e-3, every output
+    downloads with its type and holds no server path, and the cancelled job's folder is gone."""
+    slides = {"b.png": (serve_runs.mosaic_png(tmp_path_factory, 384), 32), "a.tif": (slide_tiff(tmp_path_factory), 96)}
+    urls = {}
+    for name, (data, stride) in slides.items():
+        r = client.post("/api/histo/cnn/slides", files={"file": (name, data)},
+                        data={"mpp": "0.972", "stride": str(stride)})
+        assert r.status_code == 202, r.text
+        urls[name] = r.json()["status_url"]
+    waiting = client.post("/api/histo/cnn/slides", files={"file": ("c.tif", slides["a.tif"][0])},
+                          data={"mpp": "0.972", "stride": "96"}).json()["job"]
+    assert client.get(urls["b.png"]).json()["status"] in ("queued", "running")  # the three were queued together
+    folder = application.state.server.jobs.get(waiting).folder
+    assert client.delete(f"/api/jobs/{waiting}").json()["status"] == "cancelled" and not folder.exists()
+
+    for name, (data, stride) in slides.items():
+        status = wait_for_job(client, urls[name])
+        assert status["status"] == "done" and status["summary"]["stride"] == stride, status
+        assert set(status["files"]) == set(SLIDE_OUTPUTS)
+        got = {output: client.get(url) for output, url in status["files"].items()}
+        for output, r in got.items():
+            kind = MEDIA_TYPES[output[output.rindex("."):]]
+            assert r.status_code == 200 and r.headers["content-type"].split(";")[0] == kind, (output, r.headers)
+            assert str(served_runs["cnn"]) not in r.text and "spotter-serve-" not in r.text, output  # no server path
+        for picture in ("overlay.png", "heatmap.png", "tissue.png"):
+            Image.open(io.BytesIO(got[picture].content)).verify()
+        assert got["tiles.geojson"].json()["type"] == got["regions.geojson"].json()["type"] == "FeatureCollection"
+        assert got["slide.json"].json() == status["summary"] and status["summary"]["run"] == "cnn"
+        served = pd.read_csv(io.BytesIO(got["tiles.csv"].content))
+        offline = histo_slide_tiles(served_runs["cnn"], data, name, stride, tmp_path)
+        assert len(served) == len(offline) > 0
+        pd.testing.assert_frame_equal(served.drop(columns="prob_tumor"), offline.drop(columns="prob_tumor"))
+        np.testing.assert_allclose(served["prob_tumor"], offline["prob_tumor"], atol=1e-3)
+        assert len(got["tiles.geojson"].json()["features"]) == len(served)
+
+
+def test_a_slide_job_that_fails_says_why_without_server_paths(client):
+    """Slides that pass the upload's checks and fail while scored: a blank image (no tissue) and a PNG cut short
+    (its header is whole). The job is `failed` with the reason, names no server folder, and has no outputs."""
+    blank = io.BytesIO()
+    Image.fromarray(np.full((384, 384, 3), 245, np.uint8)).save(blank, format="PNG")
+    noise = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (384, 384, 3), np.uint8)).save(noise, format="PNG")
+    for data, reason in ((blank.getvalue(), "no tissue found"), (noise.getvalue()[:40_000], "truncated")):
+        r = client.post("/api/histo/cnn/slides", files={"file": ("s.png", data)}, data={"mpp": "0.972"})
+        assert r.status_code == 202, r.text
+        status = wait_for_job(client, r.json()["status_url"])
+        assert status["status"] == "failed" and reason in status["message"], status
+        assert status["message"].startswith("slide.png: ") and "spotter-serve-" not in status["message"], status
+        assert "files" not in status and "summary" not in status
+        assert client.get(f"/api/jobs/{status['job']}/files/tiles.csv").status_code == 404
 
 
 def tiff_header(width, height):
