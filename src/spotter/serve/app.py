@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 
 from ..errors import BadInput
 from .dependencies import BodyLimit, Limits, bearer
 from .routes import page, predictions, slides, torchserve
+from .schemas import refusals
 from .server import Server
 
 __all__ = ["Limits", "check_host", "create_app", "serve"]
@@ -47,8 +51,15 @@ def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None 
     app.state.server = server
     guarded = [Depends(bearer(token))]
     for group in (predictions, slides, torchserve):
-        app.include_router(group.router, dependencies=guarded)
+        app.include_router(group.router, dependencies=guarded, responses=refusals(401))
     page.add_page(app)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> Response:
+        # FastAPI's own answer, in ASCII: its errors echo the input, which may hold what UTF-8 cannot encode
+        # (a lone surrogate), and that answer failed with a 500
+        body = json.dumps({"detail": jsonable_encoder(err.errors())}, ensure_ascii=True)
+        return Response(body, status_code=422, media_type="application/json")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception) -> JSONResponse:

@@ -78,6 +78,22 @@ def slide_tiles(image: Path, kind: str, size: tuple[int, int] | None, mpp: float
             source.close()
 
 
+def without_paths(message: str, job: Job) -> str:
+    """A failed job's message as a caller sees it: the job folder (a server path) is the slide's name only."""
+    for folder in {str(job.folder.resolve()), str(job.folder)}:
+        message = message.replace(folder + "/", "").replace(folder, "the job")
+    return message
+
+
+def public_summary(job: Job, summary: dict) -> dict:
+    """A done job's summary without the server's paths (issue 28: the run folder and the job folder were in the
+    status answer and in the slide.json a caller downloads): the model's name and the slide's stand in for them."""
+    shown = {**summary, "run": job.model, "file": Path(summary.get("file", "slide")).name}
+    if job.output("slide.json").exists():
+        job.output("slide.json").write_text(json.dumps(shown, indent=2, default=str))
+    return shown
+
+
 class JobStore:
     """The jobs, their folders (under one temporary folder, removed on close) and the slides thread."""
 
@@ -118,13 +134,13 @@ class JobStore:
                 return self._end(job, "cancelled")
             job.status = "running"
             try:
-                job.summary = score(image, job.folder / "out", progress)
+                job.summary = public_summary(job, score(image, job.folder / "out", progress))
                 job.progress = 1.0
                 self._end(job, "done")
             except Cancelled:
                 self._end(job, "cancelled")
             except Exception as err:  # noqa: BLE001 - reported through the job
-                self._end(job, "failed", str(err)[:500])
+                self._end(job, "failed", without_paths(str(err), job)[:500])
 
         self.jobs[job.id] = job
         self.executor.submit(work)

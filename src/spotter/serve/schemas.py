@@ -23,11 +23,40 @@ class TweetsRequest(BaseModel):
         None, description="Kaggle's keyword column, one per text (optional)")
     explain: bool = Field(False, description="add word attributions")
 
+    model_config = {"json_schema_extra": {"examples": [  # shown by /docs, and sent by the schema test
+        {"texts": ["Forest fire near La Ronge Sask. Canada", "I love fruits"], "keywords": ["wildfire", ""],
+         "explain": True}]}}
+
     @model_validator(mode="after")
     def _same_length(self):
         if self.keywords is not None and len(self.keywords) != len(self.texts):
             raise ValueError(f"keywords has {len(self.keywords)} entries for {len(self.texts)} texts")
         return self
+
+
+# ---------------------------------------------------------------- refusals
+
+class Error(BaseModel):
+    """Every refusal. A body that fails the request's schema lists its errors (FastAPI's validation); every other
+    refusal says why in a sentence."""
+    detail: str | list[dict[str, Any]] = Field(description="why the request was refused")
+
+
+ERRORS = {
+    400: "a body that cannot be parsed (JSON that is not UTF-8, a broken multipart form, or one with more parts "
+         "than the route takes)",
+    401: "this server has a token, and the request did not send 'Authorization: Bearer <token>'",
+    404: "no such model, job or output",
+    413: "over one of the server's size limits: the body, an image's pixels, a slide's tiles",
+    415: "not multipart/form-data, or an upload that is not an image",
+    422: "a value out of range, or a file that cannot be read",
+    429: "as many slide jobs are queued or running as the server takes",
+}
+
+
+def refusals(*codes: int) -> dict:
+    """The refusals a route may answer, for its `responses=` (so the schema says what a 4xx body holds)."""
+    return {code: {"model": Error, "description": ERRORS[code]} for code in codes}
 
 
 # ---------------------------------------------------------------- health and models

@@ -1,13 +1,15 @@
 """Whole slides, as jobs: upload, then poll for progress and the outputs."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 
 from ...histo import images
 from ..dependencies import require_multipart
 from ..jobs import SLIDE_OUTPUTS
-from ..schemas import JobStarted, JobStatus
+from ..schemas import JobStarted, JobStatus, refusals
 from . import ServerDep
 
 router = APIRouter()
@@ -18,7 +20,8 @@ SLIDE_FORM = {"requestBody": {"content": {"multipart/form-data": {"schema": {"ty
     "stride": {"type": "integer", "description": "model pixels between patch centres (32 or 96)"}}}}}}}
 
 
-@router.post("/api/histo/{model}/slides", status_code=202, response_model=JobStarted, openapi_extra=SLIDE_FORM)
+@router.post("/api/histo/{model}/slides", status_code=202, response_model=JobStarted, openapi_extra=SLIDE_FORM,
+             responses=refusals(400, 404, 413, 415, 422, 429))
 async def start_slide(model: str, request: Request, server: ServerDep) -> dict:
     """Start whole-slide inference on an uploaded slide or large image; poll /api/jobs/{id}."""
     m = server.served(model, "histo")
@@ -45,7 +48,8 @@ async def start_slide(model: str, request: Request, server: ServerDep) -> dict:
     return {"job": job.id, "status_url": f"/api/jobs/{job.id}"}
 
 
-@router.get("/api/jobs/{job_id}", response_model=JobStatus, response_model_exclude_unset=True)
+@router.get("/api/jobs/{job_id}", response_model=JobStatus, response_model_exclude_unset=True,
+            responses=refusals(404))
 async def job_status(job_id: str, server: ServerDep) -> dict:
     job = server.jobs.get(job_id)
     if job is None:
@@ -53,15 +57,23 @@ async def job_status(job_id: str, server: ServerDep) -> dict:
     return job.status_answer()
 
 
-@router.delete("/api/jobs/{job_id}", response_model=JobStatus, response_model_exclude_unset=True)
+@router.delete("/api/jobs/{job_id}", response_model=JobStatus, response_model_exclude_unset=True,
+               responses=refusals(404))
 async def cancel_job(job_id: str, server: ServerDep) -> dict:
     """Cancel a job: a queued one never starts, a running one stops at its next batch of tiles; its files go."""
     return server.cancel_job(job_id).status_answer()
 
 
-@router.get("/api/jobs/{job_id}/files/{name}")
+# Each output's type, said in the schema (a download is not JSON) and sent whatever the system's MIME tables hold.
+MEDIA_TYPES = {".png": "image/png", ".geojson": "application/geo+json", ".csv": "text/csv", ".json": "application/json"}
+OUTPUT_CONTENT = {t: {"schema": {"type": "object"} if t.endswith("json") else {"type": "string", "format": "binary"}}
+                  for t in MEDIA_TYPES.values()}
+
+
+@router.get("/api/jobs/{job_id}/files/{name}", response_class=FileResponse,
+            responses={200: {"description": "the output", "content": OUTPUT_CONTENT}, **refusals(404)})
 async def job_file(job_id: str, name: str, server: ServerDep) -> FileResponse:
     job = server.jobs.get(job_id)
     if job is None or job.status != "done" or name not in SLIDE_OUTPUTS or not job.output(name).exists():
         raise HTTPException(404, "no such output")
-    return FileResponse(job.output(name), filename=name)
+    return FileResponse(job.output(name), filename=name, media_type=MEDIA_TYPES[Path(name).suffix])

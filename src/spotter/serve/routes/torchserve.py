@@ -5,10 +5,18 @@ import json
 
 from fastapi import APIRouter, HTTPException, Request
 
-from ..schemas import Ping, TweetsRequest
+from ..schemas import PatchAnswer, Ping, TweetsAnswer, TweetsRequest, refusals
 from . import ServerDep
+from .predictions import PATCH_FORM
 
 router = APIRouter()
+
+# A tweets model takes the JSON of /api/tweets/{model}/predict, a histology model the form of /api/histo/...
+EITHER = {"requestBody": {"content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/TweetsRequest"}},
+    **PATCH_FORM["requestBody"]["content"]}}}
+ANSWER = dict(response_model=PatchAnswer | TweetsAnswer, response_model_exclude_unset=True, openapi_extra=EITHER,
+              responses=refusals(400, 404, 413, 415, 422))
 
 
 @router.get("/ping", response_model=Ping)
@@ -26,11 +34,11 @@ async def _answer(model: str, request: Request, server, explain_it: bool) -> dic
     return await server.predict_patches(model, request, explain_it)
 
 
-@router.post("/predictions/{model}")
+@router.post("/predictions/{model}", **ANSWER)
 async def predictions(model: str, request: Request, server: ServerDep) -> dict:
     return await _answer(model, request, server, False)
 
 
-@router.post("/explanations/{model}")
+@router.post("/explanations/{model}", **ANSWER)
 async def explanations(model: str, request: Request, server: ServerDep) -> dict:
     return await _answer(model, request, server, True)
