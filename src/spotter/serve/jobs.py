@@ -152,10 +152,15 @@ class JobStore:
             self.discard(job)  # nothing in it is worth keeping
 
     def cancel(self, job: Job) -> None:
-        """Stop a job: a queued one never starts, a running one stops at its next batch of tiles."""
+        """Stop a job: a queued one never starts, a running one stops at its next batch of tiles; a finished
+        one is deleted with its files."""
         job.cancel.set()
         if job.status == "queued":
             self._end(job, "cancelled")
+        elif job.status not in UNFINISHED:
+            self.discard(job)
+            del self.jobs[job.id]
+            job.status = "deleted"
 
     def expire(self) -> None:
         now = time.time()

@@ -140,7 +140,7 @@ class JobStarted(BaseModel):
 class JobStatus(BaseModel):
     job: str
     model: str
-    status: str = Field(description="queued, running, done, failed or cancelled")
+    status: str = Field(description="queued, running, done, failed, cancelled, or deleted (a finished job after DELETE)")
     progress: float = Field(description="share of the tiles scored, 0 to 1")
     message: str = Field(description="why a job failed")
     seconds: float

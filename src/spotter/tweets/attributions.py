@@ -31,6 +31,10 @@ def rnn_attributions(model: nn.Module, vocab, keyword_list: list[str], length: i
         base = float(model(torch.zeros_like(ids_t), lengths, torch.zeros_like(kw_t)))
     pieces = tokens[:length]
     words = align_to_words(text, pieces, scores[:len(pieces)], lambda w: tokenize(normalise(w, options)))
+    if not pieces and words:
+        # No token the network reads (all CJK, say): it read one placeholder, which stands for the whole text.
+        for w in words:
+            w["attribution"] = float(scores[:n].sum()) / len(words)
     keyword_score = float(parts[1].sum()) if len(parts) > 1 and keyword else None
     return {"words": words, "keyword": keyword_score, "logit": logit, "baseline_logit": base,
             "method": f"integrated gradients on the word embeddings ({steps} steps, padding baseline)"}

@@ -60,7 +60,8 @@ async def job_status(job_id: str, server: ServerDep) -> dict:
 @router.delete("/api/jobs/{job_id}", response_model=JobStatus, response_model_exclude_unset=True,
                responses=refusals(404))
 async def cancel_job(job_id: str, server: ServerDep) -> dict:
-    """Cancel a job: a queued one never starts, a running one stops at its next batch of tiles; its files go."""
+    """Cancel a job: a queued one never starts, a running one stops at its next batch of tiles;
+    a finished one is deleted. Its files go."""
     return server.cancel_job(job_id).status_answer()
 
 
