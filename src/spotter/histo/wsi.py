@@ -185,7 +185,12 @@ def _open_pil(path: Path) -> Slide:
     except Exception as err:
         raise SlideError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
     # PNG and JPEG resolution tags hold screen DPI (72, 96), never a scan's: the user must say.
-    return Slide(path, [(pixels.shape[1], pixels.shape[0])], [1.0], 0.0, "metadata", _image=pixels)
+    return from_array(pixels, 0.0, path)
+
+
+def from_array(pixels: np.ndarray, mpp: float, path: Path = Path("<memory>")) -> Slide:
+    """A one-level slide over an RGB image already in memory, `mpp` µm per pixel."""
+    return Slide(path, [(pixels.shape[1], pixels.shape[0])], [1.0], mpp, "metadata", _image=pixels)
 
 
 def pick_level(slide: Slide, target_mpp: float) -> int:
