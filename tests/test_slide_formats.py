@@ -122,6 +122,7 @@ def agreement(reference: pd.Series, tiles: pd.Series) -> tuple[float, float, flo
 @pytest.fixture(scope="module")
 def reference(seed):
     tiles = score(seed, write_generic(seed["root"] / "deflate.tif", seed["level0"]), "deflate")
+    print(f"deflate: {len(tiles)} tiles, probabilities {tiles.min():.3f} to {tiles.max():.3f} (sd {tiles.std():.3f})")
     assert len(tiles) >= 64 and tiles.std() > 0.1  # every patch scored, and varied: a comparison means something
     return tiles
 

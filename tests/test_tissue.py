@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from conftest import HISTO, require
 from spotter import mosaic
@@ -42,8 +42,11 @@ def save_strip(name: str, patches: np.ndarray, labels: np.ndarray) -> Path:
         r, c = divmod(k, cols)
         canvas[r * 104:r * 104 + 96, c * 100:c * 100 + 96] = patches[i]
         canvas[r * 104 + 97:r * 104 + 101, c * 100:c * 100 + 96] = (200, 0, 0) if labels[i] else (0, 60, 200)
+    picture = Image.fromarray(canvas)
+    if not len(patches):
+        ImageDraw.Draw(picture).text((8, 40), "no patch left out", fill=(0, 0, 0))
     path = ARTEFACTS / f"{name}.png"
-    Image.fromarray(canvas).save(path)
+    picture.save(path)
     return path
 
 
