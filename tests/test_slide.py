@@ -80,9 +80,8 @@ def test_stride_96_cells_equal_histo_predict_and_the_margins_are_not_scored(env,
     assert np.isnan(heat[:, :margin]).all() and np.isnan(heat[:, -margin:]).all()
     cells = heat[margin:margin + 12, margin:margin + 12].astype(np.float64).ravel()
     scored = ~np.isnan(cells)
-    assert scored.mean() > 0.75, "most real patches lie on tissue"
-    stained = (tissue.saturation(patches) > 30).mean(axis=(1, 2))
-    assert stained[~scored].max() < np.median(stained[scored]), "those left out are the pale ones (fat, glass)"
+    labels = picked["label"].to_numpy()
+    assert scored[labels == 1].all() and scored.mean() > 0.95, "the mask errs towards tissue"
 
     folder = tmp_path / "patches"
     folder.mkdir()
@@ -92,7 +91,6 @@ def test_stride_96_cells_equal_histo_predict_and_the_margins_are_not_scored(env,
                  "--device", "cpu"]) == 0
     predicted = pd.read_csv(tmp_path / "sub.csv", dtype={"id": str}).sort_values("id")["label"].to_numpy()
     assert np.abs(cells[scored] - predicted[scored]).max() < 0.01  # bf16 and float16 rounding
-    labels = picked["label"].to_numpy()
     heat_auc, patch_auc = roc_auc(labels[scored], cells[scored]), roc_auc(labels[scored], predicted[scored])
     assert heat_auc == pytest.approx(patch_auc, abs=0.005)
     assert patch_auc > 0.7, "the run learned to tell tumour from normal tissue"

@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=int, help="pyramid level to read (default: the coarsest not coarser than "
                                              "the model's µm/px)")
     p.add_argument("--workers", type=int, help="slide-reading processes (default: half the cores)")
+    p.add_argument("--tissue-threshold", type=float, default=0.0,
+                   help="fraction of a patch that must be on tissue for it to be scored (default 0: any tissue; "
+                        "higher is faster on fragmented tissue and may miss pale tissue)")
+    p.add_argument("--no-tissue-mask", action="store_true",
+                   help="score every patch, glass included (slowest; misses nothing)")
     p.add_argument("--device", **DEVICE)
 
     p = cmds.add_parser("slide-eval", help="slide-level ROC AUC and lesion-level FROC of slide outputs against "
@@ -283,7 +288,8 @@ def _run_histo(args: argparse.Namespace) -> None:
     elif args.command == "slide":
         from .histo import slide
         options = dict(mpp=args.mpp, stride=args.stride, tta=args.tta, batch_size=args.batch_size,
-                       threshold=args.threshold, level=args.level, workers=args.workers)
+                       threshold=args.threshold, level=args.level, workers=args.workers,
+                       tissue_threshold=args.tissue_threshold, tissue_mask=not args.no_tissue_mask)
         if Path(args.image).is_file():
             slide.slide(args.run, args.image, args.out, device=args.device, **options)
         else:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .histo import wsi
+from .histo import slide, wsi
 from .histo.settings import KAGGLE_MPP as PATCH_MPP
 from .histo.tiff import PATCH_SIZE, read_patch
 
@@ -70,3 +70,21 @@ def synthetic_slide(path: Path, patches: np.ndarray, side: int, mpp: float = 0.2
         return out
 
     wsi.write_pyramid(path, side, side, source, mpp, compression=compression, tile=512)
+
+
+def scored_patches(patches: np.ndarray, cols: int, stride: int, *, margin: int = 2 * PATCH_SIZE,
+                   tissue_threshold: float = 0.0, tissue_mask: bool = True) -> np.ndarray:
+    """Which patches of a mosaic (row-major, `cols` a row, `margin` pixels of white around) `histo slide`
+    would score as themselves at `stride`: the patch it cuts for the cell of their labelled centre is
+    exactly theirs. The mosaic is a slide at the patches' own µm/px held in memory; the thumbnail, mask and
+    patch choice are `histo slide`'s own."""
+    rows = -(-len(patches) // cols)
+    source = wsi.from_array(mosaic_image(patches, rows, cols, margin), PATCH_MPP)
+    grid = slide.make_grid(source, PATCH_MPP, stride)
+    first = (margin - grid.offset) / stride  # patch index of the mosaic's first patch
+    step = PATCH_SIZE / stride
+    if first != int(first) or step != int(step):
+        raise ValueError(f"margin {margin} and stride {stride}: the mosaic's patches are not on the grid")
+    *_, scored = slide.find_tissue(source, grid, threshold=tissue_threshold, use_mask=tissue_mask)
+    k = np.arange(len(patches))
+    return scored[int(first) + k // cols * int(step), int(first) + k % cols * int(step)]

@@ -12,7 +12,8 @@ scaled by f = model µm/px / slide µm/px, each edge rounded from its own index,
 across the slide. At s >= 32 one patch is centred on each cell and gives it its probability (s = 32: the
 cells are exactly the labelled centres). At s < 32 (a divisor of 32) each patch's labelled centre covers
 (32/s)^2 cells, and every cell is the mean of the patches that cover it (a sum grid over a count grid).
-A patch is scored only when at least half of its labelled centre lies on tissue.
+A patch is scored when any of the 96x96 field the model sees lies on tissue (`tissue_threshold`, a
+fraction of that field, raises the bar; `tissue_mask=False` scores every patch).
 """
 from __future__ import annotations
 
@@ -31,9 +32,8 @@ from tqdm import tqdm
 
 from .. import engine, files
 from ..errors import BadInput
-from . import slide_outputs, wsi
+from . import slide_outputs, tissue, wsi
 from .predictor import HistoPredictor, load_run
-from .tissue import tissue_mask
 
 PATCH = 96  # model input, in model pixels
 CENTRE = 32  # the labelled centre
@@ -110,11 +110,37 @@ def cell_tissue(mask: np.ndarray, thumb_scale: float, grid: Grid) -> np.ndarray:
     return fraction
 
 
-def patches_on_tissue(fraction: np.ndarray, grid: Grid) -> np.ndarray:
-    """Boolean (patch_rows, patch_cols): at least half of the patch's labelled centre is on tissue."""
-    k = grid.span
-    windows = np.lib.stride_tricks.sliding_window_view(fraction, (k, k))
-    return windows.mean(axis=(2, 3)) >= 0.5
+def patches_on_tissue(fraction: np.ndarray, grid: Grid, threshold: float = 0.0) -> np.ndarray:
+    """Boolean (patch_rows, patch_cols): some of the patch's 96x96 field is on tissue, and at least
+    `threshold` of it (0: any tissue at all; the field is the cells it overlaps, so the fraction is
+    approximate at strides that do not divide 96)."""
+    s, o = grid.stride, grid.offset
+    first, last = o // s, -(-(o + PATCH) // s)  # patch i overlaps cells i + first .. i + last - 1
+    pad = (-first, max(0, last - grid.span))
+    padded = np.pad(fraction, (pad, pad))  # cells past the slide's edge hold no tissue
+    n = last - first
+    on = np.lib.stride_tricks.sliding_window_view(padded, (n, n)).mean(axis=(2, 3))
+    on = on[:grid.patch_rows, :grid.patch_cols]
+    return (on > 0) & (on >= threshold)
+
+
+def check_tissue_threshold(threshold: float) -> None:
+    if not 0 <= threshold <= 1:
+        raise BadInput(f"--tissue-threshold {threshold}: use a fraction of the patch, 0 to 1")
+
+
+def find_tissue(source: wsi.Slide, grid: Grid, *, threshold: float = 0.0,
+                use_mask: bool = True) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """The slide's thumbnail, its downsample from level 0, its tissue mask (all True without `use_mask`)
+    and the boolean grid of patches to score."""
+    check_tissue_threshold(threshold)
+    thumb, thumb_scale = source.thumbnail(THUMBNAIL)
+    if use_mask:
+        mask = tissue.tissue_mask(thumb, source.mpp * thumb_scale)
+    else:
+        mask = np.ones(thumb.shape[:2], bool)
+    scored = patches_on_tissue(cell_tissue(mask, thumb_scale, grid), grid, threshold)
+    return thumb, thumb_scale, mask, scored
 
 
 # ---------------------------------------------------------------- reading, in background workers
@@ -190,7 +216,8 @@ class RegionReader(torch.utils.data.Dataset):
 
 def slide(run: Path | str, image: Path | str, out: Path | str, *, mpp: float | None = None, stride: int = 32,
           tta: bool = False, batch_size: int = 256, device: str = "auto", threshold: float = 0.5,
-          level: int | None = None, workers: int | None = None, predictor: HistoPredictor | None = None,
+          level: int | None = None, workers: int | None = None, tissue_threshold: float = 0.0,
+          tissue_mask: bool = True, predictor: HistoPredictor | None = None,
           on_progress: ProgressCallback | None = None, log=print) -> dict:
     """Score one slide with a histo run (or ensemble) and write heatmaps, QuPath GeoJSON, WSInfer CSV and
     `slide.json` (written last: its presence means the outputs are complete) to `out`; returns the summary.
@@ -200,12 +227,16 @@ def slide(run: Path | str, image: Path | str, out: Path | str, *, mpp: float | N
         stride: model pixels between patch centres (32: one cell per labelled centre; 96: 9x faster).
         level: pyramid level to read (default: the coarsest not coarser than the model's resolution).
         workers: reading processes (default: half the cores, at least 1; 0 reads in this process).
+        tissue_threshold: fraction of a patch's 96x96 field that must be on tissue for it to be scored
+            (0: any tissue).
+        tissue_mask: False scores every patch of the slide, glass included (slowest, misses nothing).
         predictor: a model already loaded with `predictor.load_run` (a server keeps one), else `run` is loaded.
         on_progress: called as on_progress(tiles_done, tiles_total) after each batch.
     """
     start = time.perf_counter()
     if not 0 < threshold < 1:
         raise BadInput(f"--threshold {threshold}: use a probability between 0 and 1")
+    check_tissue_threshold(tissue_threshold)
     predictor = predictor or load_run(Path(run), device)
     predictor.check_tta(tta)  # an ensemble calibrated with (or without) TTA is refused the other way, up front
     source = wsi.open_slide(image, mpp)
@@ -215,14 +246,15 @@ def slide(run: Path | str, image: Path | str, out: Path | str, *, mpp: float | N
         (out / "slide.json").unlink(missing_ok=True)  # an earlier run's marker must not vouch for new files
         return _score_slide(predictor, source, out, stride=stride, tta=tta, batch_size=batch_size,
                             threshold=threshold, level=level, workers=workers, on_progress=on_progress,
-                            start=start, log=log)
+                            tissue_threshold=tissue_threshold, use_mask=tissue_mask, start=start, log=log)
     finally:
         source.close()
 
 
 def _score_slide(predictor: HistoPredictor, source: wsi.Slide, out: Path, *, stride: int, tta: bool,
                  batch_size: int, threshold: float, level: int | None, workers: int | None,
-                 on_progress: ProgressCallback | None, start: float, log) -> dict:
+                 on_progress: ProgressCallback | None, tissue_threshold: float, use_mask: bool, start: float,
+                 log) -> dict:
     model_mpp = predictor.mpp
     grid = make_grid(source, model_mpp, stride)
     if level is None:
@@ -231,9 +263,7 @@ def _score_slide(predictor: HistoPredictor, source: wsi.Slide, out: Path, *, str
         raise BadInput(f"--level {level}: {source.path} has levels 0 to {len(source.dimensions) - 1}")
 
     t = time.perf_counter()
-    thumb, thumb_scale = source.thumbnail(THUMBNAIL)
-    mask = tissue_mask(thumb, source.mpp * thumb_scale)
-    scored = patches_on_tissue(cell_tissue(mask, thumb_scale, grid), grid)
+    thumb, thumb_scale, mask, scored = find_tissue(source, grid, threshold=tissue_threshold, use_mask=use_mask)
     tissue_seconds = time.perf_counter() - t
     total = int(scored.sum())
     if total == 0:
@@ -255,7 +285,8 @@ def _score_slide(predictor: HistoPredictor, source: wsi.Slide, out: Path, *, str
         **predictor.describe(), "file": str(Path(source.path).resolve()), "mpp": source.mpp,
         "mpp_source": source.mpp_source, "level": level, "level_mpp": source.level_mpp(level),
         "level0_size": list(source.dimensions[0]), "stride": stride, "tta": tta, "grid": [grid.rows, grid.cols],
-        "cell_level0_px": grid.stride * grid.scale, "tiles_scored": total,
+        "cell_level0_px": grid.stride * grid.scale, "tiles_scored": total, "tissue_mask": use_mask,
+        "tissue_threshold": tissue_threshold,
         "tissue_area_mm2": float(mask.sum() * (source.mpp * thumb_scale / 1000) ** 2),
         "tumour_area_mm2": float(np.sum(heat >= threshold) * cell_mm2), "threshold": threshold,
         "max_prob": float(np.nanmax(heat)), "seconds": seconds, "tiles_per_s": total / max(seconds, 1e-9),

@@ -23,6 +23,7 @@ from ..errors import UserError
 PIL_SUFFIXES = {".png", ".jpg", ".jpeg"}
 SLIDE_SUFFIXES = {".tif", ".tiff", ".svs", ".ome.tif", ".ome.tiff", ".btf", ".ndpi", *PIL_SUFFIXES}
 MPP_RANGE = (0.05, 100.0)  # µm per pixel a real scan can have; outside it the tag is a screen DPI, not a scan
+SQUARE = 0.01  # pixels whose width and height differ by less than this (relative) are square: scanners round
 WHITE = 255
 
 
@@ -39,6 +40,7 @@ class Slide:
     downsamples: list[float]
     mpp: float
     mpp_source: str  # "metadata" or "--mpp"
+    mpp_y: float | None = None  # the file's µm per pixel vertically, when it differs from `mpp`
     _tiff: object = field(default=None, repr=False)
     _arrays: dict = field(default_factory=dict, repr=False)
     _image: np.ndarray | None = field(default=None, repr=False)
@@ -127,7 +129,12 @@ def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
     else:
         slide = _open_tiff(path)
     if mpp is not None:
-        slide.mpp, slide.mpp_source = float(mpp), "--mpp"
+        slide.mpp, slide.mpp_source, slide.mpp_y = float(mpp), "--mpp", None
+    if slide.mpp_y is not None:
+        slide.close()
+        raise SlideError(f"{path}: its pixels are not square ({slide.mpp:g} µm wide, {slide.mpp_y:g} µm high); "
+                         "Spotter reads square pixels only: resample the slide (or pass --mpp if the file's "
+                         "values are wrong)")
     if not slide.mpp:
         slide.close()
         raise SlideError(f"{path}: the file does not say how many µm a pixel is; pass --mpp "
@@ -151,25 +158,43 @@ def _open_tiff(path: Path) -> Slide:
     if min(dims[0]) < 1:
         tiff.close()
         raise SlideError(f"{path}: the image is empty")
-    mpp = tiff.properties.get("tiffslide.mpp-x") or _ome_mpp(tiff)
-    mpp = float(mpp) if mpp and MPP_RANGE[0] <= float(mpp) <= MPP_RANGE[1] else 0.0
-    slide = Slide(path, dims, downsamples, mpp, "metadata", _tiff=tiff)
+    mpp_x, mpp_y = _metadata_mpp(tiff)
+    mpp = mpp_x if mpp_x and MPP_RANGE[0] <= mpp_x <= MPP_RANGE[1] else 0.0
+    square = not mpp or not mpp_y or abs(mpp_y - mpp) <= SQUARE * mpp
+    slide = Slide(path, dims, downsamples, mpp, "metadata", None if square else mpp_y, _tiff=tiff)
     slide.read(0, 0, 0, 1, 1)  # a file whose pixels cannot be decoded fails here, with its name
     return slide
 
 
-_OME_UNITS = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}
+def _metadata_mpp(tiff) -> tuple[float | None, float | None]:
+    """µm per level-0 pixel across and down, as the file says: tiffslide reads Aperio's `MPP = ` and the
+    TIFF resolution tags; an OME-TIFF's physical sizes are read here, as tiffslide does not."""
+    x, y = tiff.properties.get("tiffslide.mpp-x"), tiff.properties.get("tiffslide.mpp-y")
+    if not x:
+        x, y = _ome_mpp(tiff, "X"), _ome_mpp(tiff, "Y")
+    return _finite(x), _finite(y)
 
 
-def _ome_mpp(tiff) -> float | None:
-    """PhysicalSizeX of an OME-TIFF's first image, in µm (tiffslide does not read it)."""
+def _finite(value) -> float | None:
+    value = float(value) if value else None
+    return value if value and math.isfinite(value) else None
+
+
+# OME's units of length (its schema's symbols); the micro sign is written both ways in the wild
+_OME_UNITS = {"µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "Å": 1e-4, "mm": 1e3, "cm": 1e4}
+
+
+def _ome_mpp(tiff, axis: str) -> float | None:
+    """PhysicalSize{axis} of an OME-TIFF's first image, in µm (OME's default unit); NaN for a unit it
+    cannot convert (the slide then does not say its µm/px)."""
     import re
 
-    xml = getattr(tiff.ts_tifffile, "ome_metadata", None)
-    size = re.search(r'PhysicalSizeX="([^"]+)"', xml or "")
+    xml = getattr(tiff.ts_tifffile, "ome_metadata", None) or ""
+    pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", xml)  # the first image's attributes only
+    size = re.search(rf'PhysicalSize{axis}="([^"]+)"', pixels.group(0) if pixels else "")
     if not size:
         return None
-    unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
+    unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', pixels.group(0))
     return float(size.group(1)) * _OME_UNITS.get(unit.group(1) if unit else "µm", float("nan"))
 
 
@@ -185,7 +210,12 @@ def _open_pil(path: Path) -> Slide:
     except Exception as err:
         raise SlideError(f"{path}: not a readable image ({type(err).__name__}: {err})") from None
     # PNG and JPEG resolution tags hold screen DPI (72, 96), never a scan's: the user must say.
-    return Slide(path, [(pixels.shape[1], pixels.shape[0])], [1.0], 0.0, "metadata", _image=pixels)
+    return from_array(pixels, 0.0, path)
+
+
+def from_array(pixels: np.ndarray, mpp: float, path: Path = Path("<memory>")) -> Slide:
+    """A one-level slide over an RGB image already in memory, `mpp` µm per pixel."""
+    return Slide(path, [(pixels.shape[1], pixels.shape[0])], [1.0], mpp, "metadata", _image=pixels)
 
 
 def pick_level(slide: Slide, target_mpp: float) -> int:
