@@ -39,6 +39,6 @@ for kind in native fine; do
     # stride 96: WSInfer's grid (patches side by side); fp32 like the exported model.
     $SPOTTER histo slide "$RUN" --image "$OUT/slides/$kind" --stride 96 --out "$OUT/spotter-$kind"
     "$ENV/bin/wsinfer" run -i "$OUT/slides/$kind" -o "$OUT/wsinfer-$kind" \
-        -c "$OUT/model/config.json" -p "$OUT/model/model.pt" --num-workers 0
+        -c "$OUT/model/config.json" -p "$OUT/model/model.pt" --num-workers 1
 done
 $PY scripts/wsinfer_check.py compare "$OUT"
