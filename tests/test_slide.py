@@ -1,5 +1,5 @@
 """Whole slides with known answers: mosaics of real Kaggle patches written as tiled pyramidal TIFFs
-(level 0 at 0.486 µm/px, level 1 at the patches' own 0.972, then halvings), scored by a run trained here."""
+(level 0 at 0.486 µm/px, level 1 at the patches' own 0.972, then halvings), scored by the ResNet the serve tests share (tests/serve_runs.py)."""
 import json
 import os
 import subprocess
@@ -14,7 +14,8 @@ import tifffile
 from PIL import Image
 from shapely.geometry import box, shape
 
-from conftest import HISTO, histo_slice
+import serve_runs
+from conftest import HISTO
 from spotter import mosaic
 from spotter.cli import main
 from spotter.histo import slide, tissue, wsi
@@ -27,14 +28,10 @@ P = 96
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """A resnet trained on 400 real patches, and the pool of labelled patches it never saw."""
+    """The serve tests' ResNet (trained once per session on 2,000 real patches), and the labelled patches it
+    never saw."""
     root = tmp_path_factory.mktemp("slides")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SPOTTER_CACHE", str(root / "cache"))
-        data = histo_slice(root / "data", 400, seed=5)
-        run = root / "run"
-        assert main(["histo", "train", "--data", data, "--out", run, "--model", "resnet-plain", "--epochs", "3",
-                     "--batch-size", "32", "--crop", "64", "--device", "cpu", "--val-fraction", "0.2"]) == 0
+    run, data = serve_runs.histo_run(tmp_path_factory), serve_runs.histo_data(tmp_path_factory)
     labels = pd.read_csv(HISTO / "train_labels.csv")
     unseen = labels[~labels["id"].isin(pd.read_csv(data / "train_labels.csv")["id"])]
     return {"root": root, "run": run, "unseen": unseen, "predictor": load_run(run, "cpu")}
