@@ -1,5 +1,6 @@
 """Whole slides with known answers: mosaics of real Kaggle patches written as tiled pyramidal TIFFs
-(level 0 at 0.486 µm/px, level 1 at the patches' own 0.972, then halvings), scored by the ResNet the serve tests share (tests/serve_runs.py)."""
+(level 0 at 0.486 µm/px, level 1 at the patches' own 0.972, then halvings), scored by the ResNet the serve
+tests share (tests/serve_runs.py)."""
 import json
 import os
 import subprocess
