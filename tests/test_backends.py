@@ -47,7 +47,8 @@ def trained(tmp_path_factory):
 @pytest.mark.slow  # compiles four graphs: about a minute on 2 cores
 def test_every_backend_gives_eager_fp32s_probabilities(trained):
     run, _, patches = trained
-    reference = {tta: load_run(run, "cpu", "fp32", backend="eager").predict_proba(patches, tta) for tta in (False, True)}
+    eager = load_run(run, "cpu", "fp32", backend="eager")
+    reference = {tta: eager.predict_proba(patches, tta) for tta in (False, True)}
     assert np.ptp(reference[False]) > 0.5  # probabilities that differ, not all near 0.5
     for backend in ("compiled", "onnx"):  # plain: 64 patches padded to the compiled 256; TTA: 2 x (32 x 8)
         predictor = load_run(run, "cpu", "fp32", backend=backend)
@@ -119,6 +120,22 @@ def test_onnx_without_onnxruntime_is_one_clear_line(trained, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "onnxruntime" in err and "pip install 'spotter[export]'" in err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_auto_measures_for_real_caches_and_records_why(trained, own_cache):
+    run, _, patches = trained
+    predictor = load_run(run, "cpu", "fp32")
+    reference = load_run(run, "cpu", "fp32", backend="eager").predict_proba(patches)
+    # As if eager had taken 1 ms per patch on the job's first batches: 5,000 patches could pay back an ONNX
+    # export (a 2 s guess) but not a compile (10 s), so only onnx is built and timed against eager.
+    predictor.backend.observe_eager(1.0, 1000)
+    np.testing.assert_allclose(predictor.predict_proba(patches, job=5000), reference, atol=1e-4)
+    entry = json.loads(backends.cache_file().read_text())[predictor.backend.key]
+    assert set(entry["seconds_per_patch"]) == {"eager", "onnx"} and min(entry["seconds_per_patch"].values()) > 0
+    assert entry["setup_s"]["onnx"] > 0 and entry["run"] == measured.THIS_RUN
+    (decision,) = predictor.describe()["backend"]
+    assert decision["measured_now"] and decision["job"] == 5000 and "timed by this run" in decision["reason"]
+    assert decision["backend"] in ("eager", "onnx") and decision["seconds_per_patch"] == entry["seconds_per_patch"]
 
 
 # ---------------------------------------------------------------- the decision, with injected timings

@@ -62,7 +62,7 @@ class Decision:
     job: int | None = None  # patch-views the job had left when this was decided
     seconds_per_patch: dict[str, float] = field(default_factory=dict)  # per patch-view, measured or cached
     setup_s: dict[str, float] = field(default_factory=dict)  # compile or export, and its first batch
-    measured_now: bool = False  # timed by this run (else read from the cache, or set explicitly)
+    measured_now: bool = False  # timed by this run (else read from the cache written by an earlier one, or explicit)
     noisy: list[str] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
@@ -137,7 +137,9 @@ class Selector:
         entry = self._cached()
         eager = (entry or {}).get("seconds_per_patch", {}).get("eager", self.observed_eager)
         if eager is None:
-            self._record(Decision("eager", "its first batches run eager, to learn how long the job takes", job=job))
+            self._record(Decision("eager", "no timings cached for this model and machine: eager, timed on the job's "
+                                           "first batches; another backend is measured only when the rest of a job "
+                                           "could pay back its setup", job=job))
             return self.model
         todo = self._to_measure(job, eager, entry)
         if todo:
@@ -262,9 +264,9 @@ class Selector:
 
     def _why(self, job: int, best: str, totals: dict[str, float], timed: dict[str, float],
              setups: dict[str, float], entry: dict[str, Any] | None) -> str:
-        parts = [f"{b} {totals[b]:.1f} s" + (f" (of which setup {setups[b]:.1f} s)" if b != "eager" and
-                                             b not in self.built and b in setups else "") for b in timed]
-        source = ("measured now" if entry and entry.get("run") == measured.THIS_RUN else
+        parts = [f"{b} {totals[b]:.1f} s" + ("" if b == "eager" else " (set up already)" if b in self.built else
+                                             f" (of which setup {setups.get(b, 0):.1f} s)") for b in timed]
+        source = ("timed by this run" if entry and entry.get("run") == measured.THIS_RUN else
                   f"timings cached in {self.path}" if entry else "eager timed on the job's first batches")
         why = f"expected for {job:,} patch-views: {', '.join(parts)} ({source})"
         if len(timed) == 1:
