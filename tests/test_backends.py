@@ -147,9 +147,11 @@ FAST = {"eager": 1e-3, "compiled": 4e-4, "onnx": 2e-4}  # seconds per patch-view
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
     """Selectors whose builds and timings are injected: what was built and timed is recorded."""
-    log = {"built": [], "timed": [], "seconds": dict(FAST), "spread": {}}
+    log = {"built": [], "timed": [], "seconds": dict(FAST), "spread": {}, "broken": set()}
 
     def build(self, backend):
+        if backend in log["broken"]:
+            raise RuntimeError(f"{backend} cannot be built\nmore detail")
         log["built"].append(backend)
         self.built[backend] = nn.Identity()
         return SETUP[backend]
@@ -244,3 +246,21 @@ def test_a_disturbed_measurement_is_measured_again_by_a_later_run(fake, monkeypa
     fake["timed"].clear()
     fake["new"]().runner(10**6)
     assert fake["timed"] == []  # a quiet measurement stands
+
+
+def test_a_backend_that_fails_here_is_remembered_and_not_used(fake, monkeypatch):
+    fake["broken"] = {"onnx"}  # e.g. an operator the exporter lacks
+    selector = fake["new"]()
+    selector.observe_eager(1.0, 1000)
+    selector.runner(10**6)
+    entry = json.loads(fake["path"].read_text())[selector.key]
+    assert entry["failed"] == {"onnx": "RuntimeError: onnx cannot be built"} and "onnx" not in entry["seconds_per_patch"]
+    assert selector.decision.backend == "compiled"
+
+    later_run(monkeypatch, "later")
+    fake["broken"] = {"compiled"}  # the compiler gone since: the cached choice fails, eager runs instead
+    fake["timed"].clear()
+    again = fake["new"]()
+    assert again.runner(10**6) is again.model and fake["timed"] == []
+    assert set(json.loads(fake["path"].read_text())[again.key]["failed"]) == {"onnx", "compiled"}
+    assert "compiled failed here (RuntimeError: compiled cannot be built)" in again.decision.reason

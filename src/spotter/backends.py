@@ -150,7 +150,9 @@ class Selector:
         setups = (entry or {}).get("setup_s", {})
         best, totals = pick(job, timed, setups, set(self.built))
         if best not in self.built:
-            self._build(best)
+            if not self._build_from_cache(best):
+                return self.runner(job)  # decided again without it (it is now marked failed)
+            setups = self._entry["setup_s"]
         for name in [b for b in self.built if b not in ("eager", best)]:
             del self.built[name]  # its memory back; it would be chosen again only by a bigger job
         self._record(Decision(best, self._why(job, best, totals, timed, setups, entry), job=job,
@@ -216,6 +218,21 @@ class Selector:
         self._entry = entry
         return entry
 
+    def _build_from_cache(self, backend: str) -> bool:
+        """Build a backend the cache chose; its setup this time (a compile from a warm inductor cache is quicker)
+        is remembered for the next decision. One that fails is remembered too, and eager runs instead."""
+        entry = dict(self._cached() or {})
+        try:
+            entry["setup_s"] = {**entry.get("setup_s", {}), backend: round(self._build(backend), 2)}
+        except UserError:
+            raise
+        except Exception as err:
+            entry["failed"] = {**entry.get("failed", {}), backend: _first_line(err)}
+            self.log(f"backend auto: {backend} failed here ({entry['failed'][backend]}); choosing without it")
+        measured.update(self.path, self.key, entry)
+        self._entry = entry
+        return backend in self.built
+
     def _timer(self) -> Callable[[str], list[float]]:
         """A function timing one batch of a built backend, in seconds per patch-view, warming it up first."""
         example, warmed = self._example(), set()
@@ -223,10 +240,10 @@ class Selector:
         def time_batch(backend: str) -> list[float]:
             if backend not in warmed:
                 for _ in range(WARMUP_BATCHES):
-                    self._call(backend, example)
+                    self._call(self.built[backend], example)
                 warmed.add(backend)
             start = time.perf_counter()
-            self._call(backend, example)
+            self._call(self.built[backend], example)
             return [(time.perf_counter() - start) / self.batch_shape[0]]
 
         return time_batch
@@ -239,8 +256,8 @@ class Selector:
             module = runners.compile_frozen(self.model, self.batch_shape[0])
         else:
             module = runners.onnx_session(self.model, example)
+        self._call(module, example)  # compiles; kept only once it ran
         self.built[backend] = module
-        self._call(backend, example)
         return time.perf_counter() - start
 
     def _example(self) -> torch.Tensor:
@@ -249,9 +266,9 @@ class Selector:
         return example.to(self.device, memory_format=torch.channels_last)
 
     @torch.no_grad()
-    def _call(self, backend: str, x: torch.Tensor) -> None:
+    def _call(self, module: nn.Module, x: torch.Tensor) -> None:
         with autocast(self.device, self.precision):
-            self.built[backend](x)
+            module(x)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -276,6 +293,8 @@ class Selector:
             why += "; onnxruntime runs in fp32"
         if entry and entry.get("noisy"):
             why += "; " + measured.noisy_note(entry["noisy"])
+        for b, error in (entry or {}).get("failed", {}).items():
+            why += f"; {b} failed here ({error})"
         return why
 
 
