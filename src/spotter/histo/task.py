@@ -166,7 +166,8 @@ def teacher_targets(histo: HistoSettings, data: PackedSet, train_rows: np.ndarra
     The teacher must not have trained on this run's validation patches, or validation would flatter the student:
     it must be a run on the same data and split (same --seed and --val-fraction)."""
     teacher = runs.open_run(Path(histo.teacher), KIND)
-    predictor = load_run(teacher, str(device))
+    # Eager, whatever backends.json holds: a resumed run labels again and must train on the very same targets.
+    predictor = load_run(teacher, str(device), backend="eager")
     if predictor.settings.data != histo.data or set(teacher.validation_ids()) != set(val_ids):
         raise BadInput(f"{teacher}: the teacher was trained on another split (data {predictor.settings.data}); "
                        "it would have seen this run's validation patches. Train the student with the teacher's "
