@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import config, engine, extras
+from . import backends, config, engine, extras
 from .errors import BadInput, UserError
 from .histo.settings import HistoSettings, train_defaults as histo_defaults
 from .histo.slide_eval import EvalSettings
@@ -16,6 +16,9 @@ EPILOG = "Data layouts and examples: see README.md."
 DEVICE = config.same_as(engine.TrainSettings, "device")  # --device of the commands that do not train
 REPACK = "pack again even if the files' names, sizes and times match"
 OVERWRITE = "replace the run that --out holds (without it, a folder holding a run is refused)"
+BACKEND = dict(choices=backends.CHOICES, default="auto",
+               help="inference backend; auto: the fastest measured for this model and machine whose setup (compiling, "
+                    "exporting) pays back within the job, else eager (see docs/histology.md)")
 
 
 def _add_train_command(cmds, name: str, help: str, settings: type) -> argparse.ArgumentParser:
@@ -73,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average the 8 rotations and reflections")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--device", **DEVICE)
+    p.add_argument("--backend", **BACKEND)
 
     p = cmds.add_parser("predict", help="write a Kaggle submission (id,label) for a folder of .tif patches")
     p.add_argument("run", type=Path)
@@ -80,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
     p.add_argument("--tta", action="store_true")
     p.add_argument("--device", **DEVICE)
+    p.add_argument("--backend", **BACKEND)
     p.add_argument("--skip-bad", action="store_true")
 
     p = cmds.add_parser("ensemble", help="calibrate and average finished runs into a new run folder")
@@ -280,9 +285,10 @@ def _run_histo(args: argparse.Namespace) -> None:
         print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
     elif args.command == "evaluate":
         histo.evaluate(args.run, args.data, split=args.split, tta=args.tta, threshold=args.threshold,
-                       device=args.device)
+                       device=args.device, backend=args.backend)
     elif args.command == "predict":
-        histo.predict(args.run, args.images, args.out, tta=args.tta, device=args.device, skip_bad=args.skip_bad)
+        histo.predict(args.run, args.images, args.out, tta=args.tta, device=args.device, skip_bad=args.skip_bad,
+                      backend=args.backend)
     elif args.command == "ensemble":
         histo.build_ensemble(args.runs, args.out, tta=args.tta, device=args.device, overwrite=args.overwrite)
     elif args.command == "slide":

@@ -46,12 +46,12 @@ def default_for(model_name: str, time_budget_min: float | None, device_type: str
 def compile_in_place(model: nn.Module) -> nn.Module:
     """Compile `model`'s forward (and so its backward) in place: parameter names, and so checkpoints,
     stay as they are, and copies of the model (the precision probe, the epoch planner) compile too."""
-    _use_spotter_cache()
+    use_spotter_cache()
     model.compile()
     return model
 
 
-def _use_spotter_cache() -> None:
+def use_spotter_cache() -> None:
     """Point inductor's cache at Spotter's, unless the user chose one (inductor itself writes its default
     into the same environment variable once it has used it)."""
     try:

@@ -308,18 +308,26 @@ def train_one_epoch(model: nn.Module, batches: Iterable[Batch], optimizer: torch
 
 @torch.no_grad()
 def predict_probs(model: nn.Module, batches: Iterable[Batch], device: torch.device, precision: str,
-                  transform: Callable[[Any], list[Any]] | None = None, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+                  transform: Callable[[Any], list[Any]] | None = None, desc: str = "predict",
+                  max_rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and targets over all `batches`, kept on the device until the end.
 
     `transform` turns one input batch into several views (test-time augmentation); their probabilities
-    are averaged.
+    are averaged. The views go through the model together, as few calls of at most `max_rows` rows (or one
+    view per call, when a batch is bigger than that) as bound memory: a batch of 32 patches and its 8
+    views is one call of 256.
     """
     model.eval()
     probs, labels = [], []
     for inputs, targets in tqdm(batches, desc=desc, unit="batch", leave=False, disable=not sys.stderr.isatty()):
-        views = transform(inputs) if transform else [inputs]
         with autocast(device, precision):
-            p = torch.stack([torch.sigmoid(call_model(model, v).float()) for v in views]).mean(0)
+            if transform is None:
+                p = torch.sigmoid(call_model(model, inputs).float())
+            else:
+                views = transform(inputs)
+                per_call = max(1, max_rows // len(views[0]))
+                logits = [call_model(model, torch.cat(views[i:i + per_call])) for i in range(0, len(views), per_call)]
+                p = torch.sigmoid(torch.cat(logits).float()).unflatten(0, (len(views), -1)).mean(0)
         probs.append(p)
         labels.append(targets)
     if not probs:

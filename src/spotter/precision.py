@@ -5,16 +5,15 @@ on one 2-core Xeon with AVX512-BF16 bf16 was slower than fp32 for the default CN
 matmuls were 2.2x faster. So the first time a (model, input shape, device, threads, torch version, CPU
 model, train or inference) combination is seen, a few steps are timed in each precision on a throwaway
 copy of the model, and the decision is cached in `<cache>/precision.json` (`SPOTTER_CACHE`, default
-`~/.cache/spotter`). Delete that file to measure again.
+`~/.cache/spotter`). Delete that file to measure again. A measurement disturbed by other load is measured
+again by a later run until a quiet one stands (measured.py); a resumed run keeps its own precision (engine).
 """
 from __future__ import annotations
 
 import copy
 import json
-import os
 import platform
 import random
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import files
+from . import files, measured
 from .steps import autocast, call_model, train_step
 
 PRECISIONS = ("fp32", "bf16")
@@ -32,7 +31,6 @@ PRECISIONS = ("fp32", "bf16")
 BF16_MIN_SPEEDUP = 1.05
 WARMUP_STEPS = 2  # oneDNN builds its kernels on the first steps of each shape and precision
 TIMED_STEPS = 3  # per precision, alternating between the two so both see the same machine load
-NOISY_SPREAD = 1.5  # slowest over fastest timed step beyond which other load disturbed the timing
 
 
 @dataclass
@@ -69,64 +67,51 @@ def _shapes(inputs: Any) -> list[list[int]]:
     return [list(t.shape) for t in tensors if isinstance(t, torch.Tensor)]
 
 
-def cache_key(model: nn.Module, inputs: Any, device: torch.device, train: bool) -> str:
-    """What the decision depends on: the model (class, size, input resizing, compiled or not), the input shape
-    (crop and batch), the device and thread count, the torch version and whether it trains or only predicts."""
+def key_fields(model: nn.Module, inputs: Any, device: torch.device) -> dict[str, Any]:
+    """What a measured decision about running `model` depends on: the model (class, size, input resizing,
+    compiled or not), the input shape (crop and batch), the device and thread count, the torch version."""
     params = sum(p.numel() for p in model.parameters())
     compiled = getattr(model, "_compiled_call_impl", None) is not None  # nn.Module.compile()
     resized = getattr(model, "input_size", None)  # a model that enlarges its input does more work per image
-    return json.dumps({"model": f"{type(model).__name__}/{params}{f'@{resized}' if resized else ''}"
-                                f"{' compiled' if compiled else ''}",
-                       "inputs": _shapes(inputs),
-                       "device": device_name(device), "torch": torch.__version__,
-                       "mode": "train" if train else "infer"}, sort_keys=True)
+    return {"model": f"{type(model).__name__}/{params}{f'@{resized}' if resized else ''}"
+                     f"{' compiled' if compiled else ''}",
+            "inputs": _shapes(inputs), "device": device_name(device), "torch": torch.__version__}
+
+
+def cache_key(model: nn.Module, inputs: Any, device: torch.device, train: bool) -> str:
+    """`key_fields`, and whether it trains or only predicts."""
+    return json.dumps({**key_fields(model, inputs, device), "mode": "train" if train else "infer"}, sort_keys=True)
 
 
 def decide(key: str, time_step: Callable[[str], list[float]], *, log: Callable[[str], None] | None = None,
            path: Path | None = None) -> Choice:
-    """The cached decision for `key`, or a new one from `time_step(precision) -> seconds of timed steps`."""
+    """The cached decision for `key`, or a new one from `time_step(precision) -> seconds of timed steps`.
+    A cached decision whose timings were disturbed is measured again, unless this run made it."""
     path = path or cache_file()
-    cache = _read(path)
-    if key in cache:
-        saved = cache[key]
+    saved = measured.read(path).get(key)
+    if saved is not None and measured.reusable(saved):
         if log:
             log(f"precision auto: {saved['precision']}; {saved['reason']} (cached in {path})")
         return Choice(saved["precision"], f"{saved['reason']} (cached in {path})", saved["seconds_per_step"], True)
     if log:
-        log("precision auto: timing a few steps in fp32 and bf16 (once for this model, input shape and machine)")
-    samples: dict[str, list[float]] = {p: [] for p in PRECISIONS}
-    for _ in range(TIMED_STEPS):  # alternate, so that a burst of load elsewhere hits both
-        for p in PRECISIONS:
-            samples[p] += time_step(p)
-    seconds = {p: statistics.median(s) for p, s in samples.items()}
+        log("precision auto: " + ("the cached measurement was disturbed, measuring fp32 and bf16 again"
+                                  if saved is not None else
+                                  "timing a few steps in fp32 and bf16 (once for this model, input shape and machine)"))
+    samples = measured.time_alternating(PRECISIONS, time_step, TIMED_STEPS)
+    seconds = measured.medians(samples)
     speedup = seconds["fp32"] / seconds["bf16"]
     chosen = "bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32"
     reason = (f"measured {seconds['fp32'] * 1e3:.0f} ms/step in fp32, {seconds['bf16'] * 1e3:.0f} ms/step in bf16: "
               + (f"bf16 is {speedup:.2f}x faster" if chosen == "bf16" else
                  f"bf16 is {'slower' if speedup < 1 else 'not 5 % faster'} ({speedup:.2f}x)"))
-    noisy = [p for p, s in samples.items() if max(s) > NOISY_SPREAD * min(s)]
-    if noisy:  # still cached: runs of one command must agree (resume, repeats); the user can measure again
-        reason += (f"; step times in {' and '.join(noisy)} varied more than {NOISY_SPREAD:g}x (other load?): "
-                   f"delete {path} to measure again")
-    cache[key] = {"precision": chosen, "reason": reason, "seconds_per_step": seconds,
-                  "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _write(path, cache)
+    noisy = measured.disturbed(samples)
+    if noisy:  # used by this run (its steps must agree), measured again by a later one
+        reason += "; " + measured.noisy_note(noisy)
+    measured.update(path, key, measured.stamp({"precision": chosen, "reason": reason, "seconds_per_step": seconds},
+                                              noisy))
     if log:
         log(f"precision auto: {chosen}; {reason}")
     return Choice(chosen, reason, seconds, False)
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}  # missing or damaged: measure again
-
-
-def _write(path: Path, cache: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with files.atomic_path(path, suffix=f".{os.getpid()}.tmp") as tmp:  # several processes may write at once
-        tmp.write_text(json.dumps(cache, indent=2))
 
 
 # ---------------------------------------------------------------- timing real steps

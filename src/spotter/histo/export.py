@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .. import extras, files
+from .. import extras, files, runners
 from ..errors import BadInput
 from ..files import atomic_path
 from .predictor import HistoPredictor, load_run
@@ -101,7 +101,4 @@ def _torchscript(module: nn.Module, example: torch.Tensor, path: Path) -> None:
 
 
 def _onnx(module: nn.Module, example: torch.Tensor, path: Path) -> None:
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with atomic_path(path, suffix=".tmp.onnx") as tmp:
-        torch.onnx.export(module, (example,), str(tmp), input_names=["image"], output_names=["logit"],
-                          dynamic_shapes={"x": {0: batch}}, dynamo=True, external_data=False, verbose=False)
+    runners.write_onnx(module, example, path)  # the same export the onnx inference backend makes

@@ -166,7 +166,8 @@ def teacher_targets(histo: HistoSettings, data: PackedSet, train_rows: np.ndarra
     The teacher must not have trained on this run's validation patches, or validation would flatter the student:
     it must be a run on the same data and split (same --seed and --val-fraction)."""
     teacher = runs.open_run(Path(histo.teacher), KIND)
-    predictor = load_run(teacher, str(device))
+    # Eager, whatever backends.json holds: a resumed run labels again and must train on the very same targets.
+    predictor = load_run(teacher, str(device), backend="eager")
     if predictor.settings.data != histo.data or set(teacher.validation_ids()) != set(val_ids):
         raise BadInput(f"{teacher}: the teacher was trained on another split (data {predictor.settings.data}); "
                        "it would have seen this run's validation patches. Train the student with the teacher's "
@@ -231,11 +232,12 @@ def build_ensemble(members: list[Path], out: Path, *, tta: bool = False, device:
 
 
 def evaluate(run_dir: Path, data_dir: Path | None = None, *, split: str | None = None, tta: bool = False,
-             threshold: float = 0.5, device: str = "auto", log=print) -> dict:
+             threshold: float = 0.5, device: str = "auto", backend: str = "auto", log=print) -> dict:
     """Score a run (or an ensemble) on a labelled folder, or on its own validation split when `data_dir` is None.
-    `split` picks the folder's labelled set: by default `test` for a PatchCamelyon folder, `train` for Kaggle's."""
+    `split` picks the folder's labelled set: by default `test` for a PatchCamelyon folder, `train` for Kaggle's.
+    `backend`: auto (chosen per model and job, measured) or eager, compiled, onnx."""
     run_dir = Path(run_dir)
-    predictor = load_run(run_dir, device)
+    predictor = load_run(run_dir, device, backend=backend, log=log)
     histo = predictor.settings
     if data_dir is None:
         data, rows = validation_rows(predictor.run, histo)
@@ -254,7 +256,8 @@ def evaluate(run_dir: Path, data_dir: Path | None = None, *, split: str | None =
     labels = data.labels[rows].astype(np.float32)
     seconds = time.perf_counter() - start
     report = {**binary_report(labels, probs, threshold), **intervals(labels, probs, probs >= threshold),
-              "images": len(labels), "tta": tta, "data": where, "images_per_s": len(labels) / seconds}
+              "images": len(labels), "tta": tta, "data": where, "images_per_s": len(labels) / seconds,
+              "backend": predictor.describe()["backend"]}
     suffix = "_tta" if tta else ""
     files.write_text_atomic(run_dir / f"evaluation{suffix}.json", json.dumps(report, indent=2))
     plots.roc_curve(labels, probs, run_dir / f"roc{suffix}.png",
@@ -267,9 +270,9 @@ def evaluate(run_dir: Path, data_dir: Path | None = None, *, split: str | None =
 
 
 def predict(run_dir: Path, images: Path, out: Path, *, tta: bool = False, device: str = "auto",
-            skip_bad: bool = False, log=print) -> pd.DataFrame:
+            skip_bad: bool = False, backend: str = "auto", log=print) -> pd.DataFrame:
     """Write Kaggle's submission (`id,label`, label = probability of tumour) for every .tif in `images`."""
-    predictor = load_run(Path(run_dir), device)
+    predictor = load_run(Path(run_dir), device, backend=backend, log=log)
     source = folder_source(Path(images), "images")
     data = pack(source, pack_dir_for(Path(images), _root(predictor.settings)), skip_bad=skip_bad)
     submission = pd.DataFrame({"id": data.ids, "label": predictor.predict_pack(data, tta=tta).astype(np.float64)})
