@@ -101,6 +101,21 @@ def test_the_cli_with_onnx_writes_eagers_predictions_and_records_the_backend(tra
     assert decision["backend"] == decision["requested"] == "onnx" and "explicitly" in decision["reason"]
 
 
+def test_a_slide_with_onnx_scores_eagers_tiles_and_records_the_backend(trained, tmp_path):
+    run, _, patches = trained
+    image = tmp_path / "mosaic.tif"
+    mosaic.write_mosaic(image, mosaic.mosaic_image(patches[:36], 6, 6, 96))
+    for backend in ("eager", "onnx"):
+        assert main(["histo", "slide", run, "--image", image, "--out", tmp_path / backend, "--stride", "96",
+                     "--device", "cpu", "--workers", "0", "--backend", backend]) == 0
+    eager, onnx = (pd.read_csv(tmp_path / b / "tiles.csv") for b in ("eager", "onnx"))
+    assert len(eager) >= 36
+    pd.testing.assert_frame_equal(onnx.drop(columns="prob_tumor"), eager.drop(columns="prob_tumor"))
+    np.testing.assert_allclose(onnx["prob_tumor"], eager["prob_tumor"], atol=2e-3)  # the heat map is float16
+    (decision,) = json.loads((tmp_path / "onnx" / "slide.json").read_text())["backend"]
+    assert decision["backend"] == "onnx"
+
+
 def test_a_small_job_stays_eager_and_measures_nothing(trained, tmp_path, own_cache):
     run, data, _ = trained
     assert main(["histo", "predict", run, "--images", data / "test", "--out", tmp_path / "p.csv",

@@ -59,6 +59,7 @@ def test_health_and_models(client):
     assert models["cnn"]["task"] == "histo" and models["cnn"]["kind"] == "resnet-plain"
     assert 0.5 < models["cnn"]["validation"]["auc"] <= 1 and models["cnn"]["settings"]["epochs"] == 6
     assert "data" not in models["cnn"]["settings"]  # no server paths
+    assert [b["requested"] for b in models["cnn"]["backend"]] == ["auto"] and "backend" not in models["rnn"]
     for name, kind in (("rnn", "bigru"), ("tfidf", "tfidf")):
         assert models[name]["task"] == "tweets" and models[name]["kind"] == kind
         assert 0 < models[name]["threshold"] < 1 and 0 < models[name]["validation"]["f1"] <= 1

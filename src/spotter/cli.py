@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "higher is faster on fragmented tissue and may miss pale tissue)")
     p.add_argument("--no-tissue-mask", action="store_true",
                    help="score every patch, glass included (slowest; misses nothing)")
+    p.add_argument("--backend", **BACKEND)
     p.add_argument("--device", **DEVICE)
 
     p = cmds.add_parser("slide-eval", help="slide-level ROC AUC and lesion-level FROC of slide outputs against "
@@ -176,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         declared = Limits.__dataclass_fields__[name]
         p.add_argument(config.flag_of(declared), dest=name, type=kind, metavar=declared.metadata.get("metavar"),
                        **config.same_as(Limits, name))
+    p.add_argument("--backend", **BACKEND)
     p.add_argument("--device", **DEVICE)
 
     p = tasks.add_parser("bench", help="measure every stage's throughput; prints a table, writes JSON")
@@ -259,6 +261,7 @@ def run(args: argparse.Namespace) -> None:
         extras.require("serve", what="spotter serve")
         from .serve import app
         app.serve(args.runs, host=args.host, port=args.port, token=args.token, device=args.device,
+                  backend=args.backend,
                   limits=Limits(max_upload_mb=args.max_upload_mb, max_slide_tiles=args.max_slide_tiles,
                                 max_jobs=args.max_jobs, job_ttl_s=args.job_ttl_s))
     elif args.task == "bench":
@@ -295,7 +298,8 @@ def _run_histo(args: argparse.Namespace) -> None:
         from .histo import slide
         options = dict(mpp=args.mpp, stride=args.stride, tta=args.tta, batch_size=args.batch_size,
                        threshold=args.threshold, level=args.level, workers=args.workers,
-                       tissue_threshold=args.tissue_threshold, tissue_mask=not args.no_tissue_mask)
+                       tissue_threshold=args.tissue_threshold, tissue_mask=not args.no_tissue_mask,
+                       backend=args.backend)
         if Path(args.image).is_file():
             slide.slide(args.run, args.image, args.out, device=args.device, **options)
         else:

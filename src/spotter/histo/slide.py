@@ -217,7 +217,7 @@ class RegionReader(torch.utils.data.Dataset):
 def slide(run: Path | str, image: Path | str, out: Path | str, *, mpp: float | None = None, stride: int = 32,
           tta: bool = False, batch_size: int = 256, device: str = "auto", threshold: float = 0.5,
           level: int | None = None, workers: int | None = None, tissue_threshold: float = 0.0,
-          tissue_mask: bool = True, predictor: HistoPredictor | None = None,
+          tissue_mask: bool = True, backend: str = "auto", predictor: HistoPredictor | None = None,
           on_progress: ProgressCallback | None = None, log=print) -> dict:
     """Score one slide with a histo run (or ensemble) and write heatmaps, QuPath GeoJSON, WSInfer CSV and
     `slide.json` (written last: its presence means the outputs are complete) to `out`; returns the summary.
@@ -230,6 +230,7 @@ def slide(run: Path | str, image: Path | str, out: Path | str, *, mpp: float | N
         tissue_threshold: fraction of a patch's 96x96 field that must be on tissue for it to be scored
             (0: any tissue).
         tissue_mask: False scores every patch of the slide, glass included (slowest, misses nothing).
+        backend: inference backend when `run` is loaded here (auto: chosen for this slide's tiles, backends.py).
         predictor: a model already loaded with `predictor.load_run` (a server keeps one), else `run` is loaded.
         on_progress: called as on_progress(tiles_done, tiles_total) after each batch.
     """
@@ -237,7 +238,7 @@ def slide(run: Path | str, image: Path | str, out: Path | str, *, mpp: float | N
     if not 0 < threshold < 1:
         raise BadInput(f"--threshold {threshold}: use a probability between 0 and 1")
     check_tissue_threshold(tissue_threshold)
-    predictor = predictor or load_run(Path(run), device)
+    predictor = predictor or load_run(Path(run), device, backend=backend, log=log)
     predictor.check_tta(tta)  # an ensemble calibrated with (or without) TTA is refused the other way, up front
     source = wsi.open_slide(image, mpp)
     out = Path(out)
@@ -322,7 +323,7 @@ def _infer(predictor: HistoPredictor, source: wsi.Slide, grid: Grid, level: int,
 
     def flush() -> None:
         nonlocal filled, done
-        probs = predictor.predict_proba(batch[:filled], tta=tta).astype(np.float32)
+        probs = predictor.predict_proba(batch[:filled], tta=tta, job=total - done).astype(np.float32)
         rows, cols = where[:filled, 0], where[:filled, 1]
         for di in range(grid.span):
             for dj in range(grid.span):
@@ -373,7 +374,7 @@ def slides(run: Path | str, images: Path | str, out: Path | str, *, device: str 
     paths = wsi.list_slides(images)
     world = engine.join_world(device)
     dev = engine.pick_device(device, world)
-    predictor = load_run(Path(run), str(dev))
+    predictor = load_run(Path(run), str(dev), backend=options.get("backend", "auto"), log=log)
     out = Path(out)
     stems = [p.name.split(".")[0] for p in paths]
     names = {p: stem if stems.count(stem) == 1 else p.name for p, stem in zip(paths, stems)}  # a.svs, a.tif

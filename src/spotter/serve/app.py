@@ -35,9 +35,10 @@ __all__ = ["Limits", "check_host", "create_app", "serve"]
 
 
 def create_app(run_dirs: list[Path], *, device: str = "auto", token: str | None = None,
-               limits: Limits = Limits(), log=print) -> FastAPI:
-    """Load every run (failing early with a clear error) and build the application."""
-    server = Server(run_dirs, device, limits, log)
+               limits: Limits = Limits(), backend: str = "auto", log=print) -> FastAPI:
+    """Load every run (failing early with a clear error) and build the application. `backend`: the histology
+    models' inference backend (auto: chosen per request or slide job, measured; backends.py)."""
+    server = Server(run_dirs, device, limits, log, backend)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -86,11 +87,11 @@ def check_host(host: str, token: str | None) -> None:
 
 
 def serve(run_dirs: list[Path], *, host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
-          device: str = "auto", limits: Limits = Limits()) -> None:
+          device: str = "auto", limits: Limits = Limits(), backend: str = "auto") -> None:
     import uvicorn  # the server's own dependency, needed only to listen
 
     check_host(host, token)
-    app = create_app(run_dirs, device=device, token=token, limits=limits)
+    app = create_app(run_dirs, device=device, token=token, limits=limits, backend=backend)
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {len(run_dirs)} model(s) on http://{shown}:{port}/  (API docs: /docs; Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)

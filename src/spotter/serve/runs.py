@@ -15,8 +15,9 @@ from ..histo import predictor as histo_predictor
 from ..tweets import predictor as tweets_predictor
 
 
-def load_model(run_dir: Path, device: str = "auto"):
-    """(task, predictor) of a run or ensemble folder."""
+def load_model(run_dir: Path, device: str = "auto", backend: str = "auto"):
+    """(task, predictor) of a run or ensemble folder; `backend` is the histology models' (backends.py)."""
     run = runs.open_run(Path(run_dir))
-    loader = histo_predictor if run.task == "histo" else tweets_predictor
-    return run.task, loader.load_run(run, device)
+    if run.task == "histo":
+        return run.task, histo_predictor.load_run(run, device, backend=backend)
+    return run.task, tweets_predictor.load_run(run, device)

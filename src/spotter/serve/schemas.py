@@ -81,6 +81,9 @@ class ModelInfo(BaseModel):
     validation: dict[str, Any] = Field(description="validation scores recorded in the run folder")
     settings: dict[str, Any] = Field(description="training settings (no server paths)")
     explanation: str | None = Field(None, description="how predictions are explained; null: not explainable")
+    backend: list[dict[str, Any]] | None = Field(None, description="histology: each model's inference backend "
+                                                 "(eager, compiled, onnx) for patches, and for slide jobs once one "
+                                                 "ran, with why it was chosen")
 
 
 class Models(BaseModel):

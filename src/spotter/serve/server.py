@@ -44,9 +44,9 @@ class Served:
 class Server:
     """The loaded runs (each behind a batcher), the threads that run them, and the whole-slide jobs."""
 
-    def __init__(self, run_dirs: list[Path], device: str, limits: Limits, log):
+    def __init__(self, run_dirs: list[Path], device: str, limits: Limits, log, backend: str = "auto"):
         self.models: dict[str, Served] = {}
-        self.limits, self.device = limits, device
+        self.limits, self.device, self.backend = limits, device, backend
         self.loading = threading.Lock()  # slide predictors are loaded once, on the first slide
         self.start()
         for run_dir in map(Path, run_dirs):
@@ -57,7 +57,7 @@ class Server:
         if name in self.models:
             raise BadInput(f"two runs are named {name!r} ({self.models[name].run_dir} and {run_dir}); "
                            "give each a folder of its own name")
-        task, predictor = runs.load_model(run_dir, device)
+        task, predictor = runs.load_model(run_dir, device, self.backend)
         lock = threading.Lock()
 
         def batch_fn(items, key):
@@ -88,6 +88,14 @@ class Server:
         self.explaining.shutdown(cancel_futures=True)
         self.jobs.close()
         self.closed = True
+
+    @staticmethod
+    def model_info(m: Served) -> dict:
+        """What /api/models shows: the run's fixed facts, and the backends chosen so far (patches, then slides)."""
+        if m.task != "histo":
+            return m.info
+        chosen = [p.describe()["backend"] for p in (m.predictor, m.slide_predictor) if p is not None]
+        return {**m.info, "backend": [record for records in chosen for record in records]}
 
     def served(self, name: str, task: str | None = None) -> Served:
         if name not in self.models:
@@ -195,7 +203,7 @@ class Server:
         """The slide predictor, after checking the job's size in tiles and its µm/px (413/422 with the reason)."""
         with self.loading:
             if m.slide_predictor is None:
-                m.slide_predictor = histo_predictor.load_run(m.predictor.run, self.device)
+                m.slide_predictor = histo_predictor.load_run(m.predictor.run, self.device, backend=self.backend)
         model_mpp, limits = m.slide_predictor.mpp, self.limits
         size = images.slide_size(data, image.name, limits.max_slide_pixels) if kind != "tiff" else None
         try:

@@ -22,7 +22,7 @@ async def health(server: ServerDep) -> dict:
 
 @router.get("/api/models", response_model=Models, response_model_exclude_unset=True)
 async def list_models(server: ServerDep) -> dict:
-    return {"models": [m.info for m in server.models.values()], "cam_scale_logits": explain.CAM_SCALE,
+    return {"models": [server.model_info(m) for m in server.models.values()], "cam_scale_logits": explain.CAM_SCALE,
             "slides": True,  # whole slides are always served (the page asks)
             "limits": server.limits.shown()}
 
