@@ -74,12 +74,14 @@ def test_the_script_runs_end_to_end_on_a_tiny_run(tmp_path):
                  "--precision", "fp32", "--val-fraction", "0.25", "--pack-dir", tmp_path / "packs"]) == 0
     out = tmp_path / "resampling.json"
     script = runpy.run_path(str(SCRIPT), run_name="imported")
-    assert script["main"]([str(run), "--data", str(data), "--n", "24", "--scales", "2", "3.857", "--out", str(out)]) == 0
+    args = [str(run), "--data", str(data), "--n", "24", "--scales", "2", "3.857", "--out", str(out)]
+    assert script["main"](args) == 0
     report = json.loads(out.read_text())
     (result,) = report["runs"]
     assert result["model"] == "seed" and result["n"] == 24
     rows = [(r["scale"], r["way"]) for r in result["rows"]]
-    assert rows == [(2, "bilinear-aa"), (2, "area"), (2, "histo-slide"), (3.857, "bilinear-aa"), (3.857, "histo-slide")]
+    assert rows == [(2, "bilinear-aa"), (2, "area"), (2, "histo-slide"),
+                    (3.857, "bilinear-aa"), (3.857, "histo-slide")]
     for row in result["rows"]:
         assert 0 <= row["mean_abs_dp"] <= row["max_abs_dp"] <= 1
         assert row["auc_ci95"][0] <= row["auc_ci95"][1]

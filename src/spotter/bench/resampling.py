@@ -177,6 +177,7 @@ def format_table(results: list[dict]) -> str:
     lines = [HEADER]
     for result in results:
         o = result["original"]
-        lines.append(f"| {result['model']} | model's µm/px | none | 0 | 0 | 0 | {o['auc']:.4f} {_ci(o['auc_ci95'])} | |")
+        auc = f"{o['auc']:.4f} {_ci(o['auc_ci95'])}"
+        lines.append(f"| {result['model']} | model's µm/px | none | 0 | 0 | 0 | {auc} | |")
         lines += [format_row(result["model"], row) for row in result["rows"]]
     return "\n".join(lines)
