@@ -83,8 +83,8 @@ def test_the_script_runs_end_to_end_on_a_tiny_run(tmp_path):
     assert rows == [(2, "bilinear-aa"), (2, "area"), (2, "histo-slide"),
                     (3.857, "bilinear-aa"), (3.857, "histo-slide")]
     for row in result["rows"]:
-        assert 0 <= row["mean_abs_dp"] <= row["max_abs_dp"] <= 1
+        assert 0 <= row["mean_abs_dp"] <= row["max_abs_dp"] <= 1 and row["mean_abs_dpixel"] > 0
         assert row["auc_ci95"][0] <= row["auc_ci95"][1]
     table = resampling.format_table(report["runs"])
     assert len(table.splitlines()) == 2 + 1 + len(rows)
-    assert "| seed | model's µm/px | none |" in table
+    assert "| seed | model's µm/px | none | 0 |" in table

@@ -14,9 +14,10 @@ optionally blurred by a Gaussian of `blur` model pixels to mimic a scanner's opt
   on a slide whose only level is the finer one, as when no level matches (an Aperio 40x scan at 0.252 µm/px
   has levels 4x apart; 0.972 / 0.252 = 3.857). At integer scales it equals `area` up to rounding.
 
-For each run and way: mean, median and 95th percentile of |Δp| against the original patch's probability,
-and the ROC AUC on the same patches with a bootstrap 95 % interval, beside the original's; ΔAUC has a paired
-bootstrap interval (the same resampled rows for both). scripts/resampling_check.py is its command line.
+For each run and way: how far the 96-px input moved (mean |Δ| of its 0-255 values against the original
+patch's), the mean, median and 95th percentile of |Δp| against the original patch's probability, and the ROC
+AUC on the same patches with a bootstrap 95 % interval, beside the original's; ΔAUC has a paired bootstrap
+interval (the same resampled rows for both). scripts/resampling_check.py is its command line.
 """
 from __future__ import annotations
 
@@ -133,8 +134,10 @@ def measure_run(predictor: HistoPredictor, labels: np.ndarray, patches: np.ndarr
             for way in ways:
                 if way == "area" and fine.shape[1] % PATCH:
                     continue
-                probs = predictor.predict_proba(functions[way](fine))
-                rows.append({"scale": scale, "blur": blur, "way": way, **score(labels, probs, original)})
+                back = functions[way](fine)
+                pixels = float(np.abs(back.astype(np.int16) - patches).mean())  # how much the input moved
+                rows.append({"scale": scale, "blur": blur, "way": way, "mean_abs_dpixel": pixels,
+                             **score(labels, predictor.predict_proba(back), original)})
                 log(format_row(predictor.name, rows[-1]))
     return {"model": predictor.name, "model_mpp": predictor.mpp, "n": len(labels),
             "tumour": int(labels.sum()), "original": score(labels, original), "rows": rows}
@@ -156,8 +159,8 @@ def measure(run_paths: list[Path], data: Path, *, n: int = 768, scales=(2, 4), b
 
 # ---------------------------------------------------------------- the table
 
-HEADER = ("| model | read from | way | mean abs Δp | median | p95 | AUC [95 % CI] | ΔAUC [95 % CI] |\n"
-          "| --- | --- | --- | --- | --- | --- | --- | --- |")
+HEADER = ("| model | read from | way | mean abs Δpixel | mean abs Δp | median | p95 | AUC [95 % CI] "
+          "| ΔAUC [95 % CI] |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 
 
 def _ci(bounds: list[float], sign: bool = False) -> str:
@@ -167,8 +170,8 @@ def _ci(bounds: list[float], sign: bool = False) -> str:
 
 def format_row(model: str, row: dict) -> str:
     source = f"{row['scale']:g}x finer" + (f", blur {row['blur']:g}" if row["blur"] else "")
-    return (f"| {model} | {source} | {row['way']} | {row['mean_abs_dp']:.3f} | {row['median_abs_dp']:.3f} | "
-            f"{row['p95_abs_dp']:.3f} | {row['auc']:.4f} {_ci(row['auc_ci95'])} | "
+    return (f"| {model} | {source} | {row['way']} | {row['mean_abs_dpixel']:.2f} | {row['mean_abs_dp']:.3f} | "
+            f"{row['median_abs_dp']:.3f} | {row['p95_abs_dp']:.3f} | {row['auc']:.4f} {_ci(row['auc_ci95'])} | "
             f"{row['d_auc']:+.4f} {_ci(row['d_auc_ci95'], True)} |")
 
 
@@ -178,6 +181,6 @@ def format_table(results: list[dict]) -> str:
     for result in results:
         o = result["original"]
         auc = f"{o['auc']:.4f} {_ci(o['auc_ci95'])}"
-        lines.append(f"| {result['model']} | model's µm/px | none | 0 | 0 | 0 | {auc} | |")
+        lines.append(f"| {result['model']} | model's µm/px | none | 0 | 0 | 0 | 0 | {auc} | |")
         lines += [format_row(result["model"], row) for row in result["rows"]]
     return "\n".join(lines)
