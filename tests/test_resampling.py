@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import conftest
+from spotter import runs
 from spotter.bench import resampling
 from spotter.cli import main
 
@@ -88,3 +89,13 @@ def test_the_script_runs_end_to_end_on_a_tiny_run(tmp_path):
     table = resampling.format_table(report["runs"])
     assert len(table.splitlines()) == 2 + 1 + len(rows)
     assert "| seed | model's µm/px | none | 0 |" in table
+
+
+def test_a_run_from_other_data_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "folds.csv").write_text("id,fold\nnot-a-patch,0\n")
+    (tmp_path / "train_labels.csv").write_text("id,label\nsomething-else,1\n")
+    fake = runs.Run(run, "histo")
+    with pytest.raises(runs.RunError, match="not-a-patch.*--data"):
+        resampling.held_out_patches(fake, tmp_path, 10)

@@ -32,6 +32,7 @@ from PIL import Image, ImageFilter
 from .. import runs
 from ..histo import slide
 from ..histo.predictor import HistoPredictor, load_run
+from ..histo.settings import KAGGLE_MPP
 from ..metrics import bootstrap_interval, intervals, roc_auc
 from ..mosaic import read_patches
 
@@ -75,7 +76,7 @@ def area(fine: np.ndarray) -> np.ndarray:
     return np.round(blocks).astype(np.uint8)
 
 
-def histo_slide(fine: np.ndarray, model_mpp: float = 0.972) -> np.ndarray:
+def histo_slide(fine: np.ndarray, model_mpp: float = KAGGLE_MPP) -> np.ndarray:
     """`histo slide`'s reader on one-level slides holding the fine patches side by side (PNG strips)."""
     side = fine.shape[1]
     q = side / PATCH  # level pixels per model pixel
@@ -101,8 +102,8 @@ def held_out_patches(run: runs.Run, data: Path, n: int, seed: int = 0) -> tuple[
     """(ids, labels, patches) of `n` of the run's validation rows (all when fewer), read from `data`."""
     ids = np.sort(run.validation_ids())
     labels = pd.read_csv(Path(data) / "train_labels.csv", dtype={"id": str}).set_index("id")["label"]
-    missing = [i for i in ids[:5] if i not in labels.index]
-    if missing:
+    missing = ids[~np.isin(ids, labels.index)]
+    if len(missing):
         raise runs.RunError(f"{run.path}: its validation ids (e.g. {missing[0]}) are not in {data}; "
                             "pass the --data it was trained on")
     picked = np.random.default_rng(seed).choice(ids, min(n, len(ids)), replace=False)
