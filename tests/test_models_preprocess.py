@@ -116,3 +116,22 @@ def test_cpu_and_gpu_geometry_paths_agree(crop):
     draws = Augment().draw(32, 96, crop, torch.Generator().manual_seed(5), torch.device("cpu"))
     assert draws.flips.any() and not draws.flips.all()
     torch.testing.assert_close(_geometry_views(u8, crop, draws), _geometry_batched(u8, crop, draws), rtol=0, atol=0)
+
+
+def test_rescan_reads_tissue_back_as_a_reader_would_and_only_where_drawn():
+    """`--rescan`: a share of the patches enlarged as by a finer scan and read back to 96 px. Smooth tissue comes
+    back (nearly) as it was, fine texture does not (that is the point), and draws are seeded and share-true."""
+    from spotter.histo.preprocess import rescan
+    ramp = torch.linspace(40, 220, 96)
+    smooth = (ramp[None, :] + ramp[:, None]).div(2).expand(4, 3, 96, 96).contiguous()
+    checker = ((torch.arange(96)[:, None] + torch.arange(96)[None, :]) % 2 * 200.0).expand(4, 3, 96, 96)
+    for scale, blur, bilinear in ((2.0, 0.0, False), (3.3, 0.4, True), (1.5, 0.6, False)):
+        assert (rescan(smooth, scale, blur, bilinear) - smooth)[..., 4:-4, 4:-4].abs().max() < 2.0
+        assert (rescan(checker, scale, blur, bilinear) - checker).abs().mean() > 20  # one-pixel texture is lost
+    pixels = torch.randint(0, 256, (400, 96, 96, 3), dtype=torch.uint8)
+    out = [preprocess(pixels, 96, augment=Augment(0, 0.0, 0.5), generator=torch.Generator().manual_seed(3))
+           for _ in range(2)]
+    torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)  # seeded: a resumed epoch redraws the same
+    plain = preprocess(pixels, 96, augment=Augment(0, 0.0, 0.0), generator=torch.Generator().manual_seed(3))
+    changed = (out[0] - plain).abs().amax(dim=(1, 2, 3)) > 1e-4
+    assert 0.4 < changed.float().mean() < 0.6  # about half the patches, the others untouched

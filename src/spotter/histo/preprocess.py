@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 # Channel statistics of Kaggle's training patches (H&E is pink-purple, far from ImageNet's means).
 MEAN = (0.702, 0.546, 0.696)
@@ -18,23 +19,30 @@ STD = (0.239, 0.282, 0.216)
 
 @dataclass
 class Draws:
-    """The random choices for one batch: crop corners, the 3 flips that make up the 8 symmetries, stain."""
+    """The random choices for one batch: crop corners, the 3 flips that make up the 8 symmetries, stain, and
+    which patches are re-imaged as from a finer scan (one scale, blur and reader for the batch)."""
 
     top: torch.Tensor  # (N,) long
     left: torch.Tensor
     flips: torch.Tensor  # (3, N) bool: flip rows, flip columns, transpose
     gain: torch.Tensor  # (N, 3, 1, 1): x' = gain * x + offset, x in [0, 1]
     offset: torch.Tensor
+    rescanned: torch.Tensor | None = None  # (N,) bool
+    scale: float = 1.0  # the finer scan's pixels per model pixel
+    blur: float = 0.0  # Gaussian sigma of the scanner's optics, in model pixels
+    bilinear: bool = False  # read back by antialiased bilinear (WSInfer) rather than block means (a pyramid)
 
 
 class Augment:
     """Histology augmentation on whole batches: the 8 dihedral symmetries (tissue has no up or left),
     crop shifts of up to `crop_jitter` pixels (when cropping), and mild stain variation: per-image
-    brightness and contrast and per-channel gain, around the data's mean colour."""
+    brightness and contrast and per-channel gain, around the data's mean colour; with `rescan` > 0, that share
+    of the patches re-imaged as a slide reader would see them from a finer scan (`rescan`)."""
 
-    def __init__(self, crop_jitter: int = 8, colour: float = 0.1):
+    def __init__(self, crop_jitter: int = 8, colour: float = 0.1, rescan: float = 0.0):
         self.crop_jitter = crop_jitter
         self.colour = colour
+        self.rescan = rescan
 
     def draw(self, n: int, size: int, crop: int, generator: torch.Generator | None, device: torch.device) -> Draws:
         gen_device = generator.device if generator is not None else None
@@ -49,7 +57,12 @@ class Augment:
         mean = torch.tensor(MEAN, device=gen_device).view(1, 3, 1, 1)
         # contrast around the mean colour: (g*x - m) * k + m + b
         to = lambda t: t.to(device)  # noqa: E731
-        return Draws(to(top), to(left), to(flips), to(channel_gain * contrast), to(mean * (1 - contrast) + brightness))
+        draws = Draws(to(top), to(left), to(flips), to(channel_gain * contrast), to(mean * (1 - contrast) + brightness))
+        if self.rescan > 0:
+            r = torch.rand(n + 3, generator=generator, device=gen_device)
+            draws.rescanned = to(r[:n] < self.rescan)
+            draws.scale, draws.blur, draws.bilinear = 1.5 + 2.5 * float(r[n]), 0.6 * float(r[n + 1]), bool(r[n + 2] < 0.5)
+        return draws
 
 
 def preprocess(pixels: torch.Tensor, crop: int, *, augment: Augment | None = None,
@@ -74,7 +87,30 @@ def preprocess(pixels: torch.Tensor, crop: int, *, augment: Augment | None = Non
     mean = torch.tensor(norm[0], device=device).view(1, 3, 1, 1)
     std = torch.tensor(norm[1], device=device).view(1, 3, 1, 1)
     x = pixels.permute(0, 3, 1, 2).float()  # keeps the channels_last layout
+    if augment is not None and draws.rescanned is not None and draws.rescanned.any():
+        x = x.clone()  # resampling weights sum to 1, so it commutes with the stain's affine map below
+        x[draws.rescanned] = rescan(x[draws.rescanned], draws.scale, draws.blur, draws.bilinear)
     return x.mul_(scale / std).add_((shift - mean) / std)
+
+
+def rescan(x: torch.Tensor, scale: float, blur: float, bilinear: bool) -> torch.Tensor:
+    """Float (N, C, H, W) as a reader sees the same tissue from a `scale`x finer scan: bicubic enlargement (a
+    stand-in for the finer scan), back to (H, W) by block means (`area`: a pyramid level, `histo slide`) or
+    antialiased bilinear (WSInfer's torchvision Resize), and a Gaussian of `blur` model pixels (the optics;
+    applied after reading back, where it costs 1/scale² as much: blurring and averaging down commute)."""
+    size = x.shape[-2:]
+    fine = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False).clamp_(0, 255)
+    x = F.interpolate(fine, size=size, mode="bilinear", antialias=True, align_corners=False) if bilinear else \
+        F.interpolate(fine, size=size, mode="area")
+    if blur > 0:
+        radius = max(1, int(3 * blur))
+        taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, device=x.device) / blur) ** 2)
+        taps = (taps / taps.sum()).to(x.dtype)
+        c = x.shape[1]
+        x = F.pad(x, (radius,) * 4, mode="replicate")
+        x = F.conv2d(x, taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+        x = F.conv2d(x, taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return x
 
 
 def _geometry_views(pixels: torch.Tensor, crop: int, d: Draws) -> torch.Tensor:

@@ -45,6 +45,12 @@ class HistoSettings:
     # None: 96 for seed and FLIPS_ONLY, else 80 (__post_init__)
     crop: int | None = setting(None, help="centre crop in pixels fed to the model (default 96; 80 for resnet and "
                                           "resnet-deep)")
+    # Slides are scanned at 0.25-0.5 µm/px and brought to the model's by a reader (a pyramid's block means,
+    # WSInfer's antialiased bilinear); a model that learnt only Kaggle's pixels moves with the reader
+    # (docs/slides.md, Resampling). 0 keeps the patches as they are.
+    rescan: float = setting(0.0, metavar="P",
+                            help="share of training patches re-imaged as from a 1.5-4x finer scan (bicubic up, a "
+                                 "little blur, back down by block means or antialiased bilinear), for slides")
     crop_jitter: int = setting(8, help="random shift of the crop in training, in pixels (only when crop < 96)")
     # None: 0 for FLIPS_ONLY, else 0.1 (__post_init__)
     colour_jitter: float | None = setting(None, help="strength of the stain variation (0: off; default 0, "

@@ -110,7 +110,7 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         histo.compile = compiled.default_for(histo.model, settings.time_budget_min, device.type, world.size)
     if histo.compile:
         compiled.compile_in_place(model)
-    augment = Augment(histo.crop_jitter, histo.colour_jitter) if histo.augment else None
+    augment = Augment(histo.crop_jitter, histo.colour_jitter, histo.rescan) if histo.augment else None
     bs = settings.batch_size
     log(f"{len(train_rows)} training and {len(val_rows)} validation patches "
         f"({'PatchCamelyon valid split' if histo.val_split == 'valid' else 'random split'}); model {histo.model} "
