@@ -84,12 +84,12 @@ def format_table(r: dict[str, Any]) -> str:
     lines = [f"{r['cpu']}, {r['cpu_threads']} CPU threads, torch {r['torch']}, device {r.get('device', '?')}", "",
              "| stage | rate | peak RSS |", "|---|---|---|"]
     lines += [f"| {name} | {rate} | {'' if mb is None else f'{mb:,.0f} MB'} |" for name, rate, mb in rows]
-    lines += _jpeg_slides(r) + inference.format_table(r.get("inference", []))
+    lines += jpeg_slide_table(r) + inference.format_table(r.get("inference", []))
     lines += _decisions(r) + [f"PROBLEM: {problem}" for problem in r.get("problems", [])]
     return "\n".join(lines)
 
 
-def _jpeg_slides(r: dict[str, Any]) -> list[str]:
+def jpeg_slide_table(r: dict[str, Any]) -> list[str]:
     """Read + infer on a JPEG pyramid against the same model in memory, and where the slide's time went."""
     slides = [v for k, v in r.items() if k.startswith("jpeg_slide_")]
     if not slides:

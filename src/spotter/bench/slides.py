@@ -79,9 +79,10 @@ def stage_jpeg_slide(data: str, quick: bool, device: str, model: str, stride: in
                      workers: int | None = None) -> dict:
     """`histo slide` read + infer on a JPEG-compressed tiled pyramid (as scanners write; a mosaic of 40x40 real
     patches, 16x16 with `quick`, read at level 1, the model's resolution) against the same predictor on the
-    same mosaic's tiles held in memory. The predictor (an untrained `model`) runs one batch first, as large a
-    job as the slide's, so that both are timed warm and on the same backend (eager by default: the ratio is
-    then reading's cost alone); the split of the slide's time by stage is slide.json's `stages`."""
+    same mosaic's stride-32 tiles held in memory, timed before the slide and after it. The predictor (an
+    untrained `model`) runs one batch first, as large a job as the slide's, so that both are timed warm and on
+    the same backend (eager by default: the ratio is then reading's cost alone); the split of the slide's time
+    by stage is slide.json's `stages`."""
     side = 16 if quick else 40
     patches = _patches(Path(data), side * side)
     image = mosaic_image(patches, side, side, 192)
@@ -90,24 +91,28 @@ def stage_jpeg_slide(data: str, quick: bool, device: str, model: str, stride: in
     job = windows.shape[0] * windows.shape[1]  # about the slide's tiles: auto decides as it will for the slide
     predictor = untrained_predictor(model, device, backend)
     predictor.predict_proba(tiles[:predictor.batch_size], job=job)  # warm-up, and the backend built
+
+    def infer() -> int:
+        return len(predictor.predict_proba(tiles, job=job))
+
+    repeats = 2 if quick else 3
+    rates = [median_rate(infer, repeats)]  # before the slide and after it, so that a drift in load hits both
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "mosaic.tif"
         write_mosaic(path, image, compression="jpeg")
         summary = slide.slide(None, path, Path(tmp) / "out", stride=stride, device=device, predictor=predictor,
                               workers=workers, log=lambda message: None)
         file_mb = path.stat().st_size / 2**20
-
-    def infer() -> int:
-        return len(predictor.predict_proba(tiles, job=job))
-
-    in_memory = median_rate(infer, 2 if quick else 3)
+    rates.append(median_rate(infer, repeats, warmup=0))
+    in_memory = statistics.mean(rates)
     read_and_infer = summary["tiles_scored"] / summary["read_and_infer_seconds"]
     return {f"jpeg_slide_{model}": {
         "model": model, "backend": predictor.backend.decision.backend, "precision": predictor.precision,
         "stride": stride, "tiles": summary["tiles_scored"], "workers": summary["workers"],
         "tiles_per_s_read_and_infer": read_and_infer, "in_memory_tiles_per_s": in_memory,
         "fraction_of_in_memory": read_and_infer / in_memory, "stages": summary["stages"],
-        "read_and_infer_s": summary["read_and_infer_seconds"], "file_mb": file_mb}}
+        "in_memory_before_after": rates, "read_and_infer_s": summary["read_and_infer_seconds"],
+        "file_mb": file_mb}}
 
 
 def _score_big(path: str, out: str, run: str | None, device: str, stride: int, queue) -> None:
