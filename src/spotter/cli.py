@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="probability that makes a cell tumour")
     p.add_argument("--level", type=int, help="pyramid level to read (default: the coarsest not coarser than "
                                              "the model's µm/px)")
-    p.add_argument("--workers", type=int, help="slide-reading processes (default: half the cores)")
+    p.add_argument("--workers", type=int, help="slide-reading processes (default: half the cores; 0 on 2 cores or fewer)")
     p.add_argument("--tissue-threshold", type=float, default=0.0,
                    help="fraction of a patch that must be on tissue for it to be scored (default 0: any tissue; "
                         "higher is faster on fragmented tissue and may miss pale tissue)")
