@@ -1,7 +1,7 @@
 """Whole-slide inference: a run's tumour probability over a slide, in bounded memory.
 
 Stages: open the slide (`wsi`) -> tissue mask on a thumbnail (`tissue`) -> the grid of cells -> blocks of
-about 2048x2048 model pixels read and resampled by background workers (each opens the slide itself) ->
+about 2048x2048 model pixels read and resampled by background workers (`slide_reader`; each opens the slide) ->
 patches cut from each block in memory and scored in batches of 256 by the run's HistoPredictor ->
 probabilities averaged into a preallocated grid -> outputs (`slide_outputs`).
 
@@ -33,8 +33,8 @@ from tqdm import tqdm
 from .. import engine, files
 from ..errors import BadInput
 from . import slide_outputs, tissue, wsi
-from .slide_reader import PATCH, RegionReader, Stages, make_blocks
 from .predictor import HistoPredictor, load_run
+from .slide_reader import PATCH, RegionReader, Stages, make_blocks
 
 CENTRE = 32  # the labelled centre
 THUMBNAIL = 2048
