@@ -6,9 +6,9 @@ over repeats, after warm-up steps. The training ceiling is measured on exactly t
 precision and warm-up of the end-to-end stage, only held in memory, so end to end can exceed it only by
 noise: more than 10 % fails the bench (non-zero exit), as does any failed stage.
 
-Stages live by family (histo, tweets, slides, scale), the table in report, the process isolation in isolate;
-the scripts in bench/ are command lines over these stages and over the measurements `spotter bench` does not
-run (torch_compile, scores, reports, serve_load).
+Stages live by family (histo, tweets, slides, scale, inference: each model on each backend), the table in
+report, the process isolation in isolate; the scripts in bench/ are command lines over these stages and over
+the measurements `spotter bench` does not run (torch_compile, scores, reports, serve_load).
 """
 from __future__ import annotations
 
