@@ -4,7 +4,8 @@ JPEG-pyramid slide stage for the given models. Each model x backend in its own p
 writes JSON.
 
     python bench/inference_bench.py [--quick] [--device auto] [--models seed,resnet]
-                                    [--slide-models effnet-lite1,resnet] [--out inference_bench.json]
+                                    [--slide-models effnet-lite1,resnet] [--slide-backend eager]
+                                    [--out inference_bench.json]
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from spotter.bench.report import jpeg_slide_table
 from spotter.bench.slides import stage_jpeg_slide
 from spotter.files import shared_data
 from spotter.precision import cpu_model
+from spotter.runners import BACKENDS
 
 
 def main() -> None:
@@ -31,6 +33,9 @@ def main() -> None:
     names = lambda text: [m for m in text.split(",") if m]  # noqa: E731
     parser.add_argument("--models", type=names, help="default: all (effnet-lite1 with its weights installed)")
     parser.add_argument("--slide-models", type=names, default=[], help="JPEG slide stage for these models")
+    parser.add_argument("--slide-backend", default="eager", choices=["auto", *BACKENDS],
+                        help="the JPEG slide stage's backend (eager: the ratio is reading's cost alone; a faster "
+                             "backend makes reading weigh more)")
     parser.add_argument("--out", type=Path, default=Path("inference_bench.json"))
     args = parser.parse_args()
 
@@ -39,7 +44,7 @@ def main() -> None:
     result = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "device": args.device, "inference": rows,
               "failed_stages": {name: s["failed"] for name, s in stages.items() if "failed" in s}}
     for model in args.slide_models:
-        slide = stage(stage_jpeg_slide, str(args.data), args.quick, args.device, model)
+        slide = stage(stage_jpeg_slide, str(args.data), args.quick, args.device, model, 32, args.slide_backend)
         if "failed" in slide:
             result["failed_stages"][f"jpeg_slide {model}"] = slide["failed"]
         result.update({k: v for k, v in slide.items() if k != "peak_rss_mb"})
