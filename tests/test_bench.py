@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import HISTO, require
 from spotter import bench
-from spotter.bench import slides
+from spotter.bench import inference, slides
 
 SCRIPTS = sorted((Path(__file__).parent.parent / "bench").glob("*.py"))
 
@@ -74,3 +75,33 @@ def test_each_bench_script_is_a_command_line_over_the_package(script):
 def test_spotter_bench_and_the_slide_script_run_the_same_slide_stage():
     script = runpy.run_path(str(SCRIPTS[0].parent / "slide_bench.py"), run_name="imported")
     assert script["stage_slide"] is bench.stage_slide is slides.stage_slide
+
+
+def test_the_inference_table_has_a_row_per_model_and_backend_with_rates_setup_and_break_even():
+    require(HISTO)
+    in_process = lambda fn, *args: fn(*args)  # noqa: E731  (isolated() is tested above; this keeps the test quick)
+    rows, stages = inference.measure(in_process, str(HISTO), True, "cpu", ["seed"])
+    assert [r["backend"] for r in rows] == ["eager", "compiled", "onnx"]
+    eager, onnx = rows[0], rows[2]
+    for r in (eager, onnx):
+        assert r["model"] == "seed" and r["patches_per_s"] > 0 and r["tta_patches_per_s"] > 0
+        assert r["setup_s"] >= 0 and r["precision"] in ("fp32", "bf16")
+    assert eager["setup_s"] == 0 and onnx["setup_s"] > 0
+    assert "break_even_patches" in onnx and "tta_break_even_patches" in onnx
+    assert set(eager["auto_choice"]) == set(inference.JOBS) == set(eager["auto_choice_tta"])
+    assert eager["auto_choice"]["29 patches"] == "eager", "29 patches never pay back a setup"
+    assert set(stages) == {"inference seed eager", "inference seed compiled", "inference seed onnx"}
+    table = "\n".join(inference.format_table(rows))
+    assert "| seed | onnx |" in table and "29 patches" in table
+
+
+def test_break_even_and_auto_choice_follow_the_timings():
+    assert inference.break_even(10.0, 100.0, 200.0) == pytest.approx(2000)  # 5 ms saved a patch
+    assert inference.break_even(10.0, 200.0, 100.0) is None
+    rows = [{"model": "m", "backend": "eager", "patches_per_s": 100.0, "tta_patches_per_s": 12.5, "setup_s": 0.0},
+            {"model": "m", "backend": "compiled", "patches_per_s": 400.0, "tta_patches_per_s": 50.0, "setup_s": 60.0},
+            {"model": "m", "backend": "onnx", "skipped": "not here"}]
+    eager = inference.add_decisions(rows)[0]
+    assert eager["auto_choice"] == {"29 patches": "eager", "Kaggle test (57,458)": "compiled",
+                                    "slide (300k tiles)": "compiled"}
+    assert rows[1]["break_even_patches"] == pytest.approx(60 / (0.01 - 0.0025))

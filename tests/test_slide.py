@@ -423,3 +423,20 @@ def test_tta_averages_the_eight_views_of_each_patch(env, one_tumour, tmp_path):
     got = np.array([heat[i, j] for i, j in cells])
     assert np.abs(got - with_tta).max() < 0.01
     assert np.abs(with_tta - without).max() > 0.02  # the views do differ, so the check above means something
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_slide_json_splits_read_and_infer_time_by_stage(env, one_tumour, tmp_path, workers):
+    """The main process's stages (copy, infer, waiting) make up its read + infer time; reading in this process
+    (workers 0) counts as decode and resample instead of waiting."""
+    path, _ = one_tumour
+    summary = slide.slide(env["run"], path, tmp_path / "out", stride=96, level=0, device="cpu",
+                          predictor=env["predictor"], workers=workers)
+    stages = json.loads((tmp_path / "out" / "slide.json").read_text())["stages"]
+    assert set(stages) == {"decode", "resample", "copy", "infer", "waiting"} and summary["workers"] == workers
+    assert all(seconds >= 0 for seconds in stages.values())
+    assert stages["decode"] > 0 and stages["resample"] > 0 and stages["infer"] > 0  # level 0 is shrunk 2x
+    main_process = stages["copy"] + stages["infer"] + stages["waiting"]
+    if not workers:
+        main_process += stages["decode"] + stages["resample"]
+    assert main_process == pytest.approx(summary["read_and_infer_seconds"], rel=0.15, abs=0.05)

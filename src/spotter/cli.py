@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="probability that makes a cell tumour")
     p.add_argument("--level", type=int, help="pyramid level to read (default: the coarsest not coarser than "
                                              "the model's µm/px)")
-    p.add_argument("--workers", type=int, help="slide-reading processes (default: half the cores)")
+    p.add_argument("--workers", type=int, help="slide-reading processes (default: half the cores; 0 on 2 cores or fewer)")
     p.add_argument("--tissue-threshold", type=float, default=0.0,
                    help="fraction of a patch that must be on tissue for it to be scored (default 0: any tissue; "
                         "higher is faster on fragmented tissue and may miss pale tissue)")
@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("bench.json"))
     p.add_argument("--stage-timeout", type=float, default=1800, metavar="S",
                    help="a stage with no result after S seconds is stopped and reported as failed")
+    p.add_argument("--inference-models", metavar="M,M", type=lambda text: [m for m in text.split(",") if m],
+                   help="the inference table's models (default: seed, resnet-plain, resnet, effnet-lite0 and, with "
+                        "its weights, effnet-lite1); '' skips the table and the JPEG slides")
 
     p = tasks.add_parser("demo", help="make a small synthetic dataset and run every stage on it")
     p.add_argument("--out", type=Path, default=Path("spotter-demo"), help="folder for data and runs")
@@ -267,7 +270,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.task == "bench":
         from . import bench
         bench.run(args.histo_data, args.tweets_data, quick=args.quick, device=args.device, out=args.out,
-                  scale=args.scale, stage_timeout_s=args.stage_timeout)
+                  scale=args.scale, stage_timeout_s=args.stage_timeout, inference_models=args.inference_models)
     elif args.task == "demo":
         from . import demo
         demo.run(args.out, device=args.device)

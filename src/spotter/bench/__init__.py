@@ -6,9 +6,9 @@ over repeats, after warm-up steps. The training ceiling is measured on exactly t
 precision and warm-up of the end-to-end stage, only held in memory, so end to end can exceed it only by
 noise: more than 10 % fails the bench (non-zero exit), as does any failed stage.
 
-Stages live by family (histo, tweets, slides, scale), the table in report, the process isolation in isolate;
-the scripts in bench/ are command lines over these stages and over the measurements `spotter bench` does not
-run (torch_compile, scores, reports, serve_load).
+Stages live by family (histo, tweets, slides, scale, inference: each model on each backend), the table in
+report, the process isolation in isolate; the scripts in bench/ are command lines over these stages and over
+the measurements `spotter bench` does not run (torch_compile, scores, reports, serve_load).
 """
 from __future__ import annotations
 
@@ -22,12 +22,14 @@ import torch
 from .. import pretrained
 from ..demo import make_histo_dataset, make_tweets_dataset
 from ..files import shared_data
+from ..histo.settings import default_model
 from ..precision import cpu_model
+from . import inference
 from .histo import stage_effnet, stage_histo_infer, stage_histo_train, stage_pack
 from .isolate import STAGE_TIMEOUT_S, isolated
 from .report import BenchFailed, format_table, problems
 from .scale import stage_make_scale_pack, stage_scale
-from .slides import stage_slide
+from .slides import stage_jpeg_slide, stage_slide
 from .tweets import stage_minilm, stage_tweets
 
 __all__ = ["BenchFailed", "SHARED_HISTO", "SHARED_TWEETS", "format_table", "isolated", "problems", "run"]
@@ -38,9 +40,10 @@ SHARED_TWEETS = shared_data("disaster-tweets")
 
 def run(histo_data: Path | None = None, tweets_data: Path | None = None, *, quick: bool = False,
         device: str = "auto", out: Path | None = None, scale: bool = False,
-        stage_timeout_s: float = STAGE_TIMEOUT_S) -> dict[str, Any]:
+        stage_timeout_s: float = STAGE_TIMEOUT_S, inference_models: list[str] | None = None) -> dict[str, Any]:
     """Run every stage, print the table, write JSON; raise BenchFailed (after writing) when a stage failed
-    or end to end beat its own ceiling."""
+    or end to end beat its own ceiling. `inference_models`: the inference table's models (default all;
+    [] skips the table and the JPEG slides)."""
     histo_data = histo_data or SHARED_HISTO
     tweets_data = tweets_data or SHARED_TWEETS
     stage = lambda fn, *args: isolated(fn, *args, timeout_s=stage_timeout_s)  # noqa: E731
@@ -60,6 +63,11 @@ def run(histo_data: Path | None = None, tweets_data: Path | None = None, *, quic
             stages["minilm"] = stage(stage_minilm, str(tweets_data), quick, device)
         except pretrained.MissingWeights as err:
             print(f"pretrained models skipped: {err}")
+        names = inference.models() if inference_models is None else inference_models
+        rows, inference_stages = inference.measure(stage, str(histo_data), quick, device, names)
+        stages.update(inference_stages)
+        for model in dict.fromkeys((default_model(log=lambda line: None), "resnet") if names else ()):
+            stages[f"jpeg_slide {model}"] = stage(stage_jpeg_slide, str(histo_data), quick, device, model)
         if scale:
             with tempfile.TemporaryDirectory(dir=Path.home()) as big:  # 6 GB: not on a small /tmp
                 made = stage(stage_make_scale_pack, str(histo_data), big)
@@ -67,6 +75,7 @@ def run(histo_data: Path | None = None, tweets_data: Path | None = None, *, quic
     result: dict[str, Any] = {}
     for values in stages.values():
         result.update({k: v for k, v in values.items() if k not in ("peak_rss_mb", "failed")})
+    result["inference"] = rows
     result["stage_peak_rss_mb"] = {name: s.get("peak_rss_mb") for name, s in stages.items()}
     result["failed_stages"] = {name: s["failed"] for name, s in stages.items() if "failed" in s}
     result.update(cpu=cpu_model(), cpu_threads=torch.get_num_threads(), torch=torch.__version__, quick=quick,

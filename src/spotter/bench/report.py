@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from . import inference
+
 E2E_OVER_CEILING_LIMIT = 1.1  # end to end above the ceiling by more than noise means they measure different work
 
 
@@ -82,8 +84,27 @@ def format_table(r: dict[str, Any]) -> str:
     lines = [f"{r['cpu']}, {r['cpu_threads']} CPU threads, torch {r['torch']}, device {r.get('device', '?')}", "",
              "| stage | rate | peak RSS |", "|---|---|---|"]
     lines += [f"| {name} | {rate} | {'' if mb is None else f'{mb:,.0f} MB'} |" for name, rate, mb in rows]
+    lines += jpeg_slide_table(r) + inference.format_table(r.get("inference", []))
     lines += _decisions(r) + [f"PROBLEM: {problem}" for problem in r.get("problems", [])]
     return "\n".join(lines)
+
+
+def jpeg_slide_table(r: dict[str, Any]) -> list[str]:
+    """Read + infer on a JPEG pyramid against the same model in memory, and where the slide's time went."""
+    slides = [v for k, v in r.items() if k.startswith("jpeg_slide_")]
+    if not slides:
+        return []
+    lines = ["", "whole slide on a JPEG-compressed pyramid (stride 32; stages: seconds, decode and resample "
+                 "summed over the reading workers):", "",
+             "| model | backend | read + infer | in memory | ratio | decode / resample / copy / infer / waiting s |",
+             "|---|---|---|---|---|---|"]
+    for s in slides:
+        st = s["stages"]
+        lines.append(f"| {s['model']} | {s['backend']} ({s['precision']}) | {s['tiles_per_s_read_and_infer']:,.0f} "
+                     f"tiles/s | {s['in_memory_tiles_per_s']:,.0f} tiles/s | {s['fraction_of_in_memory']:.0%} | "
+                     f"{st['decode']:.1f} / {st['resample']:.1f} / {st['copy']:.1f} / {st['infer']:.1f} / "
+                     f"{st['waiting']:.1f} ({s['workers']} workers) |")
+    return lines
 
 
 def _decisions(r: dict[str, Any]) -> list[str]:

@@ -1,7 +1,7 @@
 """Whole-slide inference: a run's tumour probability over a slide, in bounded memory.
 
 Stages: open the slide (`wsi`) -> tissue mask on a thumbnail (`tissue`) -> the grid of cells -> blocks of
-about 2048x2048 model pixels read and resampled by background workers (each opens the slide itself) ->
+about 2048x2048 model pixels read and resampled by background workers (`slide_reader`; each opens the slide) ->
 patches cut from each block in memory and scored in batches of 256 by the run's HistoPredictor ->
 probabilities averaged into a preallocated grid -> outputs (`slide_outputs`).
 
@@ -34,10 +34,9 @@ from .. import engine, files
 from ..errors import BadInput
 from . import slide_outputs, tissue, wsi
 from .predictor import HistoPredictor, load_run
+from .slide_reader import PATCH, RegionReader, Stages, make_blocks
 
-PATCH = 96  # model input, in model pixels
 CENTRE = 32  # the labelled centre
-BLOCK = 2048  # model pixels a side read at once
 THUMBNAIL = 2048
 
 ProgressCallback = Callable[[int, int], None]
@@ -143,75 +142,6 @@ def find_tissue(source: wsi.Slide, grid: Grid, *, threshold: float = 0.0,
     return thumb, thumb_scale, mask, scored
 
 
-# ---------------------------------------------------------------- reading, in background workers
-
-@dataclass(frozen=True)
-class Block:
-    """Patches [i0, i1) x [j0, j1) and the model-pixel region (y, x, height, width) that holds them."""
-
-    i0: int
-    i1: int
-    j0: int
-    j1: int
-    y: int
-    x: int
-    height: int
-    width: int
-
-
-def make_blocks(grid: Grid, scored: np.ndarray) -> list[Block]:
-    """Blocks of about BLOCK model pixels a side that hold at least one patch to score."""
-    n = max(1, BLOCK // grid.stride)
-    blocks = []
-    for i0 in range(0, grid.patch_rows, n):
-        for j0 in range(0, grid.patch_cols, n):
-            i1, j1 = min(i0 + n, grid.patch_rows), min(j0 + n, grid.patch_cols)
-            if scored[i0:i1, j0:j1].any():
-                s, o = grid.stride, grid.offset
-                blocks.append(Block(i0, i1, j0, j1, i0 * s + o, j0 * s + o, (i1 - i0 - 1) * s + PATCH,
-                                    (j1 - j0 - 1) * s + PATCH))
-    return blocks
-
-
-class RegionReader(torch.utils.data.Dataset):
-    """Block k -> (k, its region as uint8 (H, W, 3) at the model's resolution, error or "").
-
-    Each worker process opens the slide itself on first use. A region is read from `level` over the
-    exact span of level pixels it covers and resampled with Pillow (box filter when shrinking, which
-    averages every source pixel once; bilinear when enlarging), with fractional source edges, so
-    every block lands exactly where the grid says.
-    """
-
-    def __init__(self, path: Path, mpp: float, level: int, level_per_model: float, blocks: list[Block]):
-        self.path, self.mpp, self.level, self.q, self.blocks = path, mpp, level, level_per_model, blocks
-        self._slide: wsi.Slide | None = None
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def __getitem__(self, k: int):
-        try:
-            return k, self.read(self.blocks[k]), ""
-        except wsi.SlideError as err:
-            return k, np.zeros((0, 0, 3), np.uint8), str(err)
-
-    def read(self, b: Block) -> np.ndarray:
-        if self._slide is None:
-            self._slide = wsi.open_slide(self.path, self.mpp)
-        q = self.q
-        if abs(q - 1) < 1e-9:
-            return self._slide.read(self.level, b.x, b.y, b.width, b.height)
-        from PIL import Image
-
-        x0, y0, x1, y1 = b.x * q, b.y * q, (b.x + b.width) * q, (b.y + b.height) * q
-        left, top = int(np.floor(x0)), int(np.floor(y0))
-        right, bottom = int(np.ceil(x1)), int(np.ceil(y1))
-        pixels = self._slide.read(self.level, left, top, right - left, bottom - top)
-        image = Image.fromarray(pixels).resize((b.width, b.height), Image.BOX if q >= 1 else Image.BILINEAR,
-                                               box=(x0 - left, y0 - top, x1 - left, y1 - top))
-        return np.array(image)  # writable, as torch wants it
-
-
 # ---------------------------------------------------------------- one slide
 
 def slide(run: Path | str, image: Path | str, out: Path | str, *, mpp: float | None = None, stride: int = 32,
@@ -226,7 +156,7 @@ def slide(run: Path | str, image: Path | str, out: Path | str, *, mpp: float | N
         mpp: µm per level-0 pixel, overriding the file's (required when the file has none).
         stride: model pixels between patch centres (32: one cell per labelled centre; 96: 9x faster).
         level: pyramid level to read (default: the coarsest not coarser than the model's resolution).
-        workers: reading processes (default: half the cores, at least 1; 0 reads in this process).
+        workers: reading processes (default: half the cores; none, reading in this process, on 2 cores or fewer).
         tissue_threshold: fraction of a patch's 96x96 field that must be on tissue for it to be scored
             (0: any tissue).
         tissue_mask: False scores every patch of the slide, glass included (slowest, misses nothing).
@@ -273,8 +203,9 @@ def _score_slide(predictor: HistoPredictor, source: wsi.Slide, out: Path, *, str
     log(f"{source.path.name}: {source.dimensions[0][0]}x{source.dimensions[0][1]} px at {source.mpp:g} µm/px, "
         f"level {level} ({source.level_mpp(level):.3g} µm/px), {total:,} tiles on tissue, stride {stride}")
 
+    workers = reading_workers(workers, source)
     t = time.perf_counter()
-    heat_sum, heat_count = _infer(predictor, source, grid, level, scored, tta=tta, batch_size=batch_size,
+    heat_sum, heat_count, stages = _infer(predictor, source, grid, level, scored, tta=tta, batch_size=batch_size,
                                   workers=workers, on_progress=on_progress)
     infer_seconds = time.perf_counter() - t
     with np.errstate(invalid="ignore"):
@@ -291,7 +222,8 @@ def _score_slide(predictor: HistoPredictor, source: wsi.Slide, out: Path, *, str
         "tissue_area_mm2": float(mask.sum() * (source.mpp * thumb_scale / 1000) ** 2),
         "tumour_area_mm2": float(np.sum(heat >= threshold) * cell_mm2), "threshold": threshold,
         "max_prob": float(np.nanmax(heat)), "seconds": seconds, "tiles_per_s": total / max(seconds, 1e-9),
-        "tissue_seconds": tissue_seconds, "read_and_infer_seconds": infer_seconds, **peak_rss_mb(),
+        "tissue_seconds": tissue_seconds, "read_and_infer_seconds": infer_seconds,
+        "stages": stages.record(), "workers": workers, **peak_rss_mb(),
     }
     slide_outputs.write_all(out, heat, grid, thumb, thumb_scale, mask, source.mpp, summary, threshold)
     files.write_text_atomic(out / "slide.json", json.dumps(summary, indent=2))
@@ -301,17 +233,31 @@ def _score_slide(predictor: HistoPredictor, source: wsi.Slide, out: Path, *, str
     return summary
 
 
+def reading_workers(workers: int | None, source: wsi.Slide) -> int:
+    """Reading processes: as asked, else half the cores, but none on 2 cores or fewer, and none for a PNG/JPEG,
+    which is held in memory already (workers would each decode it again).
+
+    On 2 cores a reading process takes a core from one of the model's two threads, which then wait for each
+    other at every layer: reading in this process, between batches, was faster even when it had to resample
+    (a JPEG pyramid read at 2x shrink, stride 32: 1,351 against 1,247 tiles/s with one worker)."""
+    if source._image is not None:
+        return 0
+    if workers is not None:
+        return workers
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else cores // 2
+
+
 def _infer(predictor: HistoPredictor, source: wsi.Slide, grid: Grid, level: int, scored: np.ndarray, *, tta: bool,
-           batch_size: int, workers: int | None, on_progress: ProgressCallback | None) -> tuple[np.ndarray, np.ndarray]:
-    """Sum and count grids of the probabilities of every scored patch."""
-    blocks = make_blocks(grid, scored)
+           batch_size: int, workers: int | None,
+           on_progress: ProgressCallback | None) -> tuple[np.ndarray, np.ndarray, Stages]:
+    """Sum and count grids of the probabilities of every scored patch, and the seconds per stage."""
+    blocks = make_blocks(grid.stride, grid.offset, grid.patch_rows, grid.patch_cols, scored)
     level_per_model = grid.scale / source.downsamples[level]
     reader = RegionReader(source.path, source.mpp if source.mpp_source == "--mpp" else None, level,
                           level_per_model, blocks)
-    if workers is None:
-        workers = max(1, (os.cpu_count() or 2) // 2)
-    if source._image is not None:  # a PNG/JPEG is held in memory already: workers would each decode it
-        workers, reader._slide = 0, source
+    if source._image is not None:
+        reader._slide = source
     loader = torch.utils.data.DataLoader(reader, batch_size=None, shuffle=False, num_workers=workers,
                                          prefetch_factor=2 if workers else None)
     heat_sum = np.zeros((grid.rows, grid.cols), np.float32)
@@ -319,23 +265,33 @@ def _infer(predictor: HistoPredictor, source: wsi.Slide, grid: Grid, level: int,
     batch = np.empty((batch_size, PATCH, PATCH, 3), np.uint8)
     where = np.empty((batch_size, 2), np.int64)
     filled, done, total = 0, 0, int(scored.sum())
+    stages = Stages()
     bar = tqdm(total=total, unit="tile", desc=source.path.name, leave=False, disable=not sys.stderr.isatty())
 
     def flush() -> None:
         nonlocal filled, done
+        t = time.perf_counter()
         probs = predictor.predict_proba(batch[:filled], tta=tta, job=total - done).astype(np.float32)
+        t_copy = time.perf_counter()
+        stages.infer += t_copy - t
         rows, cols = where[:filled, 0], where[:filled, 1]
-        for di in range(grid.span):
+        for di in range(grid.span):  # each patch is scored once, so no cell repeats within (di, dj): no np.add.at
             for dj in range(grid.span):
-                np.add.at(heat_sum, (rows + di, cols + dj), probs)
-                np.add.at(heat_count, (rows + di, cols + dj), 1)
+                heat_sum[rows + di, cols + dj] += probs
+                heat_count[rows + di, cols + dj] += 1
+        stages.copy += time.perf_counter() - t_copy
         done += filled
         bar.update(filled)
         if on_progress:
             on_progress(done, total)
         filled = 0
 
-    for k, region, error in loader:
+    waited = time.perf_counter()
+    for k, region, error, (decode_s, resample_s) in loader:
+        t = time.perf_counter()
+        stages.waiting += t - waited
+        stages.decode += float(decode_s)
+        stages.resample += float(resample_s)
         if error:
             raise wsi.SlideError(error)
         region = region.numpy() if isinstance(region, torch.Tensor) else region
@@ -347,11 +303,17 @@ def _infer(predictor: HistoPredictor, source: wsi.Slide, grid: Grid, level: int,
             where[filled] = (b.i0 + i, b.j0 + j)
             filled += 1
             if filled == batch_size:
+                stages.copy += time.perf_counter() - t
                 flush()
+                t = time.perf_counter()
+        stages.copy += time.perf_counter() - t
+        waited = time.perf_counter()
     if filled:
         flush()
+    if not workers:  # read in this process: its reading is decode and resample, not waiting
+        stages.waiting = max(0.0, stages.waiting - stages.decode - stages.resample)
     bar.close()
-    return heat_sum, heat_count
+    return heat_sum, heat_count, stages
 
 
 def peak_rss_mb() -> dict:
