@@ -10,7 +10,7 @@ optionally blurred by a Gaussian of `blur` model pixels to mimic a scanner's opt
   WSInfer's torchvision `Resize` does to a PIL image;
 - `area`: the mean of each scale x scale block, what a scanner's pyramid levels hold and what `histo slide`
   reads when a level matches the model's µm/px (wsi.py's pyramid writer); integer scales only;
-- `histo-slide`: `histo slide`'s own reader (slide.RegionReader: Pillow's BOX over the exact source span)
+- `histo-slide`: `histo slide`'s own reader (slide_reader.RegionReader: Pillow's BOX over the exact source span)
   on a slide whose only level is the finer one, as when no level matches (an Aperio 40x scan at 0.252 µm/px
   has levels 4x apart; 0.972 / 0.252 = 3.857). At integer scales it equals `area` up to rounding.
 
@@ -30,13 +30,12 @@ import pandas as pd
 from PIL import Image, ImageFilter
 
 from .. import runs
-from ..histo import slide
+from ..histo.slide_reader import PATCH, Block, RegionReader
 from ..histo.predictor import HistoPredictor, load_run
 from ..histo.settings import KAGGLE_MPP
 from ..metrics import bootstrap_interval, intervals, roc_auc
 from ..mosaic import read_patches
 
-PATCH = slide.PATCH
 WAYS = ("bilinear-aa", "area", "histo-slide")
 STRIP = 64  # patches per temporary slide the histo-slide way reads
 
@@ -86,9 +85,9 @@ def histo_slide(fine: np.ndarray, model_mpp: float = KAGGLE_MPP) -> np.ndarray:
             part = fine[start:start + STRIP]
             path = Path(tmp) / f"strip{start}.png"
             Image.fromarray(np.concatenate(list(part), axis=1)).save(path, compress_level=1)
-            blocks = [slide.Block(0, 1, k, k + 1, 0, k * PATCH, PATCH, PATCH) for k in range(len(part))]
-            reader = slide.RegionReader(path, model_mpp / q, 0, q, blocks)
-            out += [reader.read(b) for b in blocks]
+            blocks = [Block(0, 1, k, k + 1, 0, k * PATCH, PATCH, PATCH) for k in range(len(part))]
+            reader = RegionReader(path, model_mpp / q, 0, q, blocks)
+            out += [reader.read(b)[0] for b in blocks]  # (region, seconds)
     return np.stack(out)
 
 

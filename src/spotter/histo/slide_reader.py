@@ -61,7 +61,7 @@ class Stages:
     waiting: float = 0.0  # the main process waiting for the reader's next block
 
     def record(self) -> dict[str, float]:
-        return {f.name: round(getattr(self, f.name), 3) for f in fields(self) }
+        return {f.name: round(getattr(self, f.name), 3) for f in fields(self)}
 
 
 class RegionReader(torch.utils.data.Dataset):
