@@ -208,6 +208,21 @@ def test_a_small_job_is_eager_without_measuring(fake):
     assert "too short" in selector.decision.reason
 
 
+def test_a_server_never_measures_but_uses_what_an_earlier_job_measured(fake):
+    served = fake["new"]()
+    served.measure = False  # as serve/runs.py sets it
+    served.observe_eager(1.0, 1000)
+    assert served.runner(10**6) is served.model and fake["built"] == fake["timed"] == []
+    earlier = fake["new"]()
+    earlier.observe_eager(1.0, 1000)
+    earlier.runner(10**6)  # a big `histo slide` measured and cached
+    fake["built"].clear(), fake["timed"].clear()
+    served = fake["new"]()
+    served.measure = False
+    served.runner(10**6)
+    assert fake["built"] == [served.decision.backend] != ["eager"] and fake["timed"] == []
+
+
 def test_a_big_job_measures_and_takes_the_faster_backend(fake, monkeypatch):
     selector = fake["new"]()
     selector.observe_eager(1.0, 1000)

@@ -77,6 +77,7 @@ def test_spotter_bench_and_the_slide_script_run_the_same_slide_stage():
     assert script["stage_slide"] is bench.stage_slide is slides.stage_slide
 
 
+@pytest.mark.slow  # a process per model and backend, with an export and a compile: about 10 s
 def test_the_inference_table_has_a_row_per_model_and_backend_with_rates_setup_and_break_even():
     require(HISTO)
     in_process = lambda fn, *args: fn(*args)  # noqa: E731  (isolated() is tested above; this keeps the test quick)

@@ -106,6 +106,9 @@ class Selector:
         self.requested, self.log, self.path = requested, log or (lambda line: None), path or cache_file()
         self.built: dict[str, nn.Module] = {"eager": model}
         self.observed_eager: float | None = None  # seconds per patch-view seen on the job's own eager batches
+        # False: decide from cached timings only. A server does: compiling inside a job would hold it (and
+        # Ctrl-C) for seconds to minutes, and each backend built costs memory for the server's life.
+        self.measure = True
         self._entry: dict[str, Any] | None = None
         example = torch.empty(self.batch_shape, device="meta")
         self.key = json.dumps({**key_fields(model, example, device), "mode": "infer", "precision": precision,
@@ -175,15 +178,15 @@ class Selector:
         if backend == "onnx":
             if self.device.type != "cpu":
                 return "onnxruntime runs on the CPU here; use --device cpu"
-            try:
-                extras.require("export", "onnx", "onnxscript", "onnxruntime", what="--backend onnx")
-            except UserError as err:
-                return str(err)
+            if not extras.installed("export"):  # looked up, not imported: a job that stays eager pays nothing
+                return "onnxruntime is not installed (pip install 'spotter[export]')"
         return None
 
     def _to_measure(self, job: int, eager: float, entry: dict[str, Any] | None) -> list[str]:
         """The backends not measured yet (or measured by a disturbed earlier run) that could pay back within
         the job, at the best speed-up one gives, the setup they took before (or a first guess)."""
+        if not self.measure:
+            return []
         stands = entry is not None and measured.reusable(entry)
         known = (entry or {}).get("seconds_per_patch", {})
         todo = []

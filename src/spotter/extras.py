@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from .errors import UserError
 
@@ -13,6 +14,12 @@ EXTRAS = {"serve": ("fastapi", "uvicorn", "multipart", "captum", "swagger_ui_bun
 
 class MissingExtra(UserError, ImportError):
     """An optional part of Spotter is not installed; the message says how to get it."""
+
+
+def installed(extra: str, *modules: str) -> bool:
+    """Whether `modules` (default: every module of `extra`) can be imported, without importing them (onnxruntime
+    alone adds ~66 MB to a process that never uses it)."""
+    return all(importlib.util.find_spec(name) is not None for name in modules or EXTRAS[extra])
 
 
 def require(extra: str, *modules: str, what: str = "") -> None:

@@ -15,9 +15,17 @@ from ..histo import predictor as histo_predictor
 from ..tweets import predictor as tweets_predictor
 
 
+def never_measuring(predictor):
+    """A served histology predictor decides its backend from timings earlier jobs cached, never timing
+    backends itself (backends.Selector.measure)."""
+    for leaf in predictor.leaves():
+        leaf.backend.measure = False
+    return predictor
+
+
 def load_model(run_dir: Path, device: str = "auto", backend: str = "auto"):
     """(task, predictor) of a run or ensemble folder; `backend` is the histology models' (backends.py)."""
     run = runs.open_run(Path(run_dir))
     if run.task == "histo":
-        return run.task, histo_predictor.load_run(run, device, backend=backend)
+        return run.task, never_measuring(histo_predictor.load_run(run, device, backend=backend))
     return run.task, tweets_predictor.load_run(run, device)

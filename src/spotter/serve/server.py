@@ -203,7 +203,8 @@ class Server:
         """The slide predictor, after checking the job's size in tiles and its µm/px (413/422 with the reason)."""
         with self.loading:
             if m.slide_predictor is None:
-                m.slide_predictor = histo_predictor.load_run(m.predictor.run, self.device, backend=self.backend)
+                m.slide_predictor = runs.never_measuring(histo_predictor.load_run(m.predictor.run, self.device,
+                                                                                   backend=self.backend))
         model_mpp, limits = m.slide_predictor.mpp, self.limits
         size = images.slide_size(data, image.name, limits.max_slide_pixels) if kind != "tiff" else None
         try:
