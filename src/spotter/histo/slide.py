@@ -308,6 +308,7 @@ def _infer(predictor: HistoPredictor, source: wsi.Slide, grid: Grid, level: int,
                 t = time.perf_counter()
         stages.copy += time.perf_counter() - t
         waited = time.perf_counter()
+    stages.waiting += time.perf_counter() - waited  # the loader's last call, which stops its readers
     if filled:
         flush()
     if not workers:  # read in this process: its reading is decode and resample, not waiting
