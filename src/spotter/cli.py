@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --data: which set (default: test for a PatchCamelyon folder, train for Kaggle's)")
     p.add_argument("--tta", action="store_true", help="average the 8 rotations and reflections")
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--out", type=Path, help="folder for evaluation[_tta].json and roc[_tta].png (default: the run's "
+                                            "own, where they are its validation score unless --data)")
     p.add_argument("--device", **DEVICE)
     p.add_argument("--backend", **BACKEND)
 
@@ -291,7 +293,7 @@ def _run_histo(args: argparse.Namespace) -> None:
         print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
     elif args.command == "evaluate":
         histo.evaluate(args.run, args.data, split=args.split, tta=args.tta, threshold=args.threshold,
-                       device=args.device, backend=args.backend)
+                       device=args.device, backend=args.backend, out=args.out)
     elif args.command == "predict":
         histo.predict(args.run, args.images, args.out, tta=args.tta, device=args.device, skip_bad=args.skip_bad,
                       backend=args.backend)

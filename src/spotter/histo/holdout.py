@@ -8,6 +8,7 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from spotter.histo.data import read_labels_csv
@@ -19,12 +20,13 @@ def _rank(patch_id: str) -> str:
     return hashlib.sha256(f"spotter-holdout:{patch_id}".encode()).hexdigest()
 
 
-def holdout_mask(labels: pd.DataFrame, fraction: float = HOLDOUT_FRACTION) -> pd.Series:
+def holdout_mask(labels: pd.DataFrame, fraction: float = HOLDOUT_FRACTION) -> np.ndarray:
     """True for the rows held out: per label, the round(fraction * n) ids that hash lowest."""
-    held = pd.Series(False, index=labels.index)
-    for _, group in labels.groupby("label"):
-        ranked = group["id"].map(_rank).sort_values()
-        held[ranked.index[:round(fraction * len(group))]] = True
+    held = np.zeros(len(labels), bool)
+    ranks = labels["id"].map(_rank).to_numpy()
+    for label in labels["label"].unique():
+        rows = np.flatnonzero(labels["label"].to_numpy() == label)
+        held[rows[np.argsort(ranks[rows])[:round(fraction * len(rows))]]] = True
     return held
 
 

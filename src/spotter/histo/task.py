@@ -232,11 +232,14 @@ def build_ensemble(members: list[Path], out: Path, *, tta: bool = False, device:
 
 
 def evaluate(run_dir: Path, data_dir: Path | None = None, *, split: str | None = None, tta: bool = False,
-             threshold: float = 0.5, device: str = "auto", backend: str = "auto", log=print) -> dict:
+             threshold: float = 0.5, device: str = "auto", backend: str = "auto", out: Path | None = None,
+             log=print) -> dict:
     """Score a run (or an ensemble) on a labelled folder, or on its own validation split when `data_dir` is None.
     `split` picks the folder's labelled set: by default `test` for a PatchCamelyon folder, `train` for Kaggle's.
-    `backend`: auto (chosen per model and job, measured) or eager, compiled, onnx."""
+    `backend`: auto (chosen per model and job, measured) or eager, compiled, onnx. The report and ROC plot go to
+    `out` (default: the run's folder)."""
     run_dir = Path(run_dir)
+    out = Path(out) if out else run_dir
     predictor = load_run(run_dir, device, backend=backend, log=log)
     histo = predictor.settings
     if data_dir is None:
@@ -259,8 +262,9 @@ def evaluate(run_dir: Path, data_dir: Path | None = None, *, split: str | None =
               "images": len(labels), "tta": tta, "data": where, "images_per_s": len(labels) / seconds,
               "backend": predictor.describe()["backend"]}
     suffix = "_tta" if tta else ""
-    files.write_text_atomic(run_dir / f"evaluation{suffix}.json", json.dumps(report, indent=2))
-    plots.roc_curve(labels, probs, run_dir / f"roc{suffix}.png",
+    out.mkdir(parents=True, exist_ok=True)
+    files.write_text_atomic(out / f"evaluation{suffix}.json", json.dumps(report, indent=2))
+    plots.roc_curve(labels, probs, out / f"roc{suffix}.png",
                     title=f"ROC on {len(labels)} patches{' (8x TTA)' if tta else ''}")
     log(f"{where}: {len(labels)} patches  AUC {report['auc']:.4f} {interval_text(report['auc_ci95'])}  "
         f"accuracy {report['accuracy']:.4f}  F1 {report['f1']:.4f} {interval_text(report['f1_ci95'])} "
