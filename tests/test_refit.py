@@ -89,6 +89,12 @@ def test_commands_that_need_no_validation_work_on_a_refit_run(refitted, data, tm
                  "--mpp", "0.972", "--stride", "96", "--workers", "0", "--device", "cpu"]) == 0
     assert (tmp_path / "slide" / "slide.json").exists()
 
+    assert main(["histo", "explain", refitted, "--images", data / "test", "--out", tmp_path / "cams",
+                 "--device", "cpu"]) == 0
+    assert len(pd.read_csv(tmp_path / "cams" / "explanations.csv")) == 5
+    assert main(["histo", "errors", refitted, "--data", data, "--out", tmp_path / "errors", "--no-grad-cam",
+                 "--device", "cpu"]) == 0
+
     assert main(["histo", "export", refitted, "--format", "torchscript", "--out", tmp_path / "model.pt"]) == 0
     assert (tmp_path / "model.pt").exists()
 
@@ -108,6 +114,21 @@ def test_commands_that_need_a_validation_split_refuse_a_refit_run(refitted, vali
     assert main(["histo", "train", "--data", data, "--out", tmp_path / "student", *TRAIN, "--val-fraction", "0.25",
                  "--teacher", refitted]) == 2
     one_line_error(capsys, "a refit teacher trained on every patch")
+
+
+def test_a_schedule_given_on_the_command_line_wins_over_the_config_run(data, validated, tmp_path):
+    """--epochs beside --config: that many epochs, and neither the run's epochs nor its time budget;
+    --time-budget alone: planned over every patch."""
+    run = tmp_path / "epochs"
+    assert main(["histo", "train", "--data", data, "--out", run, "--refit", "--config", validated, "--epochs", "1"]) == 0
+    saved = json.loads((run / "settings.json").read_text())
+    assert saved["train"]["epochs"] == 1 and saved["train"]["time_budget_min"] is None
+    assert saved["task"]["histo"]["schedule_from"] is None and list(pd.read_csv(run / "metrics.csv")["epoch"]) == [1]
+    run = tmp_path / "budget"
+    assert main(["histo", "train", "--data", data, "--out", run, "--refit", *TRAIN, "--time-budget", "0.05"]) == 0
+    saved = json.loads((run / "settings.json").read_text())
+    assert saved["train"]["time_budget_min"] == 0.05 and saved["task"]["train_size"] == 160
+    assert len(pd.read_csv(run / "metrics.csv")) >= 1
 
 
 def test_refit_without_a_schedule_or_with_patience_is_refused(data, tmp_path, capsys):
@@ -144,8 +165,8 @@ def test_a_refit_run_resumes_to_the_same_weights(refitted, validated, data, tmp_
 def test_a_refit_run_learns(tmp_path):
     """On the demo data (a model that learns scores near 1, random weights about 0.5), a refit from --epochs
     scores above 0.9 AUC on patches it never saw."""
-    train = demo.make_histo_dataset(tmp_path / "train", n_train=320, n_test=1, seed=0)
-    unseen = demo.make_histo_dataset(tmp_path / "unseen", n_train=120, n_test=1, seed=1)
+    train = demo.make_histo_dataset(tmp_path / "train", n_train=240, n_test=1, seed=0)
+    unseen = demo.make_histo_dataset(tmp_path / "unseen", n_train=80, n_test=1, seed=1)
     run = tmp_path / "run"
     assert main(["histo", "train", "--data", train, "--out", run, "--refit", *TRAIN, "--epochs", "4"]) == 0
     assert main(["histo", "evaluate", run, "--data", unseen, "--device", "cpu"]) == 0
