@@ -50,7 +50,7 @@ def one_line_error(capsys, text):
 
 def test_refit_trains_every_row_for_the_epochs_the_config_run_trained(refitted, validated):
     saved = json.loads((refitted / "settings.json").read_text())
-    assert saved["task"]["histo"]["refit"] and saved["task"]["histo"]["schedule_from"] == str(validated.resolve())
+    assert saved["task"]["histo"]["refit"] and saved["task"]["schedule_from"] == str(validated.resolve())
     assert saved["train"]["epochs"] == 3 and saved["train"]["time_budget_min"] is None
     assert saved["train"]["patience"] is None
     assert (saved["task"]["train_size"], saved["task"]["val_size"]) == (160, 0)
@@ -123,7 +123,7 @@ def test_a_schedule_given_on_the_command_line_wins_over_the_config_run(data, val
     assert main(["histo", "train", "--data", data, "--out", run, "--refit", "--config", validated, "--epochs", "1"]) == 0
     saved = json.loads((run / "settings.json").read_text())
     assert saved["train"]["epochs"] == 1 and saved["train"]["time_budget_min"] is None
-    assert saved["task"]["histo"]["schedule_from"] is None and list(pd.read_csv(run / "metrics.csv")["epoch"]) == [1]
+    assert saved["task"]["schedule_from"] is None and list(pd.read_csv(run / "metrics.csv")["epoch"]) == [1]
     run = tmp_path / "budget"
     assert main(["histo", "train", "--data", data, "--out", run, "--refit", *TRAIN, "--time-budget", "0.05"]) == 0
     saved = json.loads((run / "settings.json").read_text())
@@ -155,6 +155,7 @@ def test_a_refit_run_resumes_to_the_same_weights(refitted, validated, data, tmp_
     monkeypatch.setattr(engine, "train_step", real_step)
     assert torch.load(run / "last.pt", weights_only=True)["state"]["epoch"] == 1
     assert main(["histo", "train", "--data", data, "--out", run, "--resume", "--device", "cpu"]) == 0
+    assert json.loads((run / "settings.json").read_text())["task"]["schedule_from"] == str(validated.resolve())
     a, b = (torch.load(r / "last.pt", weights_only=True)["model"] for r in (refitted, run))
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)

@@ -286,11 +286,11 @@ def _run_histo(args: argparse.Namespace) -> None:
         # --time-budget plans the epochs; the cap is 1000 unless --epochs is given.
         implied = {"epochs": 1000} if "time_budget_min" in args and "epochs" not in args else {}
         settings, train = _settings(args, HistoSettings, histo.KIND, histo_defaults, implied)
-        settings, train = refit.schedule(settings, train, given=config.given(args, engine.TrainSettings),
-                                         config=args.config,
-                                         resuming=args.resume and (args.out / runs.SETTINGS).exists())
+        train, schedule_from = refit.schedule(settings, train, given=config.given(args, engine.TrainSettings),
+                                              config=args.config,
+                                              resuming=args.resume and (args.out / runs.SETTINGS).exists())
         result = histo.train(settings, train, args.out, resume=args.resume, overwrite=args.overwrite,
-                             repack=args.repack)
+                             repack=args.repack, schedule_from=schedule_from)
         if "best_epoch" in result:
             print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
         else:

@@ -36,18 +36,18 @@ def trained_epochs(run_dir: Path) -> int:
 
 
 def schedule(histo: HistoSettings, train: engine.TrainSettings, *, given: dict[str, Any], config: Path | None,
-             resuming: bool = False) -> tuple[HistoSettings, engine.TrainSettings]:
-    """The settings a refit run trains with. `given`: the training settings given on the command line;
-    `config`: the --config path (a run folder or its settings.json). A resumed run keeps its own settings."""
+             resuming: bool = False) -> tuple[engine.TrainSettings, str | None]:
+    """The training settings a refit run trains with, and the run whose trained epochs they copy (None: the
+    command line's schedule). `given`: the training settings given on the command line; `config`: the --config
+    path (a run folder or its settings.json). A resumed run keeps its own settings."""
     if resuming or not histo.refit:
-        return histo, train
+        return train, None
     if "patience" in given:
         raise BadInput("--patience stops on a validation score, and --refit has no validation split")
     if "epochs" in given or "time_budget_min" in given:  # (a --config run's time budget is dropped too)
-        return (replace(histo, schedule_from=None),
-                replace(train, time_budget_min=given.get("time_budget_min"), patience=None))
+        return replace(train, time_budget_min=given.get("time_budget_min"), patience=None), None
     if config is None:
         raise BadInput(NEEDS_SCHEDULE)
     run_dir = Path(config) if Path(config).is_dir() else Path(config).parent
-    return (replace(histo, schedule_from=str(run_dir.resolve())),
-            replace(train, epochs=trained_epochs(run_dir), time_budget_min=None, patience=None))
+    return (replace(train, epochs=trained_epochs(run_dir), time_budget_min=None, patience=None),
+            str(run_dir.resolve()))

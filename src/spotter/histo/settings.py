@@ -84,7 +84,6 @@ class HistoSettings:
     refit: bool = setting(False, action=argparse.BooleanOptionalAction,
                           help="train on every labelled patch (no validation split) and keep the last epoch; the "
                                "schedule: the epochs the --config run trained, or --epochs / --time-budget")
-    schedule_from: str | None = setting(None, cli=False)  # refit: the run whose trained epochs it copied
     # Kaggle / PCam: Camelyon16 at 10x; slides are read at it
     mpp: float = setting(KAGGLE_MPP, help=f"µm per pixel of the training patches ({KAGGLE_MPP}: Kaggle / PCam); "
                                           "`histo slide` reads slides at it")

@@ -83,7 +83,8 @@ def score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
 # ---------------------------------------------------------------- train
 
 def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *, resume: bool = False,
-          overwrite: bool = False, repack: bool = False, log=print) -> dict:
+          overwrite: bool = False, repack: bool = False, schedule_from: str | None = None, log=print) -> dict:
+    """Train a run into `run_dir`. `schedule_from`: a refit's record of the run whose trained epochs it copied."""
     run_dir = Path(run_dir)
     # rank 0 alone judges the folder (under torchrun the others follow it)
     runs.claim(run_dir, resume=resume or not engine.join_world(settings.device).main, overwrite=overwrite)
@@ -92,6 +93,7 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         saved, where = runs.open_run(run_dir, KIND), run_dir / runs.SETTINGS
         histo = engine.settings_from(HistoSettings, saved.settings, where)
         settings = engine.settings_from(engine.TrainSettings, {**saved.train, "device": settings.device}, where)
+        schedule_from = json.loads(where.read_text()).get("task", {}).get("schedule_from")
     engine.seed_everything(settings.seed)
     world = engine.join_world(settings.device)
     log = log if world.main else engine.quiet
@@ -132,13 +134,14 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
             val_data, val_rows[rank::world], bs * 2, device, histo.crop, model=histo.model),
         score=score, main_metric="auc",
         steps_per_epoch=lambda world: engine.shard_steps(len(train_rows), bs, world, drop_last=True),
-        settings={"histo": asdict(histo), "val_size": len(val_rows), "train_size": len(train_rows)},
+        settings={"histo": asdict(histo), "val_size": len(val_rows), "train_size": len(train_rows),
+                  **({"schedule_from": schedule_from} if histo.refit else {})},
     )
     if histo.compile:
         settings = compiled.warm_up(task, settings, device, log)
     result = engine.fit(task, settings, run_dir, kind=KIND, resume=resume, log=log)
     if world.main:
-        refit = {"refit": True, "schedule_from": histo.schedule_from} if histo.refit else {}
+        refit = {"refit": True, "schedule_from": schedule_from} if histo.refit else {}
         files.write_text_atomic(run_dir / runs.SUMMARY, json.dumps({"model": histo.model, **refit, **result},
                                                                    indent=2))
         plots.training_curves(run_dir / "metrics.csv", run_dir / "history.png",
