@@ -120,8 +120,9 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         f"({count_parameters(model):,} parameters), crop {histo.crop}, device {device}"
         f"{', compiled (the first steps take longer)' if histo.compile else ''}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    if world.main and not histo.refit:
-        write_folds(run_dir, val_data.ids[val_rows])
+    if world.main:
+        if not histo.refit:  # a refit has no validation split
+            write_folds(run_dir, val_data.ids[val_rows])
         if (data.path / "skipped.txt").exists():  # provenance: what this run was trained without
             shutil.copyfile(data.path / "skipped.txt", run_dir / "skipped.txt")
 
