@@ -117,13 +117,16 @@ def test_commands_that_need_a_validation_split_refuse_a_refit_run(refitted, vali
 
 
 def test_a_schedule_given_on_the_command_line_wins_over_the_config_run(data, validated, tmp_path):
-    """--epochs beside --config: that many epochs, and neither the run's epochs nor its time budget;
-    --time-budget alone: planned over every patch."""
+    """--epochs beside --config: that many epochs, and neither the run's epochs nor its time budget (with --ema
+    the model shipped is the weight average); --time-budget alone: planned over every patch."""
     run = tmp_path / "epochs"
-    assert main(["histo", "train", "--data", data, "--out", run, "--refit", "--config", validated, "--epochs", "1"]) == 0
+    assert main(["histo", "train", "--data", data, "--out", run, "--refit", "--config", validated, "--epochs", "1",
+                 "--ema", "0.9"]) == 0
     saved = json.loads((run / "settings.json").read_text())
     assert saved["train"]["epochs"] == 1 and saved["train"]["time_budget_min"] is None
     assert saved["task"]["schedule_from"] is None and list(pd.read_csv(run / "metrics.csv")["epoch"]) == [1]
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert any(not torch.equal(best["model"][k], best["trained_model"][k]) for k in best["model"])  # the average
     run = tmp_path / "budget"
     assert main(["histo", "train", "--data", data, "--out", run, "--refit", *TRAIN, "--time-budget", "0.05"]) == 0
     saved = json.loads((run / "settings.json").read_text())
