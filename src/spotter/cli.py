@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import backends, config, engine, extras
+from . import backends, config, engine, extras, runs
 from .errors import BadInput, UserError
 from .histo.settings import HistoSettings, train_defaults as histo_defaults
 from .histo.slide_eval import EvalSettings
@@ -279,7 +279,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _run_histo(args: argparse.Namespace) -> None:
-    from .histo import data as histo_data, task as histo
+    from .histo import data as histo_data, refit, task as histo
     if args.command == "pack":
         for name, packed in histo_data.pack_folder(args.data, pack_root=args.pack_dir, workers=args.workers,
                                                    skip_bad=args.skip_bad, repack=args.repack).items():
@@ -288,9 +288,16 @@ def _run_histo(args: argparse.Namespace) -> None:
         # --time-budget plans the epochs; the cap is 1000 unless --epochs is given.
         implied = {"epochs": 1000} if "time_budget_min" in args and "epochs" not in args else {}
         settings, train = _settings(args, HistoSettings, histo.KIND, histo_defaults, implied)
+        train, schedule_from = refit.schedule(settings, train, given=config.given(args, engine.TrainSettings),
+                                              config=args.config,
+                                              resuming=args.resume and (args.out / runs.SETTINGS).exists())
         result = histo.train(settings, train, args.out, resume=args.resume, overwrite=args.overwrite,
-                             repack=args.repack)
-        print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
+                             repack=args.repack, schedule_from=schedule_from)
+        if "best_epoch" in result:
+            print(f"best epoch {result['best_epoch']}: validation AUC {result['val_auc']:.4f}; run in {args.out}")
+        else:
+            print(f"refit: the last epoch ({result['epoch']}) is the model, trained on every labelled patch; "
+                  f"run in {args.out}")
     elif args.command == "evaluate":
         histo.evaluate(args.run, args.data, split=args.split, tta=args.tta, threshold=args.threshold,
                        device=args.device, backend=args.backend, out=args.out)

@@ -84,7 +84,8 @@ def warm_up(task, settings, device: torch.device, log: Callable[[str], None] = p
             logits = engine.call_model(model, inputs)
         nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float()).backward()
         model.zero_grad(set_to_none=True)
-        sizes = list(dict.fromkeys(len(y) for _, y in task.val_batches(0, 1)))  # distinct, in order
+        validation = task.val_batches(0, 1) if task.val_batches is not None else ()
+        sizes = list(dict.fromkeys(len(y) for _, y in validation))  # distinct, in order
         model.eval()
         with torch.no_grad(), engine.autocast(device, precision):
             for n in sizes:

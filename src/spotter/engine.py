@@ -3,6 +3,8 @@ resume, early stopping, metrics CSV.
 
 The engine knows nothing of images or text. A task hands it a `Task`: a model, a function that yields the
 training batches of an epoch, a function that yields the validation batches, and how to score them.
+A task without validation batches (a final model refitted on every labelled row) trains its planned epochs
+and keeps the last epoch's weights as the model (best.pt), with training metrics only.
 A batch is `(inputs, targets)` on the device; `inputs` is a tensor or a tuple of tensors for the model.
 
 Resume guarantee: checkpoints are written at the end of every epoch. `--resume` restarts from the last
@@ -102,7 +104,8 @@ class Task:
     model: nn.Module
     # (epoch, rank, world) -> this rank's batches, shuffled and augmented from (seed, epoch)
     train_batches: Callable[[int, int, int], Iterator[Batch]]
-    val_batches: Callable[[int, int], Iterator[Batch]]  # (rank, world) -> this rank's share of validation
+    # (rank, world) -> this rank's share of validation; None: no validation, the last epoch is the model
+    val_batches: Callable[[int, int], Iterator[Batch]] | None
     score: Callable[[np.ndarray, np.ndarray], dict[str, float]]  # (labels, probs) -> metrics
     main_metric: str  # the key of `score` that picks the best epoch (higher is better)
     steps_per_epoch: Callable[[int], int] | int  # per rank, for a world of that size (or a fixed count)
@@ -456,7 +459,8 @@ REPLAN_EPOCHS = 3
 
 def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume: bool = False,
         log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train `task.model` into `run_dir`; return the best epoch's validation metrics.
+    """Train `task.model` into `run_dir`; return the best epoch's validation metrics (without validation:
+    the last epoch's training metrics).
 
     Under torchrun every rank trains its share of each batch through DistributedDataParallel; metrics
     are gathered over all ranks, and only rank 0 logs and writes files.
@@ -480,7 +484,8 @@ def fit(task: Task, settings: TrainSettings, run_dir: Path, *, kind: str, resume
             break
     best = load_checkpoint(run.run_dir / "best.pt", kind)
     run.model.load_state_dict(best["model"])  # leave the caller with the best weights
-    return {"best_epoch": run.state["best_epoch"], "precision": run.precision, **best["metrics"]}
+    result = {"precision": run.precision, **best["metrics"]}
+    return result if task.val_batches is None else {"best_epoch": run.state["best_epoch"], **result}
 
 
 def quiet(message: str) -> None:
@@ -574,7 +579,9 @@ def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
 
 
 def _validate(run: _Run) -> dict[str, float]:
-    """The task's scores over the whole validation set (every rank's share, gathered)."""
+    """The task's scores over the whole validation set (every rank's share, gathered); none without one."""
+    if run.task.val_batches is None:
+        return {}
     parts = gather(run.world, predict_probs(run.evaluated, run.task.val_batches(run.world.rank, run.world.size),
                                             run.device, run.precision, desc="validate"))
     return run.task.score(np.concatenate([p[1] for p in parts]), np.concatenate([p[0] for p in parts]))
@@ -597,7 +604,8 @@ def _replan(run: _Run, epoch_seconds: list[float]) -> None:
 
 
 def _finish_epoch(run: _Run, epoch: int, train: dict[str, Any], val: dict[str, float]) -> None:
-    """Keep score, log the epoch, append its metrics row and write its checkpoints (best when improved)."""
+    """Keep score, log the epoch, append its metrics row and write its checkpoints (best when improved;
+    without validation, every epoch: the last one is the model)."""
     state, metric = run.state, run.task.main_metric
     # Against the rounded targets: a distilled student's are soft probabilities.
     train_scores = run.task.score((train["labels"] >= 0.5).astype(np.float32), train["probs"])
@@ -605,14 +613,15 @@ def _finish_epoch(run: _Run, epoch: int, train: dict[str, Any], val: dict[str, f
            **{f"train_{k}": v for k, v in train_scores.items() if k != "loss"},
            **{f"val_{k}": v for k, v in val.items()},
            "seconds": round(train["seconds"], 2), "per_s": round(train["per_s"], 1)}
-    improved = val[metric] > state["best"]
+    improved = not val or val[metric] > state["best"]
     state.update(epoch=epoch, bad_epochs=0 if improved else state["bad_epochs"] + 1)
     if run.average is not None:
         state["average_steps"] = run.average.steps
     if improved:
-        state.update(best=val[metric], best_epoch=epoch)
-    run.log(f"epoch {epoch:3d}/{state['epochs']}  loss {train['loss']:.4f}  val_loss {val['loss']:.4f}  "
-            f"val_{metric} {val[metric]:.4f}{' *' if improved else ''}  "
+        state.update(best=val.get(metric, state["best"]), best_epoch=epoch)
+    scores = (f"val_loss {val['loss']:.4f}  val_{metric} {val[metric]:.4f}{' *' if improved else ''}" if val
+              else f"train_{metric} {row.get(f'train_{metric}', math.nan):.4f}")
+    run.log(f"epoch {epoch:3d}/{state['epochs']}  loss {train['loss']:.4f}  {scores}  "
             f"{train['per_s']:.0f}/s  {train['seconds']:.0f}s")
     rng = gather(run.world, rng_state())  # every rank's generators, so each resumes with its own
     if run.world.main:

@@ -82,6 +82,10 @@ class HistoSettings:
     val_split: str = setting("random", choices=("random", "valid"),
                              help="random: a stratified split of the training patches; valid: PatchCamelyon's "
                                   "slide-disjoint one (train takes it whenever the folder has it)")
+    # The final model of a chosen recipe: its schedule on every labelled patch, its last epoch kept (refit.py).
+    refit: bool = setting(False, action=argparse.BooleanOptionalAction,
+                          help="train on every labelled patch (no validation split) and keep the last epoch; the "
+                               "schedule: the epochs the --config run trained, or --epochs / --time-budget")
     # Kaggle / PCam: Camelyon16 at 10x; slides are read at it
     mpp: float = setting(KAGGLE_MPP, help=f"µm per pixel of the training patches ({KAGGLE_MPP}: Kaggle / PCam); "
                                           "`histo slide` reads slides at it")

@@ -83,7 +83,8 @@ def score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
 # ---------------------------------------------------------------- train
 
 def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *, resume: bool = False,
-          overwrite: bool = False, repack: bool = False, log=print) -> dict:
+          overwrite: bool = False, repack: bool = False, schedule_from: str | None = None, log=print) -> dict:
+    """Train a run into `run_dir`. `schedule_from`: a refit's record of the run whose trained epochs it copied."""
     run_dir = Path(run_dir)
     # rank 0 alone judges the folder (under torchrun the others follow it)
     runs.claim(run_dir, resume=resume or not engine.join_world(settings.device).main, overwrite=overwrite)
@@ -92,6 +93,7 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         saved, where = runs.open_run(run_dir, KIND), run_dir / runs.SETTINGS
         histo = engine.settings_from(HistoSettings, saved.settings, where)
         settings = engine.settings_from(engine.TrainSettings, {**saved.train, "device": settings.device}, where)
+        schedule_from = json.loads(where.read_text()).get("task", {}).get("schedule_from")
     engine.seed_everything(settings.seed)
     world = engine.join_world(settings.device)
     log = log if world.main else engine.quiet
@@ -100,7 +102,7 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
     packed = engine.node_first(world, lambda: pack_folder(Path(histo.data), pack_root=_root(histo),
                                                           skip_bad=histo.skip_bad, progress=world.local_rank == 0,
                                                           repack=repack and world.local_rank == 0))
-    if not resume and "valid" in packed and packed["valid"].labelled:
+    if not resume and not histo.refit and "valid" in packed and packed["valid"].labelled:
         histo = replace(histo, val_split="valid")
     data, train_rows, val_data, val_rows = _split(packed, histo, settings.seed)
     device = engine.pick_device(settings.device, world)
@@ -112,13 +114,15 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         compiled.compile_in_place(model)
     augment = Augment(histo.crop_jitter, histo.colour_jitter, histo.rescan) if histo.augment else None
     bs = settings.batch_size
-    log(f"{len(train_rows)} training and {len(val_rows)} validation patches "
-        f"({'PatchCamelyon valid split' if histo.val_split == 'valid' else 'random split'}); model {histo.model} "
+    split = ("refit: every labelled patch, no validation" if histo.refit else
+             "PatchCamelyon valid split" if histo.val_split == "valid" else "random split")
+    log(f"{len(train_rows)} training and {len(val_rows)} validation patches ({split}); model {histo.model} "
         f"({count_parameters(model):,} parameters), crop {histo.crop}, device {device}"
         f"{', compiled (the first steps take longer)' if histo.compile else ''}")
     run_dir.mkdir(parents=True, exist_ok=True)
     if world.main:
-        write_folds(run_dir, val_data.ids[val_rows])
+        if not histo.refit:  # a refit has no validation split
+            write_folds(run_dir, val_data.ids[val_rows])
         if (data.path / "skipped.txt").exists():  # provenance: what this run was trained without
             shutil.copyfile(data.path / "skipped.txt", run_dir / "skipped.txt")
 
@@ -127,17 +131,20 @@ def train(histo: HistoSettings, settings: engine.TrainSettings, run_dir: Path, *
         train_batches=lambda epoch, rank, world: iterate_batches(
             data, train_rows, bs, device, histo.crop, seed=settings.seed * 100_003 + epoch, augment=augment,
             drop_last=True, shard=(rank, world), model=histo.model, mixup=histo.mixup, targets=targets),
-        val_batches=lambda rank, world: iterate_batches(val_data, val_rows[rank::world], bs * 2, device, histo.crop,
-                                                        model=histo.model),
+        val_batches=None if histo.refit else lambda rank, world: iterate_batches(
+            val_data, val_rows[rank::world], bs * 2, device, histo.crop, model=histo.model),
         score=score, main_metric="auc",
         steps_per_epoch=lambda world: engine.shard_steps(len(train_rows), bs, world, drop_last=True),
-        settings={"histo": asdict(histo), "val_size": len(val_rows), "train_size": len(train_rows)},
+        settings={"histo": asdict(histo), "val_size": len(val_rows), "train_size": len(train_rows),
+                  **({"schedule_from": schedule_from} if histo.refit else {})},
     )
     if histo.compile:
         settings = compiled.warm_up(task, settings, device, log)
     result = engine.fit(task, settings, run_dir, kind=KIND, resume=resume, log=log)
     if world.main:
-        files.write_text_atomic(run_dir / runs.SUMMARY, json.dumps({"model": histo.model, **result}, indent=2))
+        refit = {"refit": True, "schedule_from": schedule_from} if histo.refit else {}
+        files.write_text_atomic(run_dir / runs.SUMMARY, json.dumps({"model": histo.model, **refit, **result},
+                                                                   indent=2))
         plots.training_curves(run_dir / "metrics.csv", run_dir / "history.png",
                               [("loss", "loss"), ("auc", "ROC AUC")])
     return result
@@ -166,9 +173,13 @@ def teacher_targets(histo: HistoSettings, data: PackedSet, train_rows: np.ndarra
     The teacher must not have trained on this run's validation patches, or validation would flatter the student:
     it must be a run on the same data and split (same --seed and --val-fraction)."""
     teacher = runs.open_run(Path(histo.teacher), KIND)
+    if not histo.refit and any(r.settings.get("refit") for r in teacher.runs()):
+        raise BadInput(f"{teacher.path}: a refit teacher trained on every patch, this run's validation patches too; "
+                       "distil from a run trained with a validation split (or train this one with --refit)")
     # Eager, whatever backends.json holds: a resumed run labels again and must train on the very same targets.
     predictor = load_run(teacher, str(device), backend="eager")
-    if predictor.settings.data != histo.data or set(teacher.validation_ids()) != set(val_ids):
+    # A refit student has no validation patches the teacher could have seen.
+    if predictor.settings.data != histo.data or not histo.refit and set(teacher.validation_ids()) != set(val_ids):
         raise BadInput(f"{teacher}: the teacher was trained on another split (data {predictor.settings.data}); "
                        "it would have seen this run's validation patches. Train the student with the teacher's "
                        "--data, --seed and --val-fraction")
@@ -179,10 +190,13 @@ def teacher_targets(histo: HistoSettings, data: PackedSet, train_rows: np.ndarra
 
 
 def _split(packed: dict[str, PackedSet], histo: HistoSettings, seed: int):
-    """(training pack, its rows, validation pack, its rows), as `histo.val_split` says."""
+    """(training pack, its rows, validation pack, its rows), as `histo.val_split` says; a refit trains on every
+    row of the training pack and has no validation rows."""
     if "train" not in packed or not packed["train"].labelled:
         raise DataError(f"{histo.data}: no labelled training set (train/ with train_labels.csv, or PCam train split)")
     data = packed["train"]
+    if histo.refit:
+        return data, np.arange(len(data)), data, np.zeros(0, dtype=np.int64)
     if histo.val_split == "valid":
         if "valid" not in packed or not packed["valid"].labelled:
             raise DataError(f"{histo.data}: the run validates on PatchCamelyon's valid split, which is not there")
@@ -204,6 +218,8 @@ def write_folds(run_dir: Path, val_ids: np.ndarray) -> None:
 
 def validation_rows(run: runs.Run, histo: HistoSettings) -> tuple[PackedSet, np.ndarray]:
     """The run's own validation split: its pack and the rows of its validation ids, every one of them."""
+    if histo.refit:
+        raise BadInput(f"{run.path}: a refit run has no validation split; give --data")
     packed = pack_folder(Path(histo.data), pack_root=_root(histo), skip_bad=histo.skip_bad)
     data = packed["valid" if histo.val_split == "valid" else "train"]
     wanted = set(run.validation_ids())
@@ -223,6 +239,9 @@ def build_ensemble(members: list[Path], out: Path, *, tta: bool = False, device:
         run = runs.open_run(path, KIND)
         if run.is_ensemble:
             return run.validation_predictions()
+        if run.settings.get("refit"):
+            raise BadInput(f"{path}: a refit run has no validation split to calibrate an ensemble on; ensemble runs "
+                           "trained with one")
         predictor = load_run(run, device)
         data, rows = validation_rows(run, predictor.settings)
         return data.ids[rows], data.labels[rows].astype(np.float32), predictor.predict_pack(data, rows, tta)

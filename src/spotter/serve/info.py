@@ -15,7 +15,7 @@ SHOWN_SETTINGS = {
     "train": ("epochs", "batch_size", "lr", "weight_decay", "time_budget_min", "patience", "seed", "device",
               "precision", "ema"),
     "histo": ("model", "crop", "crop_jitter", "colour_jitter", "mixup", "soft_weight", "val_fraction", "skip_bad",
-              "augment", "compile", "val_split", "mpp"),
+              "augment", "compile", "val_split", "mpp", "refit"),
     "tweets": ("model", "folds", "val_fraction", "resolve_duplicates", "skip_bad", "unfreeze_epoch", "encoder",
                "pooling", "max_tokens", "fold_groups", "keyword", "soft_weight", "transfer_copies"),
 }
@@ -43,8 +43,8 @@ def model_info(name: str, task: str, run: runs.Run, predictor) -> dict:
             report = _read_json(run.path / file)
             if report and "validation split" in str(report.get("data", "")):
                 info["validation"][f"auc_{key}"] = report["auc"]
-        if (run.path / "metrics.csv").exists():
-            metrics = pd.read_csv(run.path / "metrics.csv")
+        metrics = pd.read_csv(run.path / "metrics.csv") if (run.path / "metrics.csv").exists() else None
+        if metrics is not None and "val_auc" in metrics:  # a refit run has no validation
             best = metrics.loc[metrics["val_auc"].idxmax()]
             info["validation"].setdefault("auc", float(best["val_auc"]))
             info["validation"]["best_epoch"] = int(best["epoch"])
