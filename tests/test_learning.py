@@ -8,6 +8,7 @@ import pytest
 
 from spotter import demo
 from spotter.cli import main
+from spotter.tweets.predictor import load_run
 
 import conftest
 
@@ -87,6 +88,13 @@ def test_default_tweets_recipe_learns_real_tweets(tmp_path, own_cache):
     assert summary["model"] == "blend-minilm" and summary["encoder"]["name"] == "minilm"
     assert summary["auc"] > 0.7 and summary["f1"] > 0.55, summary
     assert sorted(p.name for p in (run / "fold0").iterdir()) == ["bigru", "minilm", "tfidf", "val_probs.npy"]
+    # The shipped predictor averages the three members; explanations come from the two that have word attributions.
+    predictor = load_run(run, "cpu")
+    probs = predictor.predict_proba(["forest fire near la ronge", "i love my cat"], ["wildfire", ""])
+    assert probs.shape == (2,) and ((0 < probs) & (probs < 1)).all()
+    explained = predictor.explain(["forest fire near la ronge"], ["wildfire"])[0]
+    assert [w["text"] for w in explained["words"]] == "forest fire near la ronge".split()
+    assert "MiniLM member has no word attributions" in explained["method"]
 
 
 def test_ci_fails_loudly_without_the_shared_data(monkeypatch, tmp_path):
