@@ -11,7 +11,7 @@ import torch
 from spotter import cli, config, engine
 from spotter.cli import main
 from spotter.histo.settings import HistoSettings, train_defaults as histo_defaults
-from spotter.tweets import adapters
+from spotter.tweets import adapters, settings as tweet_settings
 from spotter.tweets.settings import MODEL_NAMES, TweetSettings
 
 import conftest
@@ -98,6 +98,18 @@ def test_model_defaults_apply_unless_a_flag_is_given():
 
 def test_tweet_model_names_match_the_registry():
     assert MODEL_NAMES == tuple(adapters.MODELS)
+
+
+def test_tweets_default_falls_back_to_blend_without_minilm(monkeypatch):
+    """The default adds frozen MiniLM embeddings to the blend; without the pretrained extra it is the plain blend,
+    and says so."""
+    said = []
+    assert tweet_settings.default_model(log=said.append) == "blend-minilm" and not said
+    monkeypatch.setattr(tweet_settings.extras, "installed", lambda extra, *modules: False)
+    assert tweet_settings.default_model(log=said.append) == "blend"
+    assert "MiniLM is not installed" in said[0] and "pip install" in said[0]
+    settings, train = tweets_settings()
+    assert settings.model == "blend" and train.epochs == adapters.RNN_DEFAULTS["epochs"]
 
 
 def test_data_is_required_without_config(tmp_path, capsys):

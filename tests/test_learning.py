@@ -8,6 +8,7 @@ import pytest
 
 from spotter import demo
 from spotter.cli import main
+from spotter.tweets.predictor import load_run
 
 import conftest
 
@@ -73,6 +74,27 @@ def test_tweets_learn_real_tweets(tmp_path):
     assert main(["tweets", "train", "--data", data, "--out", run, "--model", "tfidf", "--folds", "3"]) == 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["auc"] > 0.78 and summary["f1"] > 0.6, summary
+
+
+def test_default_tweets_recipe_learns_real_tweets(tmp_path, own_cache):
+    """`tweets train` with no --model (blend-minilm where MiniLM is installed: BiGRU, TF-IDF and a logistic
+    regression on frozen MiniLM embeddings) learns 400 real tweets in 2 folds and 2 epochs: out-of-fold AUC
+    0.77 when written; random weights score 0.5 +- 0.03 here."""
+    data = conftest.tweets_slice(tmp_path / "tweets", 400, n_test=1)
+    run = tmp_path / "run"
+    assert main(["tweets", "train", "--data", data, "--out", run, "--folds", "2", "--epochs", "2",
+                 "--device", "cpu"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["model"] == "blend-minilm" and summary["encoder"]["name"] == "minilm"
+    assert summary["auc"] > 0.7 and summary["f1"] > 0.55, summary
+    assert sorted(p.name for p in (run / "fold0").iterdir()) == ["bigru", "minilm", "tfidf", "val_probs.npy"]
+    # The shipped predictor averages the three members; explanations come from the two that have word attributions.
+    predictor = load_run(run, "cpu")
+    probs = predictor.predict_proba(["forest fire near la ronge", "i love my cat"], ["wildfire", ""])
+    assert probs.shape == (2,) and ((0 < probs) & (probs < 1)).all()
+    explained = predictor.explain(["forest fire near la ronge"], ["wildfire"])[0]
+    assert [w["text"] for w in explained["words"]] == "forest fire near la ronge".split()
+    assert "MiniLM member has no word attributions" in explained["method"]
 
 
 def test_ci_fails_loudly_without_the_shared_data(monkeypatch, tmp_path):

@@ -16,7 +16,7 @@ import torch
 
 from .. import engine, explain, plots
 from ..metrics import best_f1_threshold, binary_report, log_loss
-from . import distil, encoders, minilm, tfidf
+from . import distil, encoders, minilm, sentence_lr, tfidf
 from .attributions import minilm_attributions, rnn_attributions
 from .embeddings import coverage, embedding_matrix, load_glove
 from .models import RNN_MODELS, create_rnn
@@ -24,7 +24,6 @@ from .text import Corpus, NormaliseOptions, Vocabulary, encode_texts, tokenize
 
 KIND = "tweets"
 RNN_DEFAULTS = {"epochs": 12, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.01, "patience": 3}
-
 
 
 @dataclass
@@ -351,7 +350,38 @@ class FrozenMiniLMModel(TweetModel):
         return FoldModel(predict)  # sentence vectors are cached whole: no word attributions
 
 
-# ---------------------------------------------------------------- blend: BiGRU and TF-IDF, per fold
+class MiniLMLogistic(TweetModel):
+    """`blend-minilm`'s third member: each tweet embedded once by the frozen MiniLM (cached, as for
+    `minilm-frozen`), a logistic regression per fold (sentence_lr.py). No engine, no epochs."""
+
+    def __init__(self, settings, train=None):
+        super().__init__(settings, train)
+        self.embedder: minilm.SentenceEncoder | None = None  # loaded with the first fold, for prediction
+
+    def prepare(self, corpus, device, log):
+        world = engine.join_world(self.train.device)
+        self.encoder = encoders.describe("minilm")
+        self.vectors = engine.node_first(world, lambda: minilm.sentence_embeddings(corpus.texts, corpus.keywords,
+                                                                                  device, log=log))
+        return {"encoder": self.encoder}
+
+    def fit_fold(self, corpus, fold_dir, train_rows, val_rows, *, resume, log, soft=None):
+        world = engine.join_world(self.train.device)
+        return sentence_lr.train_fold(fold_dir, self.vectors, corpus.targets, train_rows, val_rows, self.encoder,
+                                      seed=self.train.seed, write=world.main)
+
+    def inputs(self, corpus, device):
+        return self.embedder(corpus.texts, corpus.keywords)
+
+    def load_fold(self, fold_dir, device):
+        fold = sentence_lr.load_fold(fold_dir)
+        encoders.check_same(fold.encoder, fold_dir)
+        if self.embedder is None:  # one MiniLM for every fold
+            self.embedder = minilm.SentenceEncoder(device)
+        return FoldModel(fold.predict)  # one vector per tweet: no word attributions
+
+
+# ---------------------------------------------------------------- blends: models per fold, averaged
 
 class BlendModel(TweetModel):
     """`blend`: in each fold the BiGRU (distilled when the run has a teacher) and TF-IDF models are trained side
@@ -359,10 +389,15 @@ class BlendModel(TweetModel):
     to beat either alone (README); explanations are the mean of the two models' word attributions (both in
     logit units)."""
 
+    members = ("bigru", "tfidf")
+    method = "mean of the BiGRU's integrated gradients and TF-IDF's linear contributions"
+
     def __init__(self, settings, train=None):
         super().__init__(settings, train)
-        self.parts = {"bigru": GloveRNN(replace(settings, model="bigru"), train),
-                      "tfidf": TfidfModel(replace(settings, model="tfidf", teacher=None), train)}
+        makers = {"bigru": lambda: GloveRNN(replace(settings, model="bigru"), train),
+                  "tfidf": lambda: TfidfModel(replace(settings, model="tfidf", teacher=None), train),
+                  "minilm": lambda: MiniLMLogistic(replace(settings, teacher=None), train)}
+        self.parts = {name: makers[name]() for name in self.members}
 
     def prepare(self, corpus, device, log):
         return {k: v for part in self.parts.values() for k, v in part.prepare(corpus, device, log).items()}
@@ -377,18 +412,29 @@ class BlendModel(TweetModel):
 
     def load_fold(self, fold_dir, device):
         folds = {name: part.load_fold(fold_dir / name, device) for name, part in self.parts.items()}
+        explained = [fold for fold in folds.values() if fold.explain is not None]
 
         def attributions(text: str, keyword: str, options) -> dict:
-            mean = explain.mean_explanations([fold.explain(text, keyword, options) for fold in folds.values()])
-            return {**mean, "method": "mean of the BiGRU's integrated gradients and TF-IDF's linear contributions"}
+            mean = explain.mean_explanations([fold.explain(text, keyword, options) for fold in explained])
+            return {**mean, "method": self.method}
 
         return FoldModel(lambda inputs: np.mean([fold(inputs[name]) for name, fold in folds.items()], axis=0),
                          attributions)
 
 
-MODELS: dict[str, type[TweetModel]] = {"blend": BlendModel, "bigru": GloveRNN, "seed-gru": GloveRNN, "tfidf": TfidfModel,
-                                       "minilm": TransformerModel, "transformer": TransformerModel,
-                                       "minilm-frozen": FrozenMiniLMModel}
+class MiniLMBlendModel(BlendModel):
+    """`blend-minilm`, the default where MiniLM is installed: `blend` plus a logistic regression on frozen MiniLM
+    sentence embeddings (in each fold's `minilm/`), the three probabilities averaged with equal weights (nothing
+    is tuned on a fold's validation rows). Explanations: the BiGRU's and TF-IDF's, as `blend`'s; the MiniLM
+    member has none (one vector per tweet)."""
+
+    members = ("bigru", "tfidf", "minilm")
+    method = BlendModel.method + " (the MiniLM member has no word attributions)"
+
+
+MODELS: dict[str, type[TweetModel]] = {"blend-minilm": MiniLMBlendModel, "blend": BlendModel, "bigru": GloveRNN,
+                                       "seed-gru": GloveRNN, "tfidf": TfidfModel, "minilm": TransformerModel,
+                                       "transformer": TransformerModel, "minilm-frozen": FrozenMiniLMModel}
 
 
 def create(settings, train: engine.TrainSettings | None = None) -> TweetModel:

@@ -174,22 +174,34 @@ def cache_key(texts: list[str], keywords: list[str]) -> str:
     return h.hexdigest()[:24]
 
 
-@torch.no_grad()
+class SentenceEncoder:
+    """The frozen MiniLM, loaded once, turning (tweet, keyword) pairs into mean-pooled sentence embeddings
+    (all-MiniLM-L6-v2's own sentence vectors)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.encoder = load_encoder().to(device).eval()
+        self.tokenizer = load_tokenizer()
+
+    @torch.no_grad()
+    def __call__(self, texts: list[str], keywords: list[str], batch_size: int = 256) -> np.ndarray:
+        order, sorted_data = tokenize_pairs(self.tokenizer, texts, keywords).by_length()
+        out = np.empty((len(texts), self.encoder.config.hidden_size), np.float32)
+        parts = [mean_pool(encode(self.encoder, ids, mask, segments), mask).float().cpu().numpy()
+                 for (ids, mask, segments), _ in iterate_batches(sorted_data, batch_size, self.device)]
+        if parts:
+            out[order] = np.concatenate(parts)
+        return out
+
+
 def sentence_embeddings(texts: list[str], keywords: list[str], device: torch.device, batch_size: int = 256,
                         log=print) -> np.ndarray:
     """Mean-pooled MiniLM embeddings of each (tweet, keyword) pair, cached on disk (see `cache_key`)."""
     path = files.cache_dir("minilm") / f"{cache_key(texts, keywords)}.npy"
     if path.exists():
         return np.load(path)
-    encoder = load_encoder().to(device).eval()
-    order, sorted_data = tokenize_pairs(load_tokenizer(), texts, keywords).by_length()
-    parts = []
     log(f"embedding {len(texts)} tweets with MiniLM (cached for later runs)")
-    for (ids, mask, segments), _ in iterate_batches(sorted_data, batch_size, device):
-        hidden = encode(encoder, ids, mask, segments)
-        parts.append(mean_pool(hidden, mask).float().cpu().numpy())
-    out = np.empty((len(texts), encoder.config.hidden_size), np.float32)
-    out[order] = np.concatenate(parts)
+    out = SentenceEncoder(device)(texts, keywords, batch_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     with files.atomic_path(path, suffix=".tmp.npy") as tmp:
         np.save(tmp, out)
