@@ -60,9 +60,9 @@ def model_info(name: str, task: str, run: runs.Run, predictor) -> dict:
                                    if k in v})
         if "f1_mean" in summary:
             info["validation"].update(f1_mean=summary["f1_mean"], f1_std=summary["f1_std"], folds=summary["folds"])
+        blend = "integrated gradients and exact contributions, averaged"  # MiniLM's member has no word attributions
         info["explanation"] = {"tfidf": "exact contributions", "minilm-frozen": None, "ensemble": None,
-                               "blend": "integrated gradients and exact contributions, averaged"}.get(
-            predictor.name, "integrated gradients")
+                               "blend": blend, "blend-minilm": blend}.get(predictor.name, "integrated gradients")
     return info
 
 
