@@ -329,10 +329,14 @@ def _run_histo(args: argparse.Namespace) -> None:
 
 
 def _run_tweets(args: argparse.Namespace) -> None:
-    from .tweets import task as tweets
+    from .tweets import refit, task as tweets
     if args.command == "train":
         settings, train = _settings(args, TweetSettings, tweets.KIND, tweets.train_defaults)
-        tweets.train(settings, train, args.out, resume=args.resume, overwrite=args.overwrite)
+        record = None
+        if not (args.resume and (args.out / runs.SETTINGS).exists()):  # a resumed run keeps its own
+            train, record = refit.schedule(settings, train, given=config.given(args, engine.TrainSettings),
+                                           config=args.config)
+        tweets.train(settings, train, args.out, resume=args.resume, overwrite=args.overwrite, refit_record=record)
     elif args.command == "evaluate":
         tweets.evaluate(args.run, args.csv, device=args.device, skip_bad=args.skip_bad)
     elif args.command == "predict":

@@ -63,7 +63,8 @@ class TweetModel:
 
     def fit_fold(self, corpus: Corpus, fold_dir: Path, train_rows: np.ndarray, val_rows: np.ndarray, *,
                  resume: bool, log, soft: Callable[[list[str], list[str]], np.ndarray] | None = None) -> np.ndarray:
-        """Train one fold into `fold_dir`; return the best model's probabilities for `val_rows`. `soft` (RNNs
+        """Train one fold into `fold_dir`; return the best model's probabilities for `val_rows` (none: a refit on
+        every row, the last epoch kept). `soft` (RNNs
         only) gives a teacher's probabilities for raw tweets and keywords (distil.py)."""
         raise NotImplementedError
 
@@ -90,14 +91,18 @@ class TweetModel:
         def val_batches(rank: int, world_size: int):
             return batches(val_data, 256, device, shard=(rank, world_size))
 
+        refit = n_val == 0  # every labelled row trains: no validation, the last epoch is the model
         task = engine.Task(
-            model=model, train_batches=train_batches, val_batches=val_batches, score=score, main_metric="auc",
+            model=model, train_batches=train_batches, val_batches=None if refit else val_batches, score=score,
+            main_metric="auc",
             steps_per_epoch=lambda world_size: engine.shard_steps(n_train, train.batch_size, world_size),
             settings={"tweets": asdict(self.settings), "val_size": n_val, "train_size": n_train}, **task_options)
         fitted = engine.fit(task, train, fold_dir, kind=KIND, resume=resume, log=log)
         if world.main:
             plots.training_curves(fold_dir / "metrics.csv", fold_dir / "history.png",
                                   [("loss", "loss"), ("auc", "ROC AUC"), ("f1", "F1 at 0.5")])
+        if refit:
+            return np.zeros(0)
         # The validation predictions in the precision the fold was trained and validated in.
         probs, _ = engine.predict_probs(model, val_batches(0, 1), device, fitted["precision"])  # every rank, in order
         return probs
@@ -176,7 +181,7 @@ class GloveRNN(TweetModel):
         length = self.network.sequence_length
         train_data = encode(tokens, keywords, vocab, keyword_list, length, targets)
         val_data = encode([corpus.tokens[i] for i in val_rows], [corpus.keywords[i] for i in val_rows], vocab,
-                          keyword_list, length, corpus.targets[val_rows])
+                          keyword_list, length, corpus.targets[val_rows]) if len(val_rows) else None
 
         def start_epoch(epoch: int) -> None:
             if self.settings.model != "seed-gru":  # the write-up's model keeps GloVe frozen

@@ -102,6 +102,9 @@ class Teacher:
         if run.is_ensemble:
             raise BadInput(f"{run_dir}: an ensemble cannot teach (its members' folds are not one model's); "
                            "use one of its runs")
+        if run.summary.get("refit"):
+            raise BadInput(f"{run_dir}: a refit run has no folds to teach fold by fold (it saw every tweet); use "
+                           f"the cross-validated run it was refitted from ({run.summary.get('threshold_from')})")
         teacher_settings, teacher_train = run_settings(run)
         teacher_rows, _ = training_rows(teacher_settings)
         if teacher_rows["text"].tolist() != list(texts):

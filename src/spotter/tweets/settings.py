@@ -2,6 +2,7 @@
 generated from them: config.py)."""
 from __future__ import annotations
 
+import argparse
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 from pathlib import Path
@@ -64,6 +65,11 @@ class TweetSettings:
                                help="texts that count as the same tweet, kept in one fold: normalised (differing "
                                     "only in links or @mentions) or raw (runs made before this setting)")
     keyword: bool = setting(True, flag="--no-keyword", help="ignore Kaggle's keyword column (text only)")
+    # The final model of a chosen recipe: every labelled tweet, the --config run's schedule and threshold (refit.py).
+    refit: bool = setting(False, action=argparse.BooleanOptionalAction,
+                          help="train one model (per blend member) on every labelled tweet, no validation; needs "
+                               "--config RUN: its out-of-fold threshold, and the median of its folds' best epochs "
+                               "(or --epochs N)")
     # Distillation (RNNs): a finished run on the same folds whose soft probabilities the student learns,
     # mixed with the hard labels at `soft_weight`, on the training tweets plus `transfer_copies` augmented
     # copies of each (labelled by the teacher alone). See distil.py.
@@ -96,6 +102,8 @@ class TweetSettings:
             if self.model not in ("blend-minilm", "blend", "bigru", "seed-gru"):
                 raise BadInput(f"--teacher distils into an RNN (the blends' BiGRU, bigru, seed-gru), not {self.model}")
             self.teacher = str(Path(self.teacher).resolve())
+        if self.refit and self.teacher:
+            raise BadInput("--teacher distils fold by fold on the teacher's folds, and --refit has no folds")
         if not 0 <= self.soft_weight <= 1:
             raise BadInput(f"soft_weight must be between 0 and 1, got {self.soft_weight}")
         if self.transfer_copies < 0:

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 
 from .. import engine, ensemble, files, plots, runs
+from ..errors import BadInput
 from ..metrics import (best_f1_threshold, binary_report, confusion_text, cross_fitted_decisions, f1_score,
                        interval_text, intervals, roc_auc)
-from . import adapters
+from . import adapters, refit
 from .adapters import score
 from .data import corpus_of, fold_splits, training_rows
 from .predictor import Teacher, TweetsPredictor, load_run, run_settings
@@ -37,14 +38,18 @@ def train_defaults(model: str) -> dict:
 # ---------------------------------------------------------------- train
 
 def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir: Path, *, resume: bool = False,
-          overwrite: bool = False, log=print) -> dict:
+          overwrite: bool = False, refit_record: dict | None = None, log=print) -> dict:
     """Train every fold of `settings.model` into `run_dir`, then tune the F1 threshold on the out-of-fold
-    predictions and write summary.json, validation_predictions.csv and precision_recall.png."""
+    predictions and write summary.json, validation_predictions.csv and precision_recall.png. A refit
+    (`settings.refit`; `refit_record` from refit.schedule) trains one model on every row instead."""
     run_dir = Path(run_dir)
     # rank 0 alone judges the folder (under torchrun the others follow it)
     runs.claim(run_dir, resume=resume or not engine.join_world(train_settings.device).main, overwrite=overwrite)
     if resume and ((run_dir / runs.SETTINGS).exists() or (run_dir / "run.json").exists()):
         settings, train_settings = run_settings(runs.open_run(run_dir, KIND), train_settings.device)
+        refit_record = refit.saved_record(run_dir)
+    if settings.refit:
+        return _train_refit(settings, train_settings, run_dir, refit_record, resume=resume, log=log)
     engine.seed_everything(train_settings.seed)
     world = engine.join_world(train_settings.device)
     log = log if world.main else engine.quiet  # under torchrun every rank runs this; rank 0 speaks and writes
@@ -93,6 +98,42 @@ def train(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir
         f"threshold tuned without it; per fold {summary['f1_mean']:.4f} ± {summary['f1_std']:.4f}), "
         f"AUC {summary['auc']:.4f} {interval_text(summary['auc_ci95'])}; threshold {summary['threshold']:.3f}; "
         f"{summary['seconds']:.0f} s")
+    return summary
+
+
+def _train_refit(settings: TweetSettings, train_settings: engine.TrainSettings, run_dir: Path, record: dict, *,
+                 resume: bool, log) -> dict:
+    """One model (per blend member) on every labelled tweet, in `fold0/` (what predictors load), for the epochs
+    and at the threshold of `record` (refit.py); no validation, so no scores and no validation predictions."""
+    if not record:
+        raise BadInput(refit.NEEDS_CONFIG)
+    engine.seed_everything(train_settings.seed)
+    world = engine.join_world(train_settings.device)
+    log = log if world.main else engine.quiet
+    engine.check_shared_folder(world, run_dir)
+    start = time.perf_counter()
+    df, changed = _training_rows(settings, run_dir, world, log)
+    corpus = corpus_of(df, settings)
+    if world.main:
+        files.write_text_atomic(run_dir / runs.SETTINGS, json.dumps(
+            {"train": asdict(train_settings), "task": {KIND: asdict(settings)}, "refit": record}, indent=2))
+    model = adapters.create(settings, train_settings)
+    facts = model.prepare(corpus, engine.pick_device(train_settings.device, world), log)
+    epochs = f"{record['epochs']} epochs" + (f" (median of {record['fold_best_epochs']})"
+                                             if record["schedule_from"] else "")
+    log(f"refit: {len(df)} training tweets, no validation; {epochs}; threshold {record['threshold']:.3f} from "
+        f"{record['threshold_from']}")
+    engine.seed_everything(train_settings.seed * 1000)  # fold 0's seed
+    model.fit_fold(corpus, run_dir / "fold0", np.arange(len(df)), np.zeros(0, np.int64), resume=resume, log=log)
+    summary = {"model": settings.model, **record, "folds": 1, "tweets": len(df), "relabelled_duplicates": changed,
+               "glove_coverage": None, **facts, "seconds": round(time.perf_counter() - start, 1),
+               "tuned_on": {"threshold": record["threshold_source"],
+                            "shipped_model": "one model trained on every labelled tweet; no number here scores it "
+                                             "(scripts/tweets_holdout.py --refit does, on a hold-out)"}}
+    if world.main:
+        files.write_text_atomic(run_dir / runs.SUMMARY, json.dumps(summary, indent=2))
+    log(f"{settings.model}: refitted on {len(df)} tweets in {summary['seconds']:.0f} s; threshold "
+        f"{record['threshold']:.3f}")
     return summary
 
 
@@ -154,6 +195,8 @@ def _write_outputs(run_dir: Path, settings: TweetSettings, ids: pd.Series, targe
 def build_ensemble(members: list[Path], out: Path, *, overwrite: bool = False, log=print) -> dict:
     """Calibrate and average finished tweets runs or ensembles on their out-of-fold predictions (the members
     must share train.csv, seed and folds), and tune the F1 threshold of the average."""
+    for member in members:
+        refit.refuse(runs.open_run(member, KIND), "to calibrate an ensemble on")
     return ensemble.build(KIND, members, out, lambda m: runs.open_run(m, KIND).validation_predictions(), score,
                           "f1_best", threshold=best_f1_threshold, overwrite=overwrite, log=log)
 

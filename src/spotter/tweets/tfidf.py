@@ -51,6 +51,8 @@ def train_fold(fold_dir: Path, features: sp.csr_matrix, targets: np.ndarray, tra
                             "idf": torch.from_numpy(idf.astype(np.float32)),
                             "coef": torch.from_numpy(model.coef_[0].astype(np.float32)),
                             "intercept": float(model.intercept_[0])}, fold_dir / "best.pt")
+    if len(val_rows) == 0:  # a refit on every row
+        return np.zeros(0)
     return model.predict_proba(_tfidf(features[val_rows], idf))[:, 1]
 
 
