@@ -2,7 +2,7 @@
 trains on every labelled tweet (one model; for a blend, one per member), without validation or early stopping.
 
 Its schedule and threshold come from the validated run RUN: the RNN trains as many epochs as the median of RUN's
-folds' best epochs (each fold's epoch of highest validation AUC, in its metrics.csv), or `--epochs N`; the
+folds' best epochs, rounded up (each fold's epoch of highest validation AUC, in its metrics.csv), or `--epochs N`; the
 decision threshold is RUN's, tuned on its out-of-fold predictions (a refit has no held-out rows to tune one on).
 The run records both sources in settings.json and summary.json (`refit`).
 """
@@ -47,7 +47,7 @@ def validated_run(config: Path) -> runs.Run:
         raise BadInput(f"--config {run_dir}: not a finished run (no {runs.SUMMARY}); finish it with --resume")
     if run.summary.get("refit"):
         raise BadInput(f"--config {run_dir}: a refit run has no folds to copy a schedule and threshold from; "
-                       f"give the validated run it was refitted from ({run.summary.get('schedule_from')})")
+                       f"give the validated run it was refitted from ({run.summary.get('threshold_from')})")
     return run
 
 
