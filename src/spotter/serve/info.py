@@ -14,10 +14,10 @@ from .. import runs
 SHOWN_SETTINGS = {
     "train": ("epochs", "batch_size", "lr", "weight_decay", "time_budget_min", "patience", "seed", "device",
               "precision", "ema"),
-    "histo": ("model", "crop", "crop_jitter", "colour_jitter", "mixup", "soft_weight", "val_fraction", "skip_bad",
-              "augment", "compile", "val_split", "mpp", "refit"),
+    "histo": ("model", "crop", "rescan", "crop_jitter", "colour_jitter", "mixup", "soft_weight", "val_fraction",
+              "skip_bad", "augment", "compile", "val_split", "mpp", "refit"),
     "tweets": ("model", "folds", "val_fraction", "resolve_duplicates", "skip_bad", "unfreeze_epoch", "encoder",
-               "pooling", "max_tokens", "fold_groups", "keyword", "soft_weight", "transfer_copies"),
+               "pooling", "max_tokens", "fold_groups", "keyword", "soft_weight", "transfer_copies", "refit"),
 }
 
 
