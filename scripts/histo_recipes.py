@@ -97,7 +97,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/recipes"))
     parser.add_argument("--budget", type=float, default=15, help="minutes per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="one validation split per seed")
-    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES),
+                        help="none (the flag alone) with --holdout: only write the split")
     parser.add_argument("--holdout", type=Path, help="folder for the fixed hold-out split of --data (made once): "
                                                      "train on its develop/, report on its holdout/ too")
     args = parser.parse_args()
