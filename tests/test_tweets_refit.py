@@ -129,6 +129,8 @@ def test_refusals_are_one_line(data, validated, refitted, tmp_path, capsys):
     assert main(["tweets", "train", "--refit", "--config", validated, "--out", tmp_path / "d",
                  "--teacher", validated]) == 2
     one_line_error(capsys, "--refit has no folds")
+    assert main(["tweets", "errors", refitted, "--out", tmp_path / "e"]) == 2
+    one_line_error(capsys, "a refit run has no validation predictions")
     for name in "abcd":
         assert not (tmp_path / name).exists(), name
 

@@ -105,6 +105,9 @@ class Run:
         """(ids, labels, probabilities) of the validation predictions the run wrote."""
         path = self.path / PREDICTIONS
         if not path.exists():
+            if self.summary.get("refit"):  # trained on every row: nothing was held out to predict
+                raise RunError(f"{self.path}: a refit run has no validation predictions; score it on labelled data "
+                               "it never saw (--csv or --data)")
             raise RunError(f"{self.path}: no {PREDICTIONS}; is it a finished run?")
         table = pd.read_csv(path, dtype={"id": str})
         return table["id"].to_numpy(), table["target"].to_numpy(), table["prob"].to_numpy()
