@@ -59,12 +59,33 @@ def test_any_encoder_folder_trains_records_itself_and_refuses_another(kind, tmp_
     assert "trained with encoder" in capsys.readouterr().err
 
 
+def test_sentence_lr_on_any_encoder_caches_its_own_embeddings_and_refuses_another(tmp_path, own_cache, capsys):
+    data = conftest.tweets_slice(tmp_path / "tweets", 120, n_test=20)
+    folder = tiny_encoder(tmp_path / "encoder", "distilbert")
+    run = tmp_path / "run"
+    assert main(["tweets", "train", "--data", data, "--out", run, "--model", "sentence-lr", "--encoder", folder,
+                 "--folds", "2", "--device", "cpu"]) == 0
+    assert json.loads((run / "summary.json").read_text())["encoder"]["name"] == str(folder)
+    # The tiny encoder's 32-d vectors, under a key of their own (not the packaged MiniLM's).
+    cached = [np.load(path) for path in (own_cache / "minilm").glob("*.npy")]
+    assert [vectors.shape for vectors in cached] == [(120, 32)]
+
+    # predict embeds new tweets with the encoder the run recorded, and refuses once its weights changed..
+    out = tmp_path / "sub.csv"
+    assert main(["tweets", "predict", run, "--csv", data / "test.csv", "--out", out, "--proba"]) == 0
+    assert np.isfinite(pd.read_csv(out)["proba"]).all()
+    tiny_encoder(folder, "distilbert", seed=1)
+    capsys.readouterr()
+    assert main(["tweets", "predict", run, "--csv", data / "test.csv", "--out", out]) == 2
+    assert "trained with encoder" in capsys.readouterr().err
+
+
 def test_settings_refuse_mismatched_encoder_options():
     from spotter.tweets.task import TweetSettings
 
     with pytest.raises(ValueError, match="needs --encoder"):
         TweetSettings(model="transformer")
-    with pytest.raises(ValueError, match="goes with --model transformer"):
+    with pytest.raises(ValueError, match="goes with --model transformer or sentence-lr"):
         TweetSettings(model="bigru", encoder="mpnet")
     with pytest.raises(ValueError, match="neither a packaged name"):
         encoders.folder_of("/no/such/folder")

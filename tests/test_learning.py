@@ -46,7 +46,7 @@ def test_histo_models_learn_the_demo_data(demo_histo, tmp_path, model, extra):
                                                       marks=pytest.mark.slow),
                                          pytest.param("seed-gru", ["--epochs", "6", "--lr", "3e-3"],
                                                       marks=pytest.mark.slow),
-                                         ("tfidf", []),
+                                         ("tfidf", []), ("sentence-lr", []),
                                          pytest.param("minilm-frozen", ["--epochs", "10"], marks=pytest.mark.slow),
                                          pytest.param("minilm", ["--epochs", "1", "--batch-size", "16"],
                                                       marks=pytest.mark.slow)])

@@ -355,9 +355,10 @@ class FrozenMiniLMModel(TweetModel):
         return FoldModel(predict)  # sentence vectors are cached whole: no word attributions
 
 
-class MiniLMLogistic(TweetModel):
-    """`blend-minilm`'s third member: each tweet embedded once by the frozen MiniLM (cached, as for
-    `minilm-frozen`), a logistic regression per fold (sentence_lr.py). No engine, no epochs."""
+class SentenceLogistic(TweetModel):
+    """`sentence-lr` (and `blend-minilm`'s third member): each tweet embedded once by a frozen encoder
+    (`--encoder`, default MiniLM; cached, as for `minilm-frozen`), a logistic regression per fold
+    (sentence_lr.py). No engine, no epochs."""
 
     def __init__(self, settings, train=None):
         super().__init__(settings, train)
@@ -365,9 +366,9 @@ class MiniLMLogistic(TweetModel):
 
     def prepare(self, corpus, device, log):
         world = engine.join_world(self.train.device)
-        self.encoder = encoders.describe("minilm")
-        self.vectors = engine.node_first(world, lambda: minilm.sentence_embeddings(corpus.texts, corpus.keywords,
-                                                                                  device, log=log))
+        self.encoder = encoders.describe(self.settings.encoder or "minilm")
+        self.vectors = engine.node_first(world, lambda: minilm.sentence_embeddings(
+            corpus.texts, corpus.keywords, device, log=log, encoder=self.encoder))
         return {"encoder": self.encoder}
 
     def fit_fold(self, corpus, fold_dir, train_rows, val_rows, *, resume, log, soft=None):
@@ -380,9 +381,9 @@ class MiniLMLogistic(TweetModel):
 
     def load_fold(self, fold_dir, device):
         fold = sentence_lr.load_fold(fold_dir)
-        encoders.check_same(fold.encoder, fold_dir)
-        if self.embedder is None:  # one MiniLM for every fold
-            self.embedder = minilm.SentenceEncoder(device)
+        folder = encoders.check_same(fold.encoder, fold_dir)
+        if self.embedder is None:  # one encoder for every fold
+            self.embedder = minilm.SentenceEncoder(device, None if fold.encoder["name"] == "minilm" else folder)
         return FoldModel(fold.predict)  # one vector per tweet: no word attributions
 
 
@@ -401,7 +402,7 @@ class BlendModel(TweetModel):
         super().__init__(settings, train)
         makers = {"bigru": lambda: GloveRNN(replace(settings, model="bigru"), train),
                   "tfidf": lambda: TfidfModel(replace(settings, model="tfidf", teacher=None), train),
-                  "minilm": lambda: MiniLMLogistic(replace(settings, teacher=None), train)}
+                  "minilm": lambda: SentenceLogistic(replace(settings, teacher=None, encoder=None), train)}
         self.parts = {name: makers[name]() for name in self.members}
 
     def prepare(self, corpus, device, log):
@@ -439,7 +440,8 @@ class MiniLMBlendModel(BlendModel):
 
 MODELS: dict[str, type[TweetModel]] = {"blend-minilm": MiniLMBlendModel, "blend": BlendModel, "bigru": GloveRNN,
                                        "seed-gru": GloveRNN, "tfidf": TfidfModel, "minilm": TransformerModel,
-                                       "transformer": TransformerModel, "minilm-frozen": FrozenMiniLMModel}
+                                       "transformer": TransformerModel, "minilm-frozen": FrozenMiniLMModel,
+                                       "sentence-lr": SentenceLogistic}
 
 
 def create(settings, train: engine.TrainSettings | None = None) -> TweetModel:

