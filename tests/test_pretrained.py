@@ -212,6 +212,8 @@ def test_minilm_frozen_and_fine_tuned_then_ensembled(tweets_slice, tmp_path, own
                      "--proba"]) == 0
         members.append(pd.read_csv(tmp_path / f"{model}.csv")["proba"].to_numpy())
     assert np.allclose(sub["proba"], ensemble.combine(members, spec["calibration"]), atol=1e-4)
+    # Prediction embeds new tweets with the MiniLM loaded once and caches nothing.
+    assert list((own_cache / "minilm").glob("*.npy")) == cached
 
 
 def test_minilm_predictions_do_not_depend_on_batch_order(tweets_slice, tmp_path):

@@ -325,6 +325,10 @@ class FrozenMiniLMModel(TweetModel):
 
     defaults = {"epochs": 40, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.01, "patience": 6}
 
+    def __init__(self, settings, train=None):
+        super().__init__(settings, train)
+        self.embedder: minilm.SentenceEncoder | None = None  # loaded with the first fold, for prediction
+
     def prepare(self, corpus, device, log):
         # One rank per node embeds and writes the cache; the node's others read it.
         world = engine.join_world(self.train.device)
@@ -341,11 +345,13 @@ class FrozenMiniLMModel(TweetModel):
                                    resume=resume, log=log, precision="fp32")
 
     def inputs(self, corpus, device):
-        return minilm.sentence_embeddings(corpus.texts, corpus.keywords, device)
+        return self.embedder(corpus.texts, corpus.keywords)
 
     def load_fold(self, fold_dir, device):
         _, model, precision = _load_network(fold_dir, device, lambda ckpt: minilm.EmbeddingHead(
             ckpt["model"]["net.1.weight"].shape[1]))
+        if self.embedder is None:  # one MiniLM for every fold and every request; new tweets are not cached
+            self.embedder = minilm.SentenceEncoder(device)
 
         def predict(vectors: np.ndarray) -> np.ndarray:
             targets = np.zeros(len(vectors), np.float32)
