@@ -151,6 +151,24 @@ def test_tweets_run_kinds_agree_with_predict_everywhere(tweets_kinds, name, kind
         np.testing.assert_allclose([r["probability"] for r in answer.json()["results"]], probs[:10], atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["ens", "ens2"])
+def test_a_tweets_ensemble_also_scores_f1_at_thresholds_its_scored_fold_did_not_choose(tweets_kinds, name):
+    from spotter.metrics import best_f1_threshold, f1_score
+
+    root, _ = tweets_kinds
+    validation = json.loads((root / name / "summary.json").read_text())["validation"]
+    oof = pd.read_csv(root / name / "validation_predictions.csv", dtype={"id": str}).merge(
+        runs.open_run(root / name).folds(), on="id")
+    decisions = np.zeros(len(oof), bool)
+    for k in (0, 1):  # fold k cut at the best threshold of the other fold
+        other = oof[oof["fold"] != k]
+        cut, _ = best_f1_threshold(other["target"].to_numpy(), other["prob"].to_numpy())
+        decisions[oof["fold"] == k] = oof["prob"][oof["fold"] == k] >= cut
+    assert validation["f1_cross_fitted"] == pytest.approx(f1_score(oof["target"].to_numpy(), decisions))
+    low, high = validation["f1_cross_fitted_ci95"]
+    assert low <= validation["f1_cross_fitted"] <= high
+
+
 def test_a_tweets_run_records_its_folds_and_a_teacher_is_matched_by_them(tweets_kinds, tmp_path):
     """The student's folds are found in the teacher's folds.csv (no re-derivation), and a student trained on other
     folds is refused with the reason."""

@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 
 from . import files, runs
 from .errors import BadInput
-from .metrics import binary_report, intervals
+from .metrics import binary_report, interval_text, intervals
 
 # (ids, labels, probabilities) of a run's validation predictions
 Validation = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -43,13 +43,14 @@ def combine(member_probs: list[np.ndarray], calibration: list[tuple[float, float
 
 def build(kind: str, members: list[Path], out: Path, validation: Callable[[Path], Validation],
           score: Callable[[np.ndarray, np.ndarray], dict], main_metric: str, *, threshold: Callable | None = None,
-          record: dict | None = None, overwrite: bool = False, log=print) -> dict:
+          record: dict | None = None, honest: Callable | None = None, overwrite: bool = False, log=print) -> dict:
     """Calibrate and combine `members` into the run folder `out`; returns the validation summary.
 
     `validation(run)` gives a member's validation predictions; every member must have predicted the same
     rows (same data, seed, split and folds), else the calibration would mix different examples.
     `threshold(labels, probs)`, when given, tunes the decision threshold on the combined predictions.
     `record` adds how the members' predictions were made (e.g. {"tta": True}) to ensemble.json.
+    `honest(ids, labels, probs)`, when given, adds scores whose threshold no scored row helped choose.
     """
     if len(members) < 2:
         raise BadInput("an ensemble needs at least two runs")
@@ -72,11 +73,12 @@ def build(kind: str, members: list[Path], out: Path, validation: Callable[[Path]
     calibration = [platt(p, labels) for p in aligned]
     probs = combine(aligned, calibration)
     cut = threshold(labels, probs)[0] if threshold else 0.5
+    validation = {**score(labels, probs), **binary_report(labels, probs, cut), **intervals(labels, probs, probs >= cut),
+                  **(honest(ids, labels, probs) if honest else {})}
     summary = {"version": 1, "task": kind, **(record or {}), "members": [str(Path(m).resolve()) for m in members],
                "calibration": calibration, "threshold": cut,
                "member_scores": [score(labels, p)[main_metric] for p in aligned],
-               "validation": {**score(labels, probs), **binary_report(labels, probs, cut),
-                              **intervals(labels, probs, probs >= cut)}, "rows": len(ids),
+               "validation": validation, "rows": len(ids),
                "tuned_on": "calibration and threshold are fitted on the validation rows they are scored on "
                            "(two parameters per member and one threshold: a small optimism)"}
     out.mkdir(parents=True, exist_ok=True)
@@ -94,4 +96,8 @@ def build(kind: str, members: list[Path], out: Path, validation: Callable[[Path]
         log(f"  {member}: validation {main_metric} {value:.4f}")
     log(f"ensemble of {len(members)}: validation {main_metric} {summary['validation'][main_metric]:.4f} "
         f"on {len(ids)} rows; written to {out}")
+    if "f1_cross_fitted" in summary["validation"]:
+        v = summary["validation"]
+        log(f"  F1 with each fold cut at a threshold tuned on the other folds: {v['f1_cross_fitted']:.4f} "
+            f"{interval_text(v['f1_cross_fitted_ci95'])}")
     return summary
