@@ -73,12 +73,12 @@ def build(kind: str, members: list[Path], out: Path, validation: Callable[[Path]
     calibration = [platt(p, labels) for p in aligned]
     probs = combine(aligned, calibration)
     cut = threshold(labels, probs)[0] if threshold else 0.5
-    validation = {**score(labels, probs), **binary_report(labels, probs, cut), **intervals(labels, probs, probs >= cut),
-                  **(honest(ids, labels, probs) if honest else {})}
+    scores = {**score(labels, probs), **binary_report(labels, probs, cut), **intervals(labels, probs, probs >= cut),
+              **(honest(ids, labels, probs) if honest else {})}
     summary = {"version": 1, "task": kind, **(record or {}), "members": [str(Path(m).resolve()) for m in members],
                "calibration": calibration, "threshold": cut,
                "member_scores": [score(labels, p)[main_metric] for p in aligned],
-               "validation": validation, "rows": len(ids),
+               "validation": scores, "rows": len(ids),
                "tuned_on": "calibration and threshold are fitted on the validation rows they are scored on "
                            "(two parameters per member and one threshold: a small optimism)"}
     out.mkdir(parents=True, exist_ok=True)
@@ -96,8 +96,7 @@ def build(kind: str, members: list[Path], out: Path, validation: Callable[[Path]
         log(f"  {member}: validation {main_metric} {value:.4f}")
     log(f"ensemble of {len(members)}: validation {main_metric} {summary['validation'][main_metric]:.4f} "
         f"on {len(ids)} rows; written to {out}")
-    if "f1_cross_fitted" in summary["validation"]:
-        v = summary["validation"]
-        log(f"  F1 with each fold cut at a threshold tuned on the other folds: {v['f1_cross_fitted']:.4f} "
-            f"{interval_text(v['f1_cross_fitted_ci95'])}")
+    if "f1_cross_fitted" in scores:
+        log(f"  F1 with each fold cut at a threshold tuned on the other folds: {scores['f1_cross_fitted']:.4f} "
+            f"{interval_text(scores['f1_cross_fitted_ci95'])}")
     return summary

@@ -61,8 +61,9 @@ def model_info(name: str, task: str, run: runs.Run, predictor) -> dict:
         if "f1_mean" in summary:
             info["validation"].update(f1_mean=summary["f1_mean"], f1_std=summary["f1_std"], folds=summary["folds"])
         blend = "integrated gradients and exact contributions, averaged"  # MiniLM's member has no word attributions
-        info["explanation"] = {"tfidf": "exact contributions", "minilm-frozen": None, "sentence-lr": None,
-                               "ensemble": None, "blend": blend, "blend-minilm": blend}.get(predictor.name, "integrated gradients")
+        no_words = {name: None for name in ("minilm-frozen", "sentence-lr", "ensemble")}  # no word attributions
+        info["explanation"] = {"tfidf": "exact contributions", **no_words, "blend": blend,
+                               "blend-minilm": blend}.get(predictor.name, "integrated gradients")
     return info
 
 

