@@ -70,7 +70,7 @@ def test_sentence_lr_on_any_encoder_caches_its_own_embeddings_and_refuses_anothe
     cached = [np.load(path) for path in (own_cache / "minilm").glob("*.npy")]
     assert [vectors.shape for vectors in cached] == [(120, 32)]
 
-    # predict embeds new tweets with the encoder the run recorded, and refuses once its weights changed..
+    # predict embeds new tweets with the encoder the run recorded, and refuses once its weights changed.
     out = tmp_path / "sub.csv"
     assert main(["tweets", "predict", run, "--csv", data / "test.csv", "--out", out, "--proba"]) == 0
     assert np.isfinite(pd.read_csv(out)["proba"]).all()
