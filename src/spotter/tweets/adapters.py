@@ -389,7 +389,7 @@ class SentenceLogistic(TweetModel):
         fold = sentence_lr.load_fold(fold_dir)
         folder = encoders.check_same(fold.encoder, fold_dir)
         if self.embedder is None:  # one encoder for every fold
-            self.embedder = minilm.SentenceEncoder(device, None if fold.encoder["name"] == "minilm" else folder)
+            self.embedder = minilm.SentenceEncoder(device, folder)
         return FoldModel(fold.predict)  # one vector per tweet: no word attributions
 
 

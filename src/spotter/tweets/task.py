@@ -195,19 +195,21 @@ def _write_outputs(run_dir: Path, settings: TweetSettings, ids: pd.Series, targe
 def build_ensemble(members: list[Path], out: Path, *, overwrite: bool = False, log=print) -> dict:
     """Calibrate and average finished tweets runs or ensembles on their out-of-fold predictions (the members
     must share train.csv, seed and folds), and tune the F1 threshold of the average."""
-    for member in members:
-        refit.refuse(runs.open_run(member, KIND), "to calibrate an ensemble on")
+    opened = [runs.open_run(member, KIND) for member in members]
+    for run in opened:
+        refit.refuse(run, "to calibrate an ensemble on")
 
     def cross_fitted(ids: np.ndarray, labels: np.ndarray, probs: np.ndarray) -> dict:
         """F1 as a run's: each fold's rows cut at the threshold tuned on the other folds' (the members'
         calibration is still fitted on every row)."""
         try:
-            fold_of = runs.open_run(members[0], KIND).folds().set_index("id").loc[ids, "fold"].to_numpy()
+            fold_of = opened[0].folds().set_index("id").loc[ids, "fold"].to_numpy()
         except runs.RunError:  # runs made before folds.csv
             return {}
-        if len(np.unique(fold_of)) < 2:  # one validation split: no other fold to tune on
+        folds = np.unique(fold_of)
+        if len(folds) < 2:  # one validation split: no other fold to tune on
             return {}
-        decisions, _ = cross_fitted_decisions(labels, probs, [np.flatnonzero(fold_of == k) for k in np.unique(fold_of)])
+        decisions, _ = cross_fitted_decisions(labels, probs, [np.flatnonzero(fold_of == k) for k in folds])
         return {"f1_cross_fitted": f1_score(labels, decisions),
                 "f1_cross_fitted_ci95": intervals(labels, probs, decisions)["f1_ci95"]}
 
